@@ -1,0 +1,85 @@
+"""Hyperparameter validation and numerical checks shared by the algorithms."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch as th
+
+
+def check_choice(name: str, value: Any, choices: Iterable[Any]) -> None:
+    """Raise ``ValueError`` naming ``name`` and the accepted values unless ``value`` is one of ``choices``."""
+    choices = tuple(choices)
+    if isinstance(value, bool) or value not in choices:
+        accepted = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"`{name}` must be one of {accepted}; got {value!r}")
+
+
+def check_bool(name: str, value: Any) -> None:
+    """Raise ``TypeError`` unless ``value`` is a bool."""
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"`{name}` must be True or False; got {value!r} ({type(value).__name__})")
+
+
+def check_int(name: str, value: Any, minimum: int | None = None) -> None:
+    """Raise ``TypeError``/``ValueError`` unless ``value`` is an integer ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"`{name}` must be an integer; got {value!r} ({type(value).__name__})")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}; got {value}")
+
+
+def check_float(
+    name: str,
+    value: Any,
+    low: float | None = None,
+    high: float | None = None,
+    low_inclusive: bool = True,
+    high_inclusive: bool = True,
+    allow_none: bool = False,
+) -> None:
+    """
+    Raise ``TypeError``/``ValueError`` unless ``value`` is a finite real number in the given interval.
+
+    :param allow_none: accept ``None`` as well
+    """
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        suffix = " or None" if allow_none else ""
+        raise TypeError(f"`{name}` must be a number{suffix}; got {value!r} ({type(value).__name__})")
+    value = float(value)
+    lo = "[" if low_inclusive else "("
+    hi = "]" if high_inclusive else ")"
+    interval = f"{lo}{'-inf' if low is None else low}, {'inf' if high is None else high}{hi}"
+    ok = math.isfinite(value)
+    if ok and low is not None:
+        ok = value >= low if low_inclusive else value > low
+    if ok and high is not None:
+        ok = value <= high if high_inclusive else value < high
+    if not ok:
+        suffix = " or None" if allow_none else ""
+        raise ValueError(f"`{name}` must be a finite number in {interval}{suffix}; got {value}")
+
+
+def check_learning_rate(value: Any) -> None:
+    """A positive float or a schedule (callable)."""
+    if callable(value):
+        return
+    check_float("learning_rate", value, low=0.0, low_inclusive=False)
+
+
+def assert_finite(tensor: th.Tensor | np.ndarray, quantity: str, algorithm: str, update: int) -> None:
+    """
+    Raise ``FloatingPointError`` naming the algorithm, the update and the quantity if ``tensor`` holds NaN/inf.
+    """
+    finite = bool(th.isfinite(tensor).all()) if isinstance(tensor, th.Tensor) else bool(np.isfinite(tensor).all())
+    if not finite:
+        raise FloatingPointError(
+            f"{algorithm}: non-finite {quantity} at update {update}. "
+            "Check the environment's rewards and observations (VecNormalize / VecCheckNan help), "
+            "or lower the learning rate."
+        )

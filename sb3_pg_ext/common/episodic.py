@@ -1,0 +1,184 @@
+"""Base class for on-policy algorithms that learn from complete episodes."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.utils import obs_as_tensor
+from stable_baselines3.common.vec_env import VecEnv
+
+from sb3_pg_ext.common.buffers import EpisodeRolloutBuffer
+
+
+class EpisodicOnPolicyAlgorithm(OnPolicyAlgorithm):
+    """
+    An ``OnPolicyAlgorithm`` whose rollouts are *complete episodes* instead of ``n_steps`` per env.
+
+    Collection (:meth:`collect_rollouts`): every env starts an episode; each episode started while the rollout
+    still wants more (fewer than ``n_episodes`` started, or fewer than ``min_steps`` kept steps so far) is *kept*
+    and played to its natural end (terminated or truncated by the env's time limit); an episode is never cut
+    short because the rollout has enough. The decision to keep an episode is taken when it starts, from what
+    happened before, never from its own outcome, so the kept episodes are not biased towards short ones.
+
+    Episodes that envs start after the rollout has enough are *not kept*: their steps are played (all envs of a
+    ``VecEnv`` step together) and counted in ``num_timesteps``, but not trained on. If one of them is still
+    running when the last kept episode ends, the ``VecEnv`` is reset before the next rollout, so that every
+    kept episode is played from its first step by a single policy. With ``n_envs=1`` no step is ever wasted;
+    with ``n_envs > 1`` the waste is at most one partial episode per env and rollout.
+
+    Subclasses set ``n_episodes`` and ``min_steps`` before ``_setup_model`` and implement ``train``.
+    """
+
+    rollout_buffer: EpisodeRolloutBuffer  # type: ignore[assignment]
+    n_episodes: int
+    min_steps: int
+    #: Whether ``collect_rollouts`` evaluates V(s_t) and bootstraps truncated episodes with V(s_T).
+    _collect_values: bool = False
+
+    def _setup_model(self) -> None:
+        self._setup_lr_schedule()
+        self.set_random_seed(self.seed)
+        self.rollout_buffer = EpisodeRolloutBuffer(
+            self.observation_space,
+            self.action_space,
+            device=self.device,
+            n_envs=self.n_envs,
+        )
+        self.policy = self.policy_class(  # type: ignore[assignment]
+            self.observation_space, self.action_space, self.lr_schedule, use_sde=self.use_sde, **self.policy_kwargs
+        )
+        self.policy = self.policy.to(self.device)
+        self._maybe_recommend_cpu()
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "rollout_buffer"]
+
+    def _wants_more_episodes(self, n_started: int, n_kept_steps: int) -> bool:
+        """Whether an episode starting now is kept (decided from the past only)."""
+        return n_started < self.n_episodes or n_kept_steps < self.min_steps
+
+    def _act(self, obs_tensor: th.Tensor | dict[str, th.Tensor]) -> tuple[th.Tensor, th.Tensor | None, th.Tensor]:
+        """Sample actions; returns ``(actions, values or None, log_probs)``. Skips the critic when not needed."""
+        if self._collect_values:
+            actions, values, log_probs = self.policy(obs_tensor)
+            return actions, values, log_probs
+        distribution = self.policy.get_distribution(obs_tensor)  # type: ignore[operator]
+        actions = distribution.get_actions()
+        return actions, None, distribution.log_prob(actions)
+
+    def _clip_actions(self, actions: np.ndarray) -> np.ndarray:
+        if isinstance(self.action_space, spaces.Box):
+            if self.policy.squash_output:
+                return self.policy.unscale_action(actions)
+            return np.clip(actions, self.action_space.low, self.action_space.high)
+        return actions
+
+    def _check_rewards(self, rewards: np.ndarray) -> None:
+        if not np.all(np.isfinite(rewards)):
+            bad = np.flatnonzero(~np.isfinite(rewards)).tolist()
+            raise ValueError(
+                f"{self.__class__.__name__}: the environment returned a non-finite reward {rewards[bad].tolist()} "
+                f"(env indices {bad}) at timestep {self.num_timesteps}. Rewards must be finite numbers."
+            )
+
+    def collect_rollouts(
+        self,
+        env: VecEnv,
+        callback: BaseCallback,
+        rollout_buffer: EpisodeRolloutBuffer,  # type: ignore[override]
+        n_rollout_steps: int = 0,
+    ) -> bool:
+        """
+        Collect complete episodes with the current policy (see the class docstring for which are kept).
+
+        :param env: The training environment
+        :param callback: Callback called at every env step (and at the start and end of the rollout)
+        :param rollout_buffer: Buffer to fill with complete episodes
+        :param n_rollout_steps: Unused (rollouts are sized in episodes by ``n_episodes`` / ``min_steps``)
+        :return: True if the rollout is complete, False if a callback stopped training
+        """
+        assert self._last_obs is not None, "No previous observation was provided"
+        self.policy.set_training_mode(False)
+        rollout_buffer.reset()
+        n_envs = env.num_envs
+
+        # A not-kept episode still running from the last rollout: restart every env so that all kept
+        # episodes begin at their first step under the current policy.
+        if self._last_episode_starts is None or not np.all(self._last_episode_starts):
+            self._last_obs = env.reset()  # type: ignore[assignment]
+            self._last_episode_starts = np.ones((n_envs,), dtype=bool)
+
+        if self.use_sde:
+            self.policy.reset_noise(n_envs)
+
+        callback.on_rollout_start()
+
+        slots = np.full(n_envs, -1, dtype=np.int64)
+        n_started = 0
+        n_kept_steps = 0
+        for env_idx in range(n_envs):
+            if self._wants_more_episodes(n_started, n_kept_steps):
+                slots[env_idx] = n_started
+                n_started += 1
+
+        n_steps = 0
+        while np.any(slots >= 0):
+            if self.use_sde and self.sde_sample_freq > 0 and n_steps % self.sde_sample_freq == 0:
+                self.policy.reset_noise(n_envs)
+
+            with th.no_grad():
+                obs_tensor = obs_as_tensor(self._last_obs, self.device)  # type: ignore[arg-type]
+                actions_t, values_t, log_probs_t = self._act(obs_tensor)
+            actions = actions_t.cpu().numpy()
+            new_obs, rewards, dones, infos = env.step(self._clip_actions(actions))
+            self.num_timesteps += n_envs
+            n_steps += 1
+
+            callback.update_locals(locals())
+            if not callback.on_step():
+                return False
+
+            self._update_info_buffer(infos, dones)
+            self._check_rewards(rewards)
+
+            rollout_buffer.add(
+                self._last_obs,  # type: ignore[arg-type]
+                actions,
+                rewards,
+                log_probs_t.cpu().numpy(),
+                None if values_t is None else values_t.cpu().numpy(),
+                slots,
+            )
+            n_kept_steps += int(np.sum(slots >= 0))
+
+            for env_idx in np.flatnonzero(dones):
+                slot = int(slots[env_idx])
+                if slot >= 0:
+                    truncated = bool(infos[env_idx].get("TimeLimit.truncated", False))
+                    bootstrap = 0.0
+                    terminal_obs = infos[env_idx].get("terminal_observation")
+                    if truncated and self._collect_values and terminal_obs is not None:
+                        with th.no_grad():
+                            terminal_tensor = self.policy.obs_to_tensor(terminal_obs)[0]
+                            bootstrap = float(self.policy.predict_values(terminal_tensor)[0].item())  # type: ignore[arg-type]
+                    rollout_buffer.end_episode(slot, int(env_idx), truncated, bootstrap)
+                slots[env_idx] = -1
+                if self._wants_more_episodes(n_started, n_kept_steps):
+                    slots[env_idx] = n_started
+                    n_started += 1
+
+            self._last_obs = new_obs  # type: ignore[assignment]
+            self._last_episode_starts = dones
+
+        callback.update_locals(locals())
+        callback.on_rollout_end()
+        return True
+
+    def _record_rollout_stats(self) -> None:
+        """Log the size of the rollout that was just trained on."""
+        batch = self.rollout_buffer.get()
+        self.logger.record("rollout/n_episodes", batch.n_episodes)
+        self.logger.record("rollout/n_steps", batch.n_steps)

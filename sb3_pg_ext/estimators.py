@@ -1,0 +1,423 @@
+"""
+Policy-gradient estimators as pure, vectorised torch functions.
+
+Every function here works on *flat* batches: the steps of several episodes laid end to end in one tensor of
+shape ``(T,)``, with the episode boundaries passed explicitly as ``episode_starts`` (``True`` at the first step of
+each episode, as in SB3's rollout buffers). No function loops over time steps in Python: discounted suffix sums
+use a segmented doubling scan (``O(T log L)`` for episodes of length at most ``L``, with ``log2(L)`` tensor
+operations), segment sums use ``index_add``/``cumsum``.
+
+Notation (SPEC.md): episode i, steps t = 0..T_i-1, reward r_t, discount gamma, log-ratio
+``log pi(a_t|s_t) - log mu(a_t|s_t)``.
+
+This module imports torch only; it knows nothing of SB3.
+"""
+
+from __future__ import annotations
+
+import torch as th
+
+__all__ = [
+    "batch_mean_baseline",
+    "discounted_returns",
+    "effective_sample_size",
+    "episode_ids_from_starts",
+    "episode_sums",
+    "group_advantages",
+    "kl_k1",
+    "kl_k2",
+    "kl_k3",
+    "leave_one_out_baseline",
+    "optimal_baseline",
+    "per_decision_log_weights",
+    "reward_to_go",
+    "step_index",
+]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Episode structure
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _check_flat(name: str, tensor: th.Tensor, length: int | None = None) -> None:
+    if tensor.dim() != 1:
+        raise ValueError(f"`{name}` must be a 1-D tensor of per-step values, got shape {tuple(tensor.shape)}")
+    if length is not None and tensor.shape[0] != length:
+        raise ValueError(f"`{name}` has {tensor.shape[0]} entries but the batch has {length} steps")
+
+
+def episode_ids_from_starts(episode_starts: th.Tensor) -> th.Tensor:
+    """
+    Episode index of every step: ``id_t = (number of episode starts at or before t) - 1``.
+
+    The first step always opens an episode, whether or not ``episode_starts[0]`` is set.
+
+    :param episode_starts: ``(T,)`` bool, True at the first step of each episode
+    :return: ``(T,)`` long tensor with values ``0..N-1``
+    """
+    _check_flat("episode_starts", episode_starts)
+    starts = episode_starts.to(th.bool).clone()
+    if starts.numel() > 0:
+        starts[0] = True
+    return th.cumsum(starts.long(), dim=0) - 1
+
+
+def step_index(episode_starts: th.Tensor) -> th.Tensor:
+    """
+    Position of every step inside its episode: ``t`` for the t-th step (0-based).
+
+    :param episode_starts: ``(T,)`` bool, True at the first step of each episode
+    :return: ``(T,)`` long tensor
+    """
+    ids = episode_ids_from_starts(episode_starts)
+    positions = th.arange(ids.numel(), device=ids.device)
+    first = th.zeros(int(ids.max().item()) + 1 if ids.numel() else 0, dtype=th.long, device=ids.device)
+    # The first step of episode i is the smallest position with id i (scatter_reduce "amin").
+    first = first.scatter_reduce(0, ids, positions, reduce="amin", include_self=False)
+    return positions - first[ids]
+
+
+def episode_sums(values: th.Tensor, episode_starts: th.Tensor) -> th.Tensor:
+    """
+    Sum of a per-step quantity over each episode: ``S_i = sum_t x_{i,t}``.
+
+    :param values: ``(T, ...)`` per-step values (extra dimensions are summed independently)
+    :param episode_starts: ``(T,)`` bool episode boundaries
+    :return: ``(N, ...)`` one sum per episode
+    """
+    ids = episode_ids_from_starts(episode_starts)
+    n_episodes = int(ids.max().item()) + 1 if ids.numel() else 0
+    out = th.zeros((n_episodes, *values.shape[1:]), dtype=values.dtype, device=values.device)
+    return out.index_add_(0, ids, values)
+
+
+def _last_step_mask(episode_starts: th.Tensor) -> th.Tensor:
+    """True at the last step of each episode (the step before the next start, and the final step)."""
+    starts = episode_starts.to(th.bool)
+    last = th.ones_like(starts)
+    if starts.numel() > 1:
+        last[:-1] = starts[1:]
+    return last
+
+
+def _discounted_suffix_sum(x: th.Tensor, episode_ids: th.Tensor, gamma: float) -> th.Tensor:
+    """
+    ``y_t = sum_{k >= t, same episode} gamma^{k-t} x_k`` by a segmented Hillis-Steele scan.
+
+    After the round with offset d, ``y_t`` covers ``[t, t + 2d)`` restricted to the episode of t; every
+    multiplier is ``gamma^d <= 1``, so there is no overflow and no cancellation however long the episode.
+    """
+    y = x.clone()
+    n = y.shape[0]
+    if n == 0:
+        return y
+    max_len = int(th.bincount(episode_ids).max().item())
+    offset = 1
+    while offset < max_len:
+        same_episode = episode_ids[offset:] == episode_ids[:-offset]
+        shifted = th.zeros_like(y)
+        shifted[:-offset] = th.where(same_episode, y[offset:], th.zeros_like(y[offset:]))
+        y = y + (gamma**offset) * shifted
+        offset *= 2
+    return y
+
+
+def _with_bootstrap(
+    rewards: th.Tensor, episode_starts: th.Tensor, gamma: float, bootstrap_values: th.Tensor | None
+) -> th.Tensor:
+    _check_flat("rewards", rewards)
+    _check_flat("episode_starts", episode_starts, rewards.shape[0])
+    if bootstrap_values is None:
+        return rewards
+    _check_flat("bootstrap_values", bootstrap_values, rewards.shape[0])
+    last = _last_step_mask(episode_starts)
+    return rewards + gamma * th.where(last, bootstrap_values.to(rewards.dtype), th.zeros_like(rewards))
+
+
+def reward_to_go(
+    rewards: th.Tensor,
+    episode_starts: th.Tensor,
+    gamma: float,
+    bootstrap_values: th.Tensor | None = None,
+) -> th.Tensor:
+    """
+    Discounted reward-to-go of every step (SPEC §1, ``reward_to_go=True``):
+
+        psi_t = sum_{k=t}^{T-1} gamma^{k-t} r_k  +  gamma^{T-t} V(s_T)
+
+    where the last term is present only for episodes cut by a time limit (``bootstrap_values``).
+
+    :param rewards: ``(T,)`` rewards of the concatenated episodes
+    :param episode_starts: ``(T,)`` bool, True at the first step of each episode
+    :param gamma: discount factor
+    :param bootstrap_values: optional ``(T,)`` tensor; its entry at the *last* step of an episode is the value
+        ``V(s_T)`` of the state after that step (0 for terminated episodes); other entries are ignored
+    :return: ``(T,)`` reward-to-go
+    """
+    x = _with_bootstrap(rewards, episode_starts, gamma, bootstrap_values)
+    return _discounted_suffix_sum(x, episode_ids_from_starts(episode_starts), gamma)
+
+
+def discounted_returns(
+    rewards: th.Tensor,
+    episode_starts: th.Tensor,
+    gamma: float,
+    bootstrap_values: th.Tensor | None = None,
+) -> th.Tensor:
+    """
+    Whole-episode discounted return, broadcast to every step of its episode (SPEC §1, ``reward_to_go=False``):
+
+        psi_t = R = sum_{k=0}^{T-1} gamma^k r_k  +  gamma^T V(s_T)
+
+    (the bootstrap term only for episodes cut by a time limit).
+
+    :param rewards: ``(T,)`` rewards of the concatenated episodes
+    :param episode_starts: ``(T,)`` bool, True at the first step of each episode
+    :param gamma: discount factor
+    :param bootstrap_values: optional ``(T,)``, see :func:`reward_to_go`
+    :return: ``(T,)`` the return of each step's episode
+    """
+    ids = episode_ids_from_starts(episode_starts)
+    rtg = _discounted_suffix_sum(_with_bootstrap(rewards, episode_starts, gamma, bootstrap_values), ids, gamma)
+    starts = episode_starts.to(th.bool).clone()
+    if starts.numel():
+        starts[0] = True
+    return rtg[starts][ids]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Baselines
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def batch_mean_baseline(psi: th.Tensor) -> th.Tensor:
+    """
+    The notes' average-return baseline: ``b = (1/T) sum_{i,t} psi_{i,t}``, the same constant for every step.
+
+    It includes each episode's own return, so the estimator's expectation is shrunk:
+    for one-step episodes ``E[g] = (N-1)/N * grad J`` exactly. Use :func:`leave_one_out_baseline` for an
+    unbiased batch baseline.
+
+    :param psi: ``(T,)`` per-step returns
+    :return: ``(T,)`` baseline (a constant)
+    """
+    _check_flat("psi", psi)
+    return psi.mean().expand_as(psi)
+
+
+def leave_one_out_baseline(psi: th.Tensor, episode_starts: th.Tensor) -> th.Tensor:
+    """
+    Leave-one-out baseline: for every step of episode i, the mean of ``psi`` over the steps of the *other*
+    episodes of the batch,
+
+        b_i = (sum_{j != i} sum_t psi_{j,t}) / (sum_{j != i} T_j)
+
+    It does not depend on episode i, hence ``E[grad log pi * b_i] = 0``: unbiased. Needs N >= 2.
+
+    :param psi: ``(T,)`` per-step returns
+    :param episode_starts: ``(T,)`` bool episode boundaries
+    :return: ``(T,)`` baseline
+    """
+    _check_flat("psi", psi)
+    ids = episode_ids_from_starts(episode_starts)
+    sums = episode_sums(psi, episode_starts)
+    counts = episode_sums(th.ones_like(psi), episode_starts)
+    if sums.shape[0] < 2:
+        raise ValueError("The leave-one-out baseline needs at least 2 episodes in the batch")
+    return ((sums.sum() - sums) / (counts.sum() - counts))[ids]
+
+
+def optimal_baseline(scores: th.Tensor, returns: th.Tensor, leave_one_out: bool = True) -> th.Tensor:
+    """
+    Variance-minimising constant baseline per parameter coordinate k (SPEC §1, ``baseline="optimal"``):
+
+        b_k = sum_i g_{i,k}^2 R_i / sum_i g_{i,k}^2
+
+    with ``g_i`` the per-episode score ``sum_t grad log pi(a_{i,t}|s_{i,t})`` and ``R_i`` the episode return.
+    With ``leave_one_out=True`` (default) episode i's baseline is computed from the other episodes only,
+    ``b_{i,k} = sum_{j != i} g_{j,k}^2 R_j / sum_{j != i} g_{j,k}^2``, which keeps the estimator unbiased;
+    with ``False`` all episodes share the batch formula above (biased by the episode's own term).
+    Coordinates whose squared scores sum to zero get ``b = 0``.
+
+    :param scores: ``(N, K)`` per-episode score vectors
+    :param returns: ``(N,)`` per-episode returns
+    :param leave_one_out: exclude episode i from its own baseline
+    :return: ``(N, K)`` baseline per episode and coordinate
+    """
+    if scores.dim() != 2 or returns.dim() != 1 or scores.shape[0] != returns.shape[0]:
+        raise ValueError(f"Expected scores (N, K) and returns (N,), got {tuple(scores.shape)} and {tuple(returns.shape)}")
+    sq = scores.pow(2)
+    num = sq * returns.unsqueeze(1)
+    if leave_one_out:
+        if scores.shape[0] < 2:
+            raise ValueError("The leave-one-out optimal baseline needs at least 2 episodes in the batch")
+        numerator = num.sum(0, keepdim=True) - num
+        denominator = sq.sum(0, keepdim=True) - sq
+    else:
+        numerator = num.sum(0, keepdim=True).expand_as(num)
+        denominator = sq.sum(0, keepdim=True).expand_as(sq)
+    safe = denominator > 0
+    return th.where(safe, numerator / th.where(safe, denominator, th.ones_like(denominator)), th.zeros_like(numerator))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Importance sampling
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def per_decision_log_weights(
+    log_prob: th.Tensor,
+    behaviour_log_prob: th.Tensor,
+    episode_starts: th.Tensor,
+    clip_ratio: float | None = None,
+) -> th.Tensor:
+    """
+    Log of the per-decision importance weight of every step (SPEC §2), accumulated in float64:
+
+        log rho_{0:t} = sum_{k=0}^{t} log( min(c, pi(a_k|s_k) / mu(a_k|s_k)) )
+
+    ``c = clip_ratio`` truncates each per-step ratio before the product (Retrace/V-trace style); ``None`` keeps
+    the exact product. The sums restart at every episode start. Exponentiate the float64 result: a float32
+    cumulative sum overflows on long episodes.
+
+    :param log_prob: ``(T,)`` log pi(a_t|s_t) under the target policy
+    :param behaviour_log_prob: ``(T,)`` log mu(a_t|s_t) stored when the action was taken
+    :param episode_starts: ``(T,)`` bool episode boundaries
+    :param clip_ratio: per-step truncation level c > 0, or None
+    :return: ``(T,)`` float64 cumulative log-weights
+    """
+    _check_flat("log_prob", log_prob)
+    _check_flat("behaviour_log_prob", behaviour_log_prob, log_prob.shape[0])
+    _check_flat("episode_starts", episode_starts, log_prob.shape[0])
+    log_ratio = log_prob.to(th.float64) - behaviour_log_prob.to(th.float64)
+    if clip_ratio is not None:
+        if clip_ratio <= 0:
+            raise ValueError(f"`clip_ratio` must be > 0 or None, got {clip_ratio}")
+        log_ratio = th.clamp(log_ratio, max=float(th.log(th.tensor(clip_ratio, dtype=th.float64))))
+    ids = episode_ids_from_starts(episode_starts)
+    cumulative = th.cumsum(log_ratio, dim=0)
+    # Subtract what had accumulated before each episode's first step.
+    before_start = cumulative - log_ratio
+    starts = episode_starts.to(th.bool).clone()
+    if starts.numel():
+        starts[0] = True
+    return cumulative - before_start[starts][ids]
+
+
+def effective_sample_size(weights: th.Tensor) -> th.Tensor:
+    """
+    Effective sample size of importance weights as a fraction of their number:
+
+        ESS / n = (sum_j w_j)^2 / (n * sum_j w_j^2)      in (0, 1]
+
+    1 when all weights are equal; close to 1/n when one weight dominates.
+
+    :param weights: ``(n,)`` non-negative weights
+    :return: scalar tensor
+    """
+    w = weights.reshape(-1).to(th.float64)
+    if w.numel() == 0:
+        raise ValueError("effective_sample_size needs at least one weight")
+    denom = w.numel() * w.pow(2).sum()
+    if denom <= 0:
+        return th.zeros((), dtype=th.float64, device=w.device)
+    return w.sum().pow(2) / denom
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# KL estimators (Schulman, "Approximating KL divergence", http://joschu.net/blog/kl-approx.html)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def kl_k1(log_p: th.Tensor, log_q: th.Tensor) -> th.Tensor:
+    """
+    k1 estimate of KL(p || q) from samples x ~ p:  ``k1 = log p(x) - log q(x)``.
+    Unbiased, high variance, can be negative.
+
+    :param log_p: log-probabilities of the samples under p (the sampling distribution)
+    :param log_q: log-probabilities of the same samples under q
+    :return: per-sample estimates
+    """
+    return log_p - log_q
+
+
+def kl_k2(log_p: th.Tensor, log_q: th.Tensor) -> th.Tensor:
+    """
+    k2 estimate of KL(p || q) from samples x ~ p:  ``k2 = 0.5 * (log q(x) - log p(x))^2``.
+    Biased (second-order accurate when p and q are close), low variance, non-negative.
+
+    :param log_p: log-probabilities of the samples under p (the sampling distribution)
+    :param log_q: log-probabilities of the same samples under q
+    :return: per-sample estimates
+    """
+    return 0.5 * (log_q - log_p).pow(2)
+
+
+def kl_k3(log_p: th.Tensor, log_q: th.Tensor) -> th.Tensor:
+    """
+    k3 estimate of KL(p || q) from samples x ~ p, with r = q(x)/p(x):
+
+        k3 = r - 1 - log r = q/p - log(q/p) - 1
+
+    Unbiased (E_p[r] = 1) and non-negative (r - 1 >= log r). This is GRPO's D_t with p = pi_theta, q = pi_ref.
+
+    :param log_p: log-probabilities of the samples under p (the sampling distribution)
+    :param log_q: log-probabilities of the same samples under q
+    :return: per-sample estimates
+    """
+    log_r = log_q - log_p
+    # expm1 keeps precision when r is close to 1; clamp at 0 against rounding.
+    return th.clamp(th.expm1(log_r) - log_r, min=0.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Group-relative advantages (GRPO)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def group_advantages(
+    returns: th.Tensor,
+    group_ids: th.Tensor,
+    scale_rewards: str = "group",
+    eps: float = 1e-4,
+    min_std: float = 0.0,
+) -> th.Tensor:
+    """
+    Group-relative advantage of every episode (SPEC §4, step 2):
+
+        A_{i,g} = (R_{i,g} - mu_i) / (max(sigma, min_std) + eps)
+
+    with ``mu_i`` the mean of group i's returns and ``sigma`` chosen by ``scale_rewards``:
+    ``"group"`` the *population* std (1/G) of group i's returns, ``"batch"`` the population std over all
+    episodes of the batch, ``"none"`` no division (``A = R - mu_i``). ``min_std`` floors the std so that
+    near-constant groups cannot blow the advantages up; a group whose returns are all equal gets A = 0.
+
+    :param returns: ``(E,)`` one return per episode
+    :param group_ids: ``(E,)`` long, the group of each episode (any labels; groups may have different sizes)
+    :param scale_rewards: ``"group"``, ``"batch"`` or ``"none"``
+    :param eps: added to the std
+    :param min_std: floor of the std
+    :return: ``(E,)`` advantages
+    """
+    if scale_rewards not in ("group", "batch", "none"):
+        raise ValueError(f"`scale_rewards` must be one of 'group', 'batch', 'none', got {scale_rewards!r}")
+    _check_flat("returns", returns)
+    _check_flat("group_ids", group_ids, returns.shape[0])
+    _, labels = th.unique(group_ids, return_inverse=True)
+    n_groups = int(labels.max().item()) + 1 if labels.numel() else 0
+    counts = th.zeros(n_groups, dtype=returns.dtype, device=returns.device).index_add_(0, labels, th.ones_like(returns))
+    means = th.zeros(n_groups, dtype=returns.dtype, device=returns.device).index_add_(0, labels, returns) / counts
+    # Groups whose returns are all equal get exactly zero advantage (the mean may differ from them by rounding).
+    g_min = th.full((n_groups,), float("inf"), dtype=returns.dtype, device=returns.device)
+    g_max = th.full((n_groups,), float("-inf"), dtype=returns.dtype, device=returns.device)
+    constant = (g_min.scatter_reduce(0, labels, returns, "amin") == g_max.scatter_reduce(0, labels, returns, "amax"))[labels]
+    centred = th.where(constant, th.zeros_like(returns), returns - means[labels])
+    if scale_rewards == "none":
+        return centred
+    if scale_rewards == "group":
+        var = th.zeros(n_groups, dtype=returns.dtype, device=returns.device).index_add_(0, labels, centred.pow(2)) / counts
+        std = var.sqrt()[labels]
+    else:
+        std = returns.std(unbiased=False).expand_as(returns)
+    return centred / (th.clamp(std, min=min_std) + eps)
