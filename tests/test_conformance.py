@@ -180,4 +180,3 @@ def test_conformance_covers_every_exported_algorithm():
     exported = {getattr(sb3_pg_ext, name) for name in sb3_pg_ext.__all__ if isinstance(getattr(sb3_pg_ext, name), type)}
     tested = {case.algo for case in ALGO_CASES}
     assert exported <= tested, f"not in the conformance matrix: {exported - tested}"
-

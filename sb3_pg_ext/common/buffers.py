@@ -159,7 +159,7 @@ class EpisodeRolloutBuffer:
 
         if isinstance(self._obs[0], dict):
             observations: th.Tensor | TensorDict = {
-                key: th.as_tensor(np.stack([o[key] for o in self._obs])[step_idx, env_idx], device=self.device)  # type: ignore[index]
+                key: th.as_tensor(np.stack([o[key] for o in self._obs])[step_idx, env_idx], device=self.device)
                 for key in self._obs[0]
             }
         else:

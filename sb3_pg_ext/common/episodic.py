@@ -65,7 +65,7 @@ class EpisodicOnPolicyAlgorithm(OnPolicyAlgorithm):
         if self._collect_values:
             actions, values, log_probs = self.policy(obs_tensor)
             return actions, values, log_probs
-        distribution = self.policy.get_distribution(obs_tensor)  # type: ignore[operator]
+        distribution = self.policy.get_distribution(obs_tensor)
         actions = distribution.get_actions()
         return actions, None, distribution.log_prob(actions)
 
@@ -84,11 +84,11 @@ class EpisodicOnPolicyAlgorithm(OnPolicyAlgorithm):
                 f"(env indices {bad}) at timestep {self.num_timesteps}. Rewards must be finite numbers."
             )
 
-    def collect_rollouts(
+    def collect_rollouts(  # type: ignore[override]
         self,
         env: VecEnv,
         callback: BaseCallback,
-        rollout_buffer: EpisodeRolloutBuffer,  # type: ignore[override]
+        rollout_buffer: EpisodeRolloutBuffer,
         n_rollout_steps: int = 0,
     ) -> bool:
         """
@@ -119,9 +119,9 @@ class EpisodicOnPolicyAlgorithm(OnPolicyAlgorithm):
         slots = np.full(n_envs, -1, dtype=np.int64)
         n_started = 0
         n_kept_steps = 0
-        for env_idx in range(n_envs):
+        for first_env in range(n_envs):
             if self._wants_more_episodes(n_started, n_kept_steps):
-                slots[env_idx] = n_started
+                slots[first_env] = n_started
                 n_started += 1
 
         n_steps = 0
@@ -154,7 +154,7 @@ class EpisodicOnPolicyAlgorithm(OnPolicyAlgorithm):
             )
             n_kept_steps += int(np.sum(slots >= 0))
 
-            for env_idx in np.flatnonzero(dones):
+            for env_idx in np.flatnonzero(dones).tolist():
                 slot = int(slots[env_idx])
                 if slot >= 0:
                     truncated = bool(infos[env_idx].get("TimeLimit.truncated", False))
@@ -163,8 +163,8 @@ class EpisodicOnPolicyAlgorithm(OnPolicyAlgorithm):
                     if truncated and self._collect_values and terminal_obs is not None:
                         with th.no_grad():
                             terminal_tensor = self.policy.obs_to_tensor(terminal_obs)[0]
-                            bootstrap = float(self.policy.predict_values(terminal_tensor)[0].item())  # type: ignore[arg-type]
-                    rollout_buffer.end_episode(slot, int(env_idx), truncated, bootstrap)
+                            bootstrap = float(self.policy.predict_values(terminal_tensor)[0].item())
+                    rollout_buffer.end_episode(slot, env_idx, truncated, bootstrap)
                 slots[env_idx] = -1
                 if self._wants_more_episodes(n_started, n_kept_steps):
                     slots[env_idx] = n_started

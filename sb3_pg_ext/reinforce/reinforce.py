@@ -225,10 +225,10 @@ class REINFORCE(EpisodicOnPolicyAlgorithm):
             assert_finite(advantages, "advantages", name, update)
 
             if self.baseline == "value":
-                values, log_prob, entropy = self.policy.evaluate_actions(batch.observations, batch.actions)  # type: ignore[arg-type]
+                values, log_prob, entropy = self.policy.evaluate_actions(batch.observations, batch.actions)
                 value_loss = F.mse_loss(values.flatten(), psi)
             else:
-                distribution = self.policy.get_distribution(batch.observations)  # type: ignore[arg-type]
+                distribution = self.policy.get_distribution(batch.observations)
                 log_prob, entropy = distribution.log_prob(batch.actions), distribution.entropy()
                 value_loss = th.zeros((), device=self.device)
 
@@ -274,17 +274,18 @@ class REINFORCE(EpisodicOnPolicyAlgorithm):
         starts = [0, *ends[:-1]]
         scores = []
         for start, end in zip(starts, ends, strict=True):
-            distribution = self.policy.get_distribution(_slice_observations(batch.observations, start, end))  # type: ignore[arg-type]
+            distribution = self.policy.get_distribution(_slice_observations(batch.observations, start, end))
             log_prob = distribution.log_prob(batch.actions[start:end])
             grads = th.autograd.grad((weights[start:end] * log_prob).sum(), params, allow_unused=True)
-            scores.append(th.cat([(th.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params, strict=True)]))
+            flat = [(th.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params, strict=True)]
+            scores.append(th.cat(flat))
         score_matrix = th.stack(scores)  # (N, P)
         episode_returns = psi[th.tensor(starts, device=psi.device)]  # (N,)
         baseline = optimal_baseline(score_matrix, episode_returns, leave_one_out=True)  # (N, P)
         policy_grad = -(score_matrix * (episode_returns.unsqueeze(1) - baseline)).mean(0)
         assert_finite(policy_grad, "policy gradient", name, update)
 
-        distribution = self.policy.get_distribution(batch.observations)  # type: ignore[arg-type]
+        distribution = self.policy.get_distribution(batch.observations)
         entropy = distribution.entropy()
         log_prob = distribution.log_prob(batch.actions)
         entropy_loss = -th.mean(-log_prob) if entropy is None else -th.mean(entropy)
