@@ -420,4 +420,6 @@ def group_advantages(
         std = var.sqrt()[labels]
     else:
         std = returns.std(unbiased=False).expand_as(returns)
-    return centred / (th.clamp(std, min=min_std) + eps)
+    denominator = th.clamp(std, min=min_std) + eps
+    # 0/0 (a constant group with eps = 0 and no floor) is 0, never NaN.
+    return th.where(denominator > 0, centred / th.where(denominator > 0, denominator, th.ones_like(denominator)), centred)

@@ -83,3 +83,13 @@ def assert_finite(tensor: th.Tensor | np.ndarray, quantity: str, algorithm: str,
             "Check the environment's rewards and observations (VecNormalize / VecCheckNan help), "
             "or lower the learning rate."
         )
+
+
+def assert_finite_parameters(module: th.nn.Module, algorithm: str, update: int) -> None:
+    """Raise ``FloatingPointError`` if an optimiser step left a NaN/inf in ``module``'s parameters."""
+    for name, param in module.named_parameters():
+        if not bool(th.isfinite(param).all()):
+            raise FloatingPointError(
+                f"{algorithm}: non-finite parameter {name!r} after the optimiser step of update {update}. "
+                "Lower the learning rate or clip gradients (max_grad_norm)."
+            )

@@ -10,6 +10,7 @@ from torch.nn import functional as F
 from sb3_pg_ext.common.buffers import EpisodeBatch
 from sb3_pg_ext.common.checks import (
     assert_finite,
+    assert_finite_parameters,
     check_bool,
     check_choice,
     check_float,
@@ -244,6 +245,7 @@ class REINFORCE(EpisodicOnPolicyAlgorithm):
         if self.max_grad_norm is not None:
             th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
         self.policy.optimizer.step()
+        assert_finite_parameters(self.policy, name, update)
         self._n_updates += 1
 
         self._record_rollout_stats()
