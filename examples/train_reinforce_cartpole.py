@@ -1,0 +1,45 @@
+"""
+Train REINFORCE (package defaults) on CartPole-v1, evaluate it deterministically and save it.
+
+    python examples/train_reinforce_cartpole.py [--timesteps 200000] [--seed 0] [--output reinforce_cartpole]
+
+Stops early once a deterministic evaluation (10 episodes, every 10k steps) averages >= 475.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch as th
+from stable_baselines3.common.callbacks import EvalCallback, StopTrainingOnRewardThreshold
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.evaluation import evaluate_policy
+
+from sb3_pg_ext import REINFORCE
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--timesteps", type=int, default=200_000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", default="reinforce_cartpole")
+    args = parser.parse_args()
+    th.set_num_threads(1)
+
+    env = make_vec_env("CartPole-v1", n_envs=1, seed=args.seed)
+    eval_env = make_vec_env("CartPole-v1", n_envs=1, seed=args.seed + 10_000)
+    stop = StopTrainingOnRewardThreshold(reward_threshold=475, verbose=1)
+    eval_callback = EvalCallback(eval_env, callback_on_new_best=stop, eval_freq=10_000, n_eval_episodes=10, verbose=1)
+
+    model = REINFORCE("MlpPolicy", env, seed=args.seed, verbose=0)
+    model.learn(total_timesteps=args.timesteps, callback=eval_callback, progress_bar=True)
+    model.save(args.output)
+
+    loaded = REINFORCE.load(args.output)
+    mean_return, std_return = evaluate_policy(loaded, eval_env, n_eval_episodes=20, deterministic=True)
+    print(f"REINFORCE on CartPole-v1 after {model.num_timesteps} env steps: {mean_return:.1f} +/- {std_return:.1f}")
+    print(f"saved to {args.output}.zip")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""The distribution: the wheel ships the rl-zoo3 hyperparameter files, and CI runs the README's test command."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+import sb3_pg_ext
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_hyperparams_folder_is_reachable_from_the_package():
+    files = sorted(p.name for p in sb3_pg_ext.HYPERPARAMS_DIR.glob("*.yml"))
+    assert "reinforce.yml" in files
+    config = yaml.safe_load((sb3_pg_ext.HYPERPARAMS_DIR / "reinforce.yml").read_text())
+    assert config["CartPole-v1"]["policy"] == "MlpPolicy"
+
+
+def test_built_wheel_contains_hyperparams(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "-q", "-w", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.fail(f"pip wheel failed:\n{result.stdout}\n{result.stderr}")
+    wheel = next(tmp_path.glob("sb3_pg_ext-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    shipped = {Path(n).name for n in names if n.startswith("sb3_pg_ext/hyperparams/")}
+    expected = {p.name for p in (ROOT / "hyperparams").glob("*.yml")}
+    assert expected and expected <= shipped, f"missing from the wheel: {expected - shipped}"
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    commands = re.findall(r"(python -m pytest[^\n`]*)", readme)
+    assert commands, "the README names no test command"
+    readme_command = commands[0].strip()
+    assert readme_command in ci.splitlines(), f"{readme_command!r} is not a line of .ci/run"
+    assert "pip install torch==2.13.0" in readme and "torch==2.13.0" in ci
