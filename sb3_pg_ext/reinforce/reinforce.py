@@ -99,7 +99,7 @@ class REINFORCE(EpisodicOnPolicyAlgorithm):
         self,
         policy: str | type[ActorCriticPolicy],
         env: GymEnv | str,
-        learning_rate: float | Schedule = 1e-3,
+        learning_rate: float | Schedule = 5e-4,
         n_episodes: int = 8,
         min_steps: int = 0,
         gamma: float = 0.99,
