@@ -19,18 +19,23 @@ import torch as th
 
 __all__ = [
     "batch_mean_baseline",
+    "clipped_log_ratios",
     "discounted_returns",
     "effective_sample_size",
     "episode_ids_from_starts",
     "episode_sums",
     "group_advantages",
+    "group_process_advantages",
     "kl_k1",
     "kl_k2",
     "kl_k3",
     "leave_one_out_baseline",
+    "loss_aggregation_weights",
     "optimal_baseline",
     "per_decision_log_weights",
+    "per_decision_returns",
     "reward_to_go",
+    "self_normalized_log_weights",
     "step_index",
 ]
 
@@ -423,3 +428,202 @@ def group_advantages(
     denominator = th.clamp(std, min=min_std) + eps
     # 0/0 (a constant group with eps = 0 and no floor) is 0, never NaN.
     return th.where(denominator > 0, centred / th.where(denominator > 0, denominator, th.ones_like(denominator)), centred)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Importance sampling: pieces of the off-policy returns (ISPG, SPEC §2)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def clipped_log_ratios(log_prob: th.Tensor, behaviour_log_prob: th.Tensor, clip_ratio: float | None = None) -> th.Tensor:
+    """
+    Per-step log importance ratio, optionally truncated, in float64:
+
+        log rho_t = log( min(c, pi(a_t|s_t) / mu(a_t|s_t)) )
+
+    the single-ratio weight of ``importance_weights="one_step"``; :func:`per_decision_log_weights` is its
+    cumulative sum inside each episode.
+
+    :param log_prob: ``(T,)`` log pi(a_t|s_t) under the target policy
+    :param behaviour_log_prob: ``(T,)`` log mu(a_t|s_t) stored when the action was taken
+    :param clip_ratio: per-step truncation level c > 0, or None (exact)
+    :return: ``(T,)`` float64 log-ratios
+    """
+    _check_flat("log_prob", log_prob)
+    _check_flat("behaviour_log_prob", behaviour_log_prob, log_prob.shape[0])
+    log_ratio = log_prob.to(th.float64) - behaviour_log_prob.to(th.float64)
+    if clip_ratio is None:
+        return log_ratio
+    if clip_ratio <= 0:
+        raise ValueError(f"`clip_ratio` must be > 0 or None, got {clip_ratio}")
+    return th.clamp(log_ratio, max=float(th.log(th.tensor(clip_ratio, dtype=th.float64))))
+
+
+def self_normalized_log_weights(log_weights: th.Tensor, episode_starts: th.Tensor, cumulative: bool = True) -> th.Tensor:
+    """
+    Weighted (self-normalised) importance sampling per time step, in log space: every weight at step index t is
+    divided by the mean weight at t over the N episodes of the batch,
+
+        w~_{i,t} = w_{i,t} / D_t,    D_t = (1/N) sum_{j=1}^{N} w_{j, min(t, T_j - 1)}     (``cumulative=True``)
+
+    For cumulative weights w_{j,t} = rho_{0:t} an episode that has ended keeps its final weight rho_{0:T_j-1} in
+    the normaliser (the weighted per-decision estimator; Precup et al. 2000, Mahmood et al. 2014): since
+    E_mu[rho_{0:min(t, T-1)}] = 1, D_t -> 1 and the estimate is consistent, slightly biased for finite N, with far
+    lower variance. Averaging over the episodes still running at t only would be inconsistent when episode
+    lengths vary (E_mu[rho_{0:t} | T > t] = P_pi(T > t) / P_mu(T > t), not 1).
+
+    For per-step ratios w_{j,t} = rho_t (``cumulative=False``), E_mu[rho_t | s_t] = 1, so the mean is taken over
+    the episodes still running at t: D_t = (1/n_t) sum_{j : T_j > t} w_{j,t}.
+
+    The normaliser is a log-mean-exp, so weights whose exponential overflows are still normalised exactly.
+
+    :param log_weights: ``(T,)`` log w_{i,t} (e.g. from :func:`per_decision_log_weights`)
+    :param episode_starts: ``(T,)`` bool episode boundaries
+    :param cumulative: whether the weights are products up to t (ended episodes keep their last weight)
+    :return: ``(T,)`` log w~_{i,t}, same dtype
+    """
+    _check_flat("log_weights", log_weights)
+    _check_flat("episode_starts", episode_starts, log_weights.shape[0])
+    if log_weights.numel() == 0:
+        return log_weights
+    t = step_index(episode_starts)
+    n_steps = int(t.max().item()) + 1
+    dtype, device = log_weights.dtype, log_weights.device
+
+    def log_sum_exp_by_step(values: th.Tensor, index: th.Tensor) -> th.Tensor:
+        """log sum_{k : index_k = t} exp(values_k) for every t (-inf where there is none)."""
+        group_max = th.full((n_steps,), float("-inf"), dtype=dtype, device=device)
+        group_max = group_max.scatter_reduce(0, index, values, reduce="amax")
+        shift = th.where(th.isfinite(group_max), group_max, th.zeros_like(group_max))
+        sums = th.zeros(n_steps, dtype=dtype, device=device).index_add_(0, index, th.exp(values - shift[index]))
+        return th.log(sums) + shift
+
+    log_total = log_sum_exp_by_step(log_weights, t)  # episodes running at t
+    if cumulative:
+        # Episode j ends at T_j: its last weight joins every D_t with t >= T_j.
+        last = _last_step_mask(episode_starts)
+        ended_at = t[last] + 1
+        in_range = ended_at < n_steps
+        log_ended = log_sum_exp_by_step(log_weights[last][in_range], ended_at[in_range])
+        log_total = th.logaddexp(log_total, th.logcumsumexp(log_ended, dim=0))
+        count = th.full((n_steps,), float(int(last.sum().item())), dtype=dtype, device=device)
+    else:
+        count = th.bincount(t, minlength=n_steps).to(dtype)
+    return log_weights - (log_total - th.log(count))[t]
+
+
+def per_decision_returns(
+    rewards: th.Tensor,
+    log_weights: th.Tensor,
+    episode_starts: th.Tensor,
+    gamma: float,
+) -> th.Tensor:
+    """
+    Per-decision importance-weighted reward-to-go (Precup et al. 2000; SPEC §2, ``importance_weights="per_decision"``):
+
+        psi_t = sum_{t'=t}^{T-1} gamma^{t'-t} rho_{0:t'} r_{t'}
+
+    each reward weighted by the ratios up to its *own* step, computed as a reverse discounted cumulative sum of
+    ``rho_{0:t'} r_{t'}`` (a :func:`reward_to_go` of the weighted rewards), in float64.
+
+    :param rewards: ``(T,)`` rewards of the concatenated episodes
+    :param log_weights: ``(T,)`` log rho_{0:t} (:func:`per_decision_log_weights`, optionally
+        :func:`self_normalized_log_weights`)
+    :param episode_starts: ``(T,)`` bool episode boundaries
+    :param gamma: discount factor
+    :return: ``(T,)`` float64 psi_t
+    """
+    _check_flat("rewards", rewards)
+    _check_flat("log_weights", log_weights, rewards.shape[0])
+    weighted = th.exp(log_weights.to(th.float64)) * rewards.to(th.float64)
+    return reward_to_go(weighted, episode_starts, gamma)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# GRPO: process supervision and loss aggregation (SPEC §4, steps 3 and 5)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def group_process_advantages(
+    rewards: th.Tensor,
+    episode_starts: th.Tensor,
+    group_ids: th.Tensor,
+    scale_rewards: str = "group",
+    eps: float = 1e-4,
+    min_std: float = 0.0,
+) -> th.Tensor:
+    """
+    Process-supervision advantage of every step (DeepSeekMath, SPEC §4 ``advantage="process"``):
+
+        r~_{i,g,t} = (r_{i,g,t} - mean_i) / (max(sigma, min_std) + eps)        A_{i,g,t} = sum_{t' >= t} r~_{i,g,t'}
+
+    with ``mean_i`` the mean of *all step rewards* of group i's episodes and ``sigma`` their population std
+    (``scale_rewards="group"``), the population std of all step rewards of the batch (``"batch"``) or no division
+    (``"none"``). Each step reward is normalised like one return in :func:`group_advantages` (so a group whose
+    step rewards are all equal gets zero advantage), then summed from t to the episode's end, undiscounted.
+
+    :param rewards: ``(T,)`` rewards of the concatenated episodes
+    :param episode_starts: ``(T,)`` bool, True at the first step of each episode
+    :param group_ids: ``(N,)`` long, the group of each episode
+    :param scale_rewards: ``"group"``, ``"batch"`` or ``"none"``
+    :param eps: added to the std
+    :param min_std: floor of the std
+    :return: ``(T,)`` advantages
+    """
+    _check_flat("rewards", rewards)
+    _check_flat("episode_starts", episode_starts, rewards.shape[0])
+    episode_ids = episode_ids_from_starts(episode_starts)
+    _check_flat("group_ids", group_ids, int(episode_ids.max().item()) + 1 if episode_ids.numel() else 0)
+    normalised = group_advantages(rewards, group_ids[episode_ids], scale_rewards, eps, min_std)
+    return reward_to_go(normalised, episode_starts, 1.0)
+
+
+def loss_aggregation_weights(
+    episode_lengths: th.Tensor,
+    loss_aggregation: str,
+    episode_mask: th.Tensor | None = None,
+    max_length: int | None = None,
+) -> th.Tensor:
+    """
+    Per-step weights w_{e,t} that turn per-step objective terms l_{e,t} into GRPO's objective
+    ``J = sum_{e,t} w_{e,t} l_{e,t}`` (SPEC §4, step 3), over the N' episodes that ``episode_mask`` keeps:
+
+    - ``"seq_sum"``:    w = 1 / N'                  (J = (1/N') sum_e sum_t l, the notes' formula)
+    - ``"seq_mean"``:   w = 1 / (N' T_e)            (each episode's mean over its steps; DeepSeekMath)
+    - ``"token_mean"``: w = 1 / sum_{e kept} T_e    (mean over every kept step of the batch; DAPO)
+    - ``"constant"``:   w = 1 / (N' L)              (L = ``max_length``, a fixed maximum length; Dr. GRPO)
+
+    Steps of masked-out episodes get w = 0. The weights depend on the whole batch only, never on a minibatch,
+    so the minibatch losses ``sum_{(e,t) in mb} w_{e,t} l_{e,t}`` of one epoch add up to J exactly, and their
+    gradients to J's gradient.
+
+    :param episode_lengths: ``(N,)`` long, T_e of the concatenated episodes
+    :param loss_aggregation: ``"seq_sum"``, ``"seq_mean"``, ``"token_mean"`` or ``"constant"``
+    :param episode_mask: ``(N,)`` bool, the episodes that enter the loss (None: all)
+    :param max_length: L, required by ``"constant"``
+    :return: ``(T,)`` float weights, ``T = sum_e T_e``
+    """
+    if loss_aggregation not in ("seq_sum", "seq_mean", "token_mean", "constant"):
+        raise ValueError(
+            f"`loss_aggregation` must be one of 'seq_sum', 'seq_mean', 'token_mean', 'constant', got {loss_aggregation!r}"
+        )
+    _check_flat("episode_lengths", episode_lengths)
+    lengths = episode_lengths.to(th.float64)
+    if episode_mask is None:
+        episode_mask = th.ones_like(episode_lengths, dtype=th.bool)
+    _check_flat("episode_mask", episode_mask, episode_lengths.shape[0])
+    kept = episode_mask.to(th.float64)
+    n_kept = kept.sum()
+    if loss_aggregation == "seq_sum":
+        per_episode = kept / n_kept
+    elif loss_aggregation == "seq_mean":
+        per_episode = kept / (n_kept * lengths)
+    elif loss_aggregation == "token_mean":
+        per_episode = kept / (kept * lengths).sum()
+    else:
+        if max_length is None or max_length <= 0:
+            raise ValueError(f"`loss_aggregation='constant'` needs a positive `max_length`, got {max_length!r}")
+        per_episode = kept / (n_kept * max_length)
+    # No kept episode: every weight is 0 (not 0/0).
+    per_episode = th.where(kept > 0, per_episode, th.zeros_like(per_episode))
+    return th.repeat_interleave(per_episode, episode_lengths.long())

@@ -1,0 +1,242 @@
+"""
+Token-generation environments: the language-model MDP of the notes on digit-string tasks (SPEC §4.1).
+
+State = the prompt tokens plus the tokens generated so far; action = the next token, from a vocabulary of the ten
+digits and EOS; transition = append the token (deterministic); reward = a verifier's grade of the finished answer,
+given once, when EOS is chosen or the answer slots are full, and 0 before.
+
+Observation: a fixed-size ``MultiDiscrete`` array ``[prompt slots | answer slots | position]``:
+
+- prompt slots (``prompt_length``): the prompt's tokens, right-aligned and left-padded with PAD, as a
+  left-padded language-model batch lays out its prompts (the prompt's last token is always in the last slot);
+- answer slots (``answer_length``): the tokens generated so far, then PAD;
+- position: the number of tokens generated so far (0 .. ``answer_length``).
+
+So an MLP sees a fixed layout (SB3's ``MlpPolicy`` one-hot encodes every entry) and a sequence model sees token ids
+plus a position.
+
+The prompt is drawn from the env's RNG right after ``reset(seed=...)``: one seed, one prompt, so a GRPO group whose
+episodes are reset with the same seed shares its prompt. ``n_prompts`` says how many distinct prompts exist.
+
+This module imports gymnasium and numpy only; it knows nothing of the algorithms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+#: Token ids: the digits 0-9 are their own ids.
+EOS = 10
+PLUS = 11
+PAD = 12
+N_TOKENS = 13
+#: Actions: a digit or EOS.
+N_ACTIONS = 11
+_TOKEN_TEXT = {EOS: "<eos>", PLUS: "+", PAD: "_"}
+
+REWARD_MODES = ("partial", "binary")
+
+
+def grade(answer: list[int], target: list[int], reward_mode: str) -> tuple[float, bool]:
+    """
+    The verifier: grade a finished answer against the target (both without EOS).
+
+    The expected output is ``target + [EOS]`` (n + 1 positions). ``"partial"``: the fraction of those n + 1 positions
+    the generated tokens match (the EOS position counted, so only an exact answer scores 1.0); ``"binary"``: 1.0 for
+    an exact answer, else 0.
+
+    :param answer: the generated tokens, including the final EOS if one was generated
+    :param target: the correct answer's digits
+    :param reward_mode: ``"partial"`` or ``"binary"``
+    :return: (reward, exact match)
+    """
+    expected = [*target, EOS]
+    exact = answer == expected
+    if reward_mode == "binary":
+        return float(exact), exact
+    matches = sum(1 for k, token in enumerate(expected) if k < len(answer) and answer[k] == token)
+    return matches / len(expected), exact
+
+
+class DigitTaskEnv(gym.Env[np.ndarray, np.int64]):
+    """
+    Base class of the digit-string tasks: subclasses define the prompt, the target and the slot sizes.
+
+    :param min_digits: shortest operand (digits)
+    :param max_digits: longest operand (digits)
+    :param reward_mode: ``"partial"`` (default: fraction of answer positions right, EOS position counted) or
+        ``"binary"`` (1.0 for an exact answer, else 0)
+    :param render_mode: ``"ansi"`` renders the prompt and the answer as text; other modes render nothing
+    """
+
+    metadata = {"render_modes": ["ansi"]}
+
+    def __init__(self, min_digits: int = 3, max_digits: int = 4, reward_mode: str = "partial", render_mode: str | None = None):
+        if not (isinstance(min_digits, int) and isinstance(max_digits, int) and 1 <= min_digits <= max_digits):
+            raise ValueError(
+                f"Need integers 1 <= min_digits <= max_digits; got min_digits={min_digits}, max_digits={max_digits}"
+            )
+        if reward_mode not in REWARD_MODES:
+            raise ValueError(f"`reward_mode` must be one of {', '.join(map(repr, REWARD_MODES))}; got {reward_mode!r}")
+        self.min_digits = min_digits
+        self.max_digits = max_digits
+        self.reward_mode = reward_mode
+        self.render_mode = render_mode
+        self.prompt_length = self._prompt_length(max_digits)
+        #: Room for the longest answer plus its EOS.
+        self.answer_length = self._target_length(max_digits) + 1
+        self.observation_space = spaces.MultiDiscrete(
+            [N_TOKENS] * (self.prompt_length + self.answer_length) + [self.answer_length + 1], dtype=np.int64
+        )
+        self.action_space = spaces.Discrete(N_ACTIONS)
+        self._prompt: list[int] = []
+        self._target: list[int] = []
+        self._answer: list[int] = []
+
+    # -- what a task defines --------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _prompt_length(max_digits: int) -> int:
+        raise NotImplementedError
+
+    @staticmethod
+    def _target_length(max_digits: int) -> int:
+        raise NotImplementedError
+
+    def _sample_task(self, rng: np.random.Generator) -> tuple[list[int], list[int]]:
+        """Draw (prompt tokens, target digits)."""
+        raise NotImplementedError
+
+    @property
+    def n_prompts(self) -> int:
+        """Number of distinct prompts the env can draw."""
+        raise NotImplementedError
+
+    # -- the MDP ----------------------------------------------------------------------------------------------------
+
+    def _observation(self) -> np.ndarray:
+        obs = np.full(self.prompt_length + self.answer_length + 1, PAD, dtype=np.int64)
+        obs[self.prompt_length - len(self._prompt) : self.prompt_length] = self._prompt
+        obs[self.prompt_length : self.prompt_length + len(self._answer)] = self._answer
+        obs[-1] = len(self._answer)
+        return obs
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        self._prompt, self._target = self._sample_task(self.np_random)
+        self._answer = []
+        return self._observation(), {}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if not self._prompt:
+            raise RuntimeError("Call reset() before step()")
+        token = int(action)
+        if not 0 <= token < N_ACTIONS:
+            raise ValueError(f"Invalid action {action!r}: actions are digits 0-9 and EOS ({EOS})")
+        if len(self._answer) >= self.answer_length or (self._answer and self._answer[-1] == EOS):
+            raise RuntimeError("The episode is over: call reset()")
+        self._answer.append(token)
+        # EOS ends the answer (terminated); full answer slots without EOS hit the length limit (truncated).
+        terminated = token == EOS
+        truncated = not terminated and len(self._answer) == self.answer_length
+        reward, info = 0.0, {}
+        if terminated or truncated:
+            reward, exact = grade(self._answer, self._target, self.reward_mode)
+            info = {"is_success": exact, "target": list(self._target), "answer": list(self._answer)}
+        return self._observation(), reward, terminated, truncated, info
+
+    def render(self) -> str | None:
+        if self.render_mode != "ansi":
+            return None
+        text = "".join(_TOKEN_TEXT.get(t, str(t)) for t in self._prompt)
+        return f"{text} -> {''.join(_TOKEN_TEXT.get(t, str(t)) for t in self._answer)}"
+
+
+class DigitReverseEnv(DigitTaskEnv):
+    """
+    Reverse a digit string: prompt ``d_1 .. d_n`` (n uniform in [min_digits, max_digits], digits uniform, leading
+    zeros allowed), answer ``d_n .. d_1 EOS``. ``sum_n 10^n`` distinct prompts (11,000 for 3-4 digits).
+    """
+
+    @staticmethod
+    def _prompt_length(max_digits: int) -> int:
+        return max_digits
+
+    @staticmethod
+    def _target_length(max_digits: int) -> int:
+        return max_digits
+
+    def _sample_task(self, rng: np.random.Generator) -> tuple[list[int], list[int]]:
+        n = int(rng.integers(self.min_digits, self.max_digits + 1))
+        digits = [int(d) for d in rng.integers(0, 10, size=n)]
+        return digits, digits[::-1]
+
+    @property
+    def n_prompts(self) -> int:
+        return sum(10**n for n in range(self.min_digits, self.max_digits + 1))
+
+
+class DigitAddEnv(DigitTaskEnv):
+    """
+    Add two n-digit numbers: prompt ``a_1 .. a_n + b_1 .. b_n`` (n uniform in [min_digits, max_digits], a and b
+    uniform in [0, 10^n), written with n digits), answer the n + 1 digits of a + b (zero-padded) then EOS.
+    ``sum_n 10^(2n)`` distinct prompts (10,100 for 1-2 digits).
+    """
+
+    def __init__(self, min_digits: int = 1, max_digits: int = 2, reward_mode: str = "partial", render_mode: str | None = None):
+        super().__init__(min_digits, max_digits, reward_mode, render_mode)
+
+    @staticmethod
+    def _prompt_length(max_digits: int) -> int:
+        return 2 * max_digits + 1
+
+    @staticmethod
+    def _target_length(max_digits: int) -> int:
+        return max_digits + 1
+
+    def _sample_task(self, rng: np.random.Generator) -> tuple[list[int], list[int]]:
+        n = int(rng.integers(self.min_digits, self.max_digits + 1))
+        a, b = (int(x) for x in rng.integers(0, 10**n, size=2))
+
+        def digits(value: int, width: int) -> list[int]:
+            return [int(c) for c in str(value).zfill(width)]
+
+        return [*digits(a, n), PLUS, *digits(b, n)], digits(a + b, n + 1)
+
+    @property
+    def n_prompts(self) -> int:
+        return sum(10 ** (2 * n) for n in range(self.min_digits, self.max_digits + 1))
+
+
+def success_rate(
+    predict: Callable[[np.ndarray], Any],
+    env: DigitTaskEnv | gym.Env,
+    seeds: Iterable[int],
+) -> float:
+    """
+    Fraction of exact answers when each episode is reset with one of ``seeds`` (one prompt per seed).
+
+    :param predict: maps a batch of observations ``(n, obs_dim)`` to actions (e.g. a greedy
+        ``lambda obs: model.predict(obs, deterministic=True)[0]``)
+    :param env: a token-task env (wrappers allowed)
+    :param seeds: reset seeds; use seeds disjoint from the training seeds
+    :return: success rate in [0, 1]
+    """
+    successes, n = 0, 0
+    for seed in seeds:
+        obs, _ = env.reset(seed=int(seed))
+        done, info = False, {}
+        while not done:
+            action = np.asarray(predict(obs[None])).reshape(-1)[0]
+            obs, _, terminated, truncated, info = env.step(action)
+            done = terminated or truncated
+        successes += int(bool(info.get("is_success", False)))
+        n += 1
+    if n == 0:
+        raise ValueError("success_rate needs at least one seed")
+    return successes / n

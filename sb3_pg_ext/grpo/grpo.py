@@ -1,0 +1,623 @@
+import copy
+from typing import Any, ClassVar, NamedTuple, TypeVar
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule, TensorDict
+from stable_baselines3.common.utils import FloatSchedule, obs_as_tensor
+from stable_baselines3.common.vec_env import VecEnv
+
+from sb3_pg_ext.common.buffers import EpisodeBatch, EpisodeRolloutBuffer
+from sb3_pg_ext.common.checks import (
+    assert_finite,
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    check_learning_rate,
+)
+from sb3_pg_ext.common.episodic import EpisodicOnPolicyAlgorithm
+from sb3_pg_ext.estimators import (
+    episode_ids_from_starts,
+    episode_sums,
+    group_advantages,
+    group_process_advantages,
+    kl_k1,
+    kl_k2,
+    kl_k3,
+    loss_aggregation_weights,
+)
+from sb3_pg_ext.grpo.policies import ActorCnnPolicy, ActorPolicy, MultiInputActorPolicy, TokenPolicy
+
+SelfGRPO = TypeVar("SelfGRPO", bound="GRPO")
+
+SCALE_REWARDS = ("group", "batch", "none")
+ADVANTAGES = ("outcome", "process")
+LOSS_AGGREGATIONS = ("seq_sum", "seq_mean", "token_mean", "constant")
+KL_ESTIMATORS = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
+#: Training groups are reset with seeds in [0, GROUP_SEED_LIMIT); evaluate on seeds >= GROUP_SEED_LIMIT to keep
+#: evaluation prompts/start states drawn from seeds disjoint from training.
+GROUP_SEED_LIMIT = 2**30
+
+
+class GroupStartError(RuntimeError):
+    """The episodes of a GRPO group, reset with one seed, did not start from the same observation."""
+
+
+class UpdateData(NamedTuple):
+    """What one GRPO update trains on: the rollout's steps and their fixed per-step quantities."""
+
+    observations: th.Tensor | TensorDict  # (T, *obs_shape)
+    actions: th.Tensor  # (T, *action_shape)
+    old_log_prob: th.Tensor  # (T,) log pi_old(a_t|s_t), the policy that acted
+    ref_log_prob: th.Tensor | None  # (T,) log pi_ref(a_t|s_t); None without a reference policy
+    advantages: th.Tensor  # (T,) A_{i,g,t}
+    weights: th.Tensor  # (T,) w_{e,t} of the loss aggregation; 0 for steps left out of the loss
+
+    @property
+    def trained_steps(self) -> th.Tensor:
+        """Indices of the steps that enter the loss."""
+        return th.nonzero(self.weights > 0).squeeze(1)
+
+
+def _select(observations: th.Tensor | TensorDict, index: th.Tensor) -> th.Tensor | TensorDict:
+    if isinstance(observations, dict):
+        return {key: value[index] for key, value in observations.items()}
+    return observations[index]
+
+
+def _seed_next_reset(env: VecEnv, seeds: list[int | None]) -> None:
+    """
+    Make the next ``env.reset()`` reset env i with ``seeds[i]`` (None: unseeded).
+
+    ``VecEnv.seed(s)`` can only give env i the seed ``s + i``; a group needs the *same* seed in several envs.
+    SB3's VecEnvs keep the seeds of their next reset in ``_seeds`` of the innermost VecEnv (which ``seed()`` itself
+    writes and ``reset()`` consumes), so the seeds are set there and the reset goes through every VecEnv wrapper
+    (VecNormalize, VecTransposeImage, VecFrameStack, ...) as usual.
+    """
+    base = env.unwrapped
+    if len(seeds) != base.num_envs:
+        raise ValueError(f"Expected {base.num_envs} seeds, got {len(seeds)}")
+    base._seeds = list(seeds)
+
+
+def _env_name(env: VecEnv, index: int) -> str:
+    try:
+        return str(env.env_method("__str__", indices=[index])[0])
+    except Exception:  # a custom VecEnv without env_method: the index alone still names it
+        return f"env {index}"
+
+
+def _same_observation(a: Any, b: Any) -> bool:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(np.array_equal(a[key], b[key]) for key in a)
+    return bool(np.array_equal(a, b))
+
+
+class GRPO(EpisodicOnPolicyAlgorithm):
+    """
+    Group Relative Policy Optimisation: PPO's clipped surrogate without a critic, with the advantage of each
+    episode taken relative to a group of episodes that start from the same state (DeepSeekMath, Shao et al., 2024).
+
+    Paper: https://arxiv.org/abs/2402.03300
+
+    One update (SPEC §4): draw ``n_groups`` seeds; play ``group_size`` complete episodes from each, every one
+    reset with its group's seed (so a group shares its initial state, or prompt), with any number of envs; then
+    ``n_epochs`` epochs of minibatch steps maximising
+
+        J = sum_{e,t} w_{e,t} [ min(r_t A_t, clip(r_t, 1 - eps_low, 1 + eps_high) A_t) - beta D_t ]
+
+    with r_t = pi_theta(a_t|s_t) / pi_old(a_t|s_t), A_t the group-relative advantage
+    ``(R_{i,g} - mean_i) / (std_i + eps)`` of the step's episode, D_t an estimate of KL(pi_theta || pi_ref) and
+    w_{e,t} the loss aggregation's weight (``seq_sum``: w = 1/(B G), the notes' formula).
+
+    Groups are collected in *waves*: the VecEnv is reset with one seed per env (episode k of the rollout, in
+    group-major order, is played by env ``k mod n_envs`` in wave ``k // n_envs``), every env plays its episode to
+    the end, and the next wave resets the VecEnv again. An env that finishes early keeps stepping (a VecEnv steps all
+    its envs together): those steps are counted in ``num_timesteps`` but not trained on. With ``n_envs`` = 1 no
+    step is wasted. Each wave checks that the episodes of a group start from equal observations (before
+    VecNormalize's scaling) and raises :class:`GroupStartError` naming the env otherwise.
+
+    No value network is built or trained: the policies are actor-only (:mod:`sb3_pg_ext.common.policies`).
+
+    :param policy: The policy model to use (MlpPolicy, CnnPolicy, MultiInputPolicy, TokenPolicy)
+    :param env: The environment to learn from (if registered in Gym, can be str)
+    :param learning_rate: The learning rate, it can be a function of the current progress remaining (from 1 to 0)
+    :param group_size: G, episodes per group (all reset with the group's seed); G >= 2
+    :param n_groups: B, groups per update
+    :param n_epochs: M, epochs over the rollout per update
+    :param batch_size: Minibatch size in steps (None: the whole rollout, one gradient step per epoch)
+    :param clip_range: eps_low: the ratio is clipped below at 1 - eps_low (and above at 1 + eps_low unless
+        ``clip_range_high`` is set); a float or a schedule of the progress remaining
+    :param clip_range_high: eps_high, the upper clip 1 + eps_high (DAPO's asymmetric clip); None: ``clip_range``
+    :param beta: KL coefficient; 0 builds and evaluates no reference policy
+    :param reference_policy: The reference policy pi_ref (a policy of the same class and architecture, e.g. a
+        pretrained model's ``.policy``; its weights are copied); None: a frozen copy of the initial policy
+    :param ref_update_interval: Refresh pi_ref every this many updates (None: never)
+    :param ref_mixup_alpha: Refresh rule pi_ref <- alpha * pi_theta + (1 - alpha) * pi_ref, parameter-wise
+        (1.0: hard copy)
+    :param kl_estimator: D_t in the loss: ``"k3"`` (default: pi_ref/pi_theta - log(pi_ref/pi_theta) - 1),
+        ``"k2"`` (0.5 log(pi_ref/pi_theta)^2) or ``"k1"`` (log(pi_theta/pi_ref))
+    :param kl_ratio_correction: Multiply D_t by r_t (not detached): the term's gradient is then unbiased for
+        grad KL(pi_theta || pi_ref) although actions come from pi_old (DeepSeek-V3.2)
+    :param kl_in_reward: Instead of a loss term, subtract beta * k1 = beta * log(pi_old/pi_ref) from every step's
+        reward before the advantages (``kl_estimator`` is then unused)
+    :param scale_rewards: Std that divides the centred returns: ``"group"`` (population std of the group),
+        ``"batch"`` (of the whole rollout) or ``"none"``
+    :param advantage: ``"outcome"`` (the episode's normalised return at every step) or ``"process"``
+        (DeepSeekMath process supervision: step rewards normalised across the group, summed from t to the end)
+    :param loss_aggregation: ``"seq_sum"`` (1/(BG) sum_e sum_t), ``"seq_mean"`` (each episode divided by its
+        length), ``"token_mean"`` (mean over all steps) or ``"constant"`` (divided by ``max_length``)
+    :param max_length: L of ``"constant"`` aggregation; None: the env's ``spec.max_episode_steps``
+    :param drop_zero_std_groups: Leave groups whose returns are all equal out of the loss and its normalisers
+    :param mask_truncated: Leave episodes ended by a time limit (``truncated``) out of the loss and its
+        normalisers (they still count in their group's statistics)
+    :param advantage_eps: eps added to the std
+    :param min_std: Floor of the std, so that near-constant groups cannot blow advantages up
+    :param ent_coef: Entropy coefficient (the entropy is aggregated with the same weights as J)
+    :param max_grad_norm: The maximum value for the gradient clipping (None: no clipping)
+    :param verify_group_starts: Check at every wave that each group's episodes start from equal observations
+    :param use_sde: Whether to use generalized State Dependent Exploration (gSDE)
+    :param sde_sample_freq: Sample a new noise matrix every n steps when using gSDE (-1: once per wave)
+    :param stats_window_size: Window size for the rollout logging, specifying the number of episodes to average
+        the reported success rate, mean episode length, and mean reward over
+    :param tensorboard_log: the log location for tensorboard (if None, no logging)
+    :param policy_kwargs: additional arguments to be passed to the policy on creation (``optimizer_class``
+        defaults to ``th.optim.AdamW``)
+    :param verbose: Verbosity level: 0 for no output, 1 for info messages, 2 for debug messages
+    :param seed: Seed for the pseudo random generators (it also seeds the generator of the group seeds)
+    :param device: Device (cpu, cuda, ...) on which the code should be run.
+    :param _init_setup_model: Whether or not to build the network at the creation of the instance
+    """
+
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
+        "MlpPolicy": ActorPolicy,
+        "CnnPolicy": ActorCnnPolicy,
+        "MultiInputPolicy": MultiInputActorPolicy,
+        "TokenPolicy": TokenPolicy,
+    }
+    policy: ActorPolicy  # type: ignore[assignment]
+    clip_range: Schedule
+    clip_range_high: Schedule | None
+
+    def __init__(
+        self,
+        policy: str | type[ActorPolicy],
+        env: GymEnv | str,
+        learning_rate: float | Schedule = 1e-3,
+        group_size: int = 8,
+        n_groups: int = 4,
+        n_epochs: int = 4,
+        batch_size: int | None = 256,
+        clip_range: float | Schedule = 0.2,
+        clip_range_high: float | Schedule | None = None,
+        beta: float = 0.0,
+        reference_policy: BasePolicy | None = None,
+        ref_update_interval: int | None = None,
+        ref_mixup_alpha: float = 1.0,
+        kl_estimator: str = "k3",
+        kl_ratio_correction: bool = False,
+        kl_in_reward: bool = False,
+        scale_rewards: str = "group",
+        advantage: str = "outcome",
+        loss_aggregation: str = "seq_sum",
+        max_length: int | None = None,
+        drop_zero_std_groups: bool = False,
+        mask_truncated: bool = False,
+        advantage_eps: float = 1e-4,
+        min_std: float = 1e-3,
+        ent_coef: float = 0.0,
+        max_grad_norm: float | None = 1.0,
+        verify_group_starts: bool = True,
+        use_sde: bool = False,
+        sde_sample_freq: int = -1,
+        stats_window_size: int = 100,
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: th.device | str = "auto",
+        _init_setup_model: bool = True,
+    ):
+        check_learning_rate(learning_rate)
+        check_int("group_size", group_size, minimum=2)
+        check_int("n_groups", n_groups, minimum=1)
+        check_int("n_epochs", n_epochs, minimum=1)
+        if batch_size is not None:
+            check_int("batch_size", batch_size, minimum=1)
+        if not callable(clip_range):
+            check_float("clip_range", clip_range, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
+        if not callable(clip_range_high):
+            check_float("clip_range_high", clip_range_high, low=0.0, low_inclusive=False, allow_none=True)
+        check_float("beta", beta, low=0.0)
+        if reference_policy is not None:
+            if not isinstance(reference_policy, BasePolicy):
+                raise TypeError(
+                    f"`reference_policy` must be an SB3 policy (e.g. a trained model's `.policy`) or None; "
+                    f"got {type(reference_policy).__name__}"
+                )
+            if beta == 0:
+                raise ValueError("`reference_policy` is only used with `beta` > 0 (beta = 0 builds no reference policy)")
+        if ref_update_interval is not None:
+            check_int("ref_update_interval", ref_update_interval, minimum=1)
+        check_float("ref_mixup_alpha", ref_mixup_alpha, 0.0, 1.0, low_inclusive=False)
+        check_choice("kl_estimator", kl_estimator, tuple(KL_ESTIMATORS))
+        check_bool("kl_ratio_correction", kl_ratio_correction)
+        check_bool("kl_in_reward", kl_in_reward)
+        if kl_in_reward and kl_ratio_correction:
+            raise ValueError("`kl_ratio_correction` corrects the KL loss term; with `kl_in_reward=True` there is none")
+        check_choice("scale_rewards", scale_rewards, SCALE_REWARDS)
+        check_choice("advantage", advantage, ADVANTAGES)
+        check_choice("loss_aggregation", loss_aggregation, LOSS_AGGREGATIONS)
+        if max_length is not None:
+            check_int("max_length", max_length, minimum=1)
+        check_bool("drop_zero_std_groups", drop_zero_std_groups)
+        check_bool("mask_truncated", mask_truncated)
+        check_float("advantage_eps", advantage_eps, low=0.0)
+        check_float("min_std", min_std, low=0.0)
+        if advantage_eps == 0 and min_std == 0 and scale_rewards != "none":
+            raise ValueError("`advantage_eps` and `min_std` cannot both be 0: the std of a group would be unbounded below")
+        check_float("ent_coef", ent_coef, low=0.0)
+        check_float("max_grad_norm", max_grad_norm, low=0.0, low_inclusive=False, allow_none=True)
+        check_bool("verify_group_starts", verify_group_starts)
+        check_int("sde_sample_freq", sde_sample_freq, minimum=-1)
+        net_arch = (policy_kwargs or {}).get("net_arch")
+        if isinstance(net_arch, dict) and set(net_arch) - {"pi"}:
+            raise ValueError(
+                f"GRPO's policies have no value network: `net_arch` takes the actor's layers only; got {net_arch}"
+            )
+        # AdamW by default (SPEC §4); the shared actor-only policies default to Adam.
+        policy_kwargs = {"optimizer_class": th.optim.AdamW, **(policy_kwargs or {})}
+
+        super().__init__(
+            policy,  # type: ignore[arg-type]
+            env,
+            learning_rate=learning_rate,
+            n_steps=group_size * n_groups,
+            gamma=1.0,  # GRPO's returns are undiscounted episode sums
+            gae_lambda=1.0,
+            ent_coef=ent_coef,
+            vf_coef=0.0,
+            max_grad_norm=max_grad_norm,  # type: ignore[arg-type]
+            use_sde=use_sde,
+            sde_sample_freq=sde_sample_freq,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            policy_kwargs=policy_kwargs,
+            verbose=verbose,
+            device=device,
+            seed=seed,
+            _init_setup_model=False,
+            supported_action_spaces=(spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary),
+        )
+        if loss_aggregation == "constant" and max_length is None:
+            spec = self.env.get_attr("spec", indices=[0])[0] if self.env is not None else None
+            max_length = getattr(spec, "max_episode_steps", None)
+            if max_length is None:
+                raise ValueError(
+                    "`loss_aggregation='constant'` divides by a fixed maximum episode length: pass `max_length` "
+                    "(the env's spec has no `max_episode_steps`)"
+                )
+        self.group_size = group_size
+        self.n_groups = n_groups
+        self.n_episodes = group_size * n_groups
+        self.min_steps = 0
+        self.n_epochs = n_epochs
+        self.batch_size = batch_size
+        self.clip_range = clip_range  # type: ignore[assignment]
+        self.clip_range_high = clip_range_high  # type: ignore[assignment]
+        self.beta = beta
+        self.ref_update_interval = ref_update_interval
+        self.ref_mixup_alpha = ref_mixup_alpha
+        self.kl_estimator = kl_estimator
+        self.kl_ratio_correction = kl_ratio_correction
+        self.kl_in_reward = kl_in_reward
+        self.scale_rewards = scale_rewards
+        self.advantage = advantage
+        self.loss_aggregation = loss_aggregation
+        self.max_length = max_length
+        self.drop_zero_std_groups = drop_zero_std_groups
+        self.mask_truncated = mask_truncated
+        self.advantage_eps = advantage_eps
+        self.min_std = min_std
+        self.verify_group_starts = verify_group_starts
+        self._reference_source = reference_policy
+        self.ref_policy: ActorPolicy | None = None
+        #: Draws the groups' reset seeds; saved with the model, so a reloaded model continues the sequence.
+        self._group_seed_rng: np.random.Generator | None = None
+
+        if _init_setup_model:
+            self._setup_model()
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        self.clip_range = FloatSchedule(self.clip_range)
+        if self.clip_range_high is not None:
+            self.clip_range_high = FloatSchedule(self.clip_range_high)
+        if self._group_seed_rng is None:
+            self._group_seed_rng = np.random.default_rng(self.seed)
+        self.ref_policy = None
+        if self.beta > 0:
+            # pi_ref: a frozen copy of the initial policy, or of the weights of the policy the user passed.
+            self.ref_policy = copy.deepcopy(self.policy)
+            if self._reference_source is not None:
+                try:
+                    self.ref_policy.load_state_dict(self._reference_source.state_dict())
+                except RuntimeError as error:
+                    raise ValueError(
+                        "`reference_policy` must have the policy's class and architecture (same `policy_kwargs`): "
+                        f"its weights could not be loaded: {error}"
+                    ) from error
+            self.ref_policy.set_training_mode(False)
+            self.ref_policy.requires_grad_(False)
+
+    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
+        state_dicts, tensors = super()._get_torch_save_params()
+        if self.ref_policy is not None:
+            state_dicts = [*state_dicts, "ref_policy"]
+        return state_dicts, tensors
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "ref_policy", "_reference_source"]
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Rollouts: groups of episodes that share a reset seed
+    # ------------------------------------------------------------------------------------------------------------
+
+    def _check_group_starts(self, env: VecEnv, obs: Any, slots: np.ndarray, seeds: list[int | None], firsts: dict) -> None:
+        """Raise :class:`GroupStartError` unless every episode starts like the first episode of its group."""
+        # Compare the observations before VecNormalize's running scaling, which changes from one wave to the next.
+        raw = self._vec_normalize_env.get_original_obs() if self._vec_normalize_env is not None else obs
+        for env_idx in np.flatnonzero(slots >= 0).tolist():
+            start = {k: np.array(v[env_idx]) for k, v in raw.items()} if isinstance(raw, dict) else np.array(raw[env_idx])
+            group = int(slots[env_idx]) // self.group_size
+            if group not in firsts:
+                firsts[group] = (env_idx, start)
+                continue
+            first_env, first_start = firsts[group]
+            if not _same_observation(start, first_start):
+                raise GroupStartError(
+                    f"{self.__class__.__name__}: group {group} was reset with seed {seeds[env_idx]} in every env, but "
+                    f"env {env_idx} ({_env_name(env, env_idx)}) started from a different observation than env "
+                    f"{first_env} ({_env_name(env, first_env)}): the environment ignores the seed passed to "
+                    "reset(seed=...) (e.g. it draws its initial state from a global or a space's RNG), so the "
+                    "episodes of a group do not share their start. Make reset(seed=...) determine the initial state, "
+                    "or pass verify_group_starts=False to train on groups with different starts."
+                )
+
+    def collect_rollouts(  # type: ignore[override]
+        self,
+        env: VecEnv,
+        callback: BaseCallback,
+        rollout_buffer: EpisodeRolloutBuffer,
+        n_rollout_steps: int = 0,
+    ) -> bool:
+        """
+        Collect ``n_groups`` groups of ``group_size`` complete episodes, each group from one reset seed.
+
+        Episode k (group-major order: group k // G) is played by env k mod n_envs in wave k // n_envs; each wave
+        starts with a reset of the VecEnv with the seeds of its episodes (envs without an episode: no seed).
+
+        :param env: The training environment
+        :param callback: Callback called at every env step (and at the start and end of the rollout)
+        :param rollout_buffer: Buffer to fill with complete episodes
+        :param n_rollout_steps: Unused (rollouts are sized in groups)
+        :return: True if the rollout is complete, False if a callback stopped training
+        """
+        assert self._group_seed_rng is not None
+        self.policy.set_training_mode(False)
+        rollout_buffer.reset()
+        n_envs = env.num_envs
+        group_seeds = self._group_seed_rng.integers(0, GROUP_SEED_LIMIT, size=self.n_groups).tolist()
+        first_starts: dict[int, tuple[int, Any]] = {}
+        start_timesteps = self.num_timesteps
+        callback.on_rollout_start()
+
+        for wave_start in range(0, self.n_episodes, n_envs):
+            slots = np.arange(wave_start, wave_start + n_envs)
+            slots[slots >= self.n_episodes] = -1
+            seeds: list[int | None] = [int(group_seeds[s // self.group_size]) if s >= 0 else None for s in slots]
+            _seed_next_reset(env, seeds)
+            self._last_obs = env.reset()  # type: ignore[assignment]
+            self._last_episode_starts = np.ones((n_envs,), dtype=bool)
+            if self.verify_group_starts:
+                self._check_group_starts(env, self._last_obs, slots, seeds, first_starts)
+            if self.use_sde:
+                self.policy.reset_noise(n_envs)
+
+            n_steps = 0
+            while np.any(slots >= 0):
+                if self.use_sde and self.sde_sample_freq > 0 and n_steps % self.sde_sample_freq == 0:
+                    self.policy.reset_noise(n_envs)
+                with th.no_grad():
+                    obs_tensor = obs_as_tensor(self._last_obs, self.device)  # type: ignore[arg-type]
+                    actions_t, _, log_probs_t = self._act(obs_tensor)
+                actions = actions_t.cpu().numpy()
+                new_obs, rewards, dones, infos = env.step(self._clip_actions(actions))
+                self.num_timesteps += n_envs
+                n_steps += 1
+
+                callback.update_locals(locals())
+                if not callback.on_step():
+                    return False
+
+                self._update_info_buffer(infos, dones)
+                self._check_rewards(rewards)
+                rollout_buffer.add(self._last_obs, actions, rewards, log_probs_t.cpu().numpy(), None, slots)  # type: ignore[arg-type]
+                for env_idx in np.flatnonzero(dones & (slots >= 0)).tolist():
+                    truncated = bool(infos[env_idx].get("TimeLimit.truncated", False))
+                    rollout_buffer.end_episode(int(slots[env_idx]), env_idx, truncated)
+                    slots[env_idx] = -1
+                self._last_obs = new_obs  # type: ignore[assignment]
+                self._last_episode_starts = dones
+
+        # Steps that envs without a kept episode played while a wave finished (0 with n_envs = 1).
+        self.logger.record(
+            "rollout/kept_step_fraction", rollout_buffer.n_stored_steps / max(self.num_timesteps - start_timesteps, 1)
+        )
+        callback.update_locals(locals())
+        callback.on_rollout_end()
+        return True
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Update
+    # ------------------------------------------------------------------------------------------------------------
+
+    def _prepare_update(self, batch: EpisodeBatch) -> UpdateData:
+        """Rewards -> (KL in reward) -> returns -> group-relative advantages, loss weights; logs group statistics."""
+        name, update = self.__class__.__name__, self._n_updates + 1
+        if batch.n_episodes != self.n_episodes:
+            raise RuntimeError(f"{name}: the rollout holds {batch.n_episodes} episodes, expected {self.n_episodes}")
+        group_ids = th.arange(self.n_episodes, device=self.device) // self.group_size
+        rewards = batch.rewards.to(th.float64)
+
+        ref_log_prob = None
+        if self.ref_policy is not None:
+            with th.no_grad():
+                ref_log_prob = self.ref_policy.get_distribution(batch.observations).log_prob(batch.actions)
+            if self.kl_in_reward:
+                # r'_t = r_t - beta * k1, k1 = log pi_old(a_t|s_t) - log pi_ref(a_t|s_t), actions drawn from pi_old
+                kl_per_step = kl_k1(batch.log_probs, ref_log_prob)
+                rewards = rewards - self.beta * kl_per_step.to(th.float64)
+                self.logger.record("train/kl_ref", kl_per_step.mean().item())
+
+        # R_{i,g}: the undiscounted return of each episode; A: relative to its group.
+        returns = episode_sums(rewards, batch.episode_starts)
+        if self.advantage == "outcome":
+            episode_advantages = group_advantages(returns, group_ids, self.scale_rewards, self.advantage_eps, self.min_std)
+            advantages = episode_advantages[episode_ids_from_starts(batch.episode_starts)]
+        else:
+            advantages = group_process_advantages(
+                rewards, batch.episode_starts, group_ids, self.scale_rewards, self.advantage_eps, self.min_std
+            )
+        assert_finite(advantages, "advantages", name, update)
+
+        grouped = returns.view(self.n_groups, self.group_size)
+        zero_std = grouped.amax(dim=1) == grouped.amin(dim=1)
+        in_loss = th.ones(self.n_episodes, dtype=th.bool, device=self.device)
+        if self.drop_zero_std_groups:
+            in_loss &= ~zero_std[group_ids]
+        if self.mask_truncated:
+            in_loss &= ~batch.episode_truncated.to(self.device)
+        weights = loss_aggregation_weights(batch.episode_lengths, self.loss_aggregation, in_loss, self.max_length)
+
+        self.logger.record("rollout/group_return_std", grouped.std(dim=1, unbiased=False).mean().item())
+        self.logger.record("rollout/zero_std_groups", zero_std.float().mean().item())
+        self.logger.record("rollout/n_episodes", batch.n_episodes)
+        self.logger.record("rollout/n_steps", batch.n_steps)
+        self.logger.record("rollout/truncated_fraction", batch.episode_truncated.float().mean().item())
+        self.logger.record("train/episodes_in_loss", int(in_loss.sum().item()))
+        return UpdateData(
+            observations=batch.observations,
+            actions=batch.actions,
+            old_log_prob=batch.log_probs,
+            ref_log_prob=ref_log_prob,
+            advantages=advantages.to(batch.rewards.dtype),
+            weights=weights.to(batch.rewards.dtype),
+        )
+
+    def _loss(
+        self, data: UpdateData, steps: th.Tensor, clip_low: float, clip_high: float
+    ) -> tuple[th.Tensor, dict[str, th.Tensor]]:
+        """
+        ``-sum_{(e,t) in steps} w_{e,t} [ min(r A, clip(r, 1 - eps_low, 1 + eps_high) A) - beta D_t + c_H H_t ]``:
+        over one epoch, the minibatch losses add up to -J (the weights are the whole rollout's).
+
+        :return: the loss and detached per-step diagnostics (ratio, clipped indicator, D_t)
+        """
+        log_prob, entropy = self.policy.evaluate_actions(_select(data.observations, steps), data.actions[steps])
+        advantages, weights = data.advantages[steps], data.weights[steps]
+        ratio = th.exp(log_prob - data.old_log_prob[steps])
+        objective = th.min(ratio * advantages, th.clamp(ratio, 1 - clip_low, 1 + clip_high) * advantages)
+
+        stats = {"ratio": ratio.detach(), "clipped": ((ratio < 1 - clip_low) | (ratio > 1 + clip_high)).detach()}
+        if data.ref_log_prob is not None and not self.kl_in_reward:
+            # D_t: the kl_estimator's estimate of KL(pi_theta || pi_ref) (k3 = pi_ref/pi_theta - log(pi_ref/pi_theta) - 1)
+            kl = KL_ESTIMATORS[self.kl_estimator](log_prob, data.ref_log_prob[steps])
+            if self.kl_ratio_correction:
+                kl = ratio * kl  # E_{pi_old}[grad (r D)] = grad E_{pi_theta}[D] = grad KL(pi_theta || pi_ref)
+            objective = objective - self.beta * kl
+            stats["kl_ref"] = kl.detach()
+        if self.ent_coef > 0:
+            objective = objective + self.ent_coef * (-log_prob if entropy is None else entropy)
+        return -(weights * objective).sum(), stats
+
+    def train(self) -> None:
+        """
+        One GRPO update: ``n_epochs`` epochs of minibatch steps on the groups of the last rollout.
+        """
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        clip_low = self.clip_range(self._current_progress_remaining)
+        clip_high = clip_low if self.clip_range_high is None else self.clip_range_high(self._current_progress_remaining)
+        name, update = self.__class__.__name__, self._n_updates + 1
+
+        data = self._prepare_update(self.rollout_buffer.get())
+        trained = data.trained_steps
+        batch_size = self.batch_size or max(len(trained), 1)
+        losses, clipped, kl_ref, log_ratios = [], [], [], []
+        for _ in range(self.n_epochs if len(trained) else 0):
+            for minibatch in th.randperm(len(trained), device=self.device).split(batch_size):
+                loss, stats = self._loss(data, trained[minibatch], clip_low, clip_high)
+                assert_finite(loss, "loss", name, update)
+                self.policy.optimizer.zero_grad()
+                loss.backward()
+                if self.max_grad_norm is not None:
+                    th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+                self.policy.optimizer.step()
+                losses.append(loss.item())
+                clipped.append(stats["clipped"])
+                log_ratios.append(th.log(stats["ratio"]))
+                if "kl_ref" in stats:
+                    kl_ref.append(stats["kl_ref"])
+        self._n_updates += 1
+
+        if self.ref_policy is not None and self.ref_update_interval and self._n_updates % self.ref_update_interval == 0:
+            self._refresh_reference()
+
+        if losses:
+            log_ratio = th.cat(log_ratios)
+            self.logger.record("train/loss", float(np.mean(losses)))
+            self.logger.record("train/clip_fraction", th.cat(clipped).float().mean().item())
+            self.logger.record("train/approx_kl", ((th.exp(log_ratio) - 1) - log_ratio).mean().item())
+            if kl_ref:
+                self.logger.record("train/kl_ref", th.cat(kl_ref).mean().item())
+        self.logger.record("train/clip_range", clip_low)
+        if hasattr(self.policy, "log_std"):
+            self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+
+    def _refresh_reference(self) -> None:
+        """pi_ref <- alpha * pi_theta + (1 - alpha) * pi_ref for every parameter and buffer (alpha = 1: a hard copy)."""
+        assert self.ref_policy is not None
+        policy_state = self.policy.state_dict()
+        with th.no_grad():
+            for key, ref_value in self.ref_policy.state_dict().items():
+                if th.is_floating_point(ref_value):
+                    ref_value.lerp_(policy_state[key], self.ref_mixup_alpha)
+                else:
+                    ref_value.copy_(policy_state[key])
+
+    def learn(
+        self: SelfGRPO,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 1,
+        tb_log_name: str = "GRPO",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfGRPO:
+        return super().learn(
+            total_timesteps=total_timesteps,
+            callback=callback,
+            log_interval=log_interval,
+            tb_log_name=tb_log_name,
+            reset_num_timesteps=reset_num_timesteps,
+            progress_bar=progress_bar,
+        )
+
+
+__all__ = ["GROUP_SEED_LIMIT", "GRPO", "GroupStartError"]

@@ -1,0 +1,395 @@
+from __future__ import annotations
+
+import warnings
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.buffers import ReplayBuffer
+from stable_baselines3.common.noise import ActionNoise
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
+
+from sb3_pg_ext.common.buffers import EpisodeBatch
+from sb3_pg_ext.common.checks import (
+    assert_finite,
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    check_learning_rate,
+)
+from sb3_pg_ext.common.replay_buffers import DictEpisodeReplayBuffer, EpisodeReplayBuffer
+from sb3_pg_ext.estimators import (
+    clipped_log_ratios,
+    effective_sample_size,
+    per_decision_log_weights,
+    per_decision_returns,
+    reward_to_go,
+    self_normalized_log_weights,
+)
+from sb3_pg_ext.ispg.policies import ActorCnnPolicy, ActorPolicy, MultiInputActorPolicy
+
+SelfISPG = TypeVar("SelfISPG", bound="ISPG")
+
+IMPORTANCE_WEIGHTS = ("per_decision", "prefix", "one_step")
+BASELINES = ("none", "mean")
+TRAIN_FREQ_UNITS = ("step", "episode")
+
+
+def _check_train_freq(train_freq: Any) -> None:
+    if isinstance(train_freq, tuple):
+        if len(train_freq) != 2:
+            raise ValueError(f"`train_freq` must be an int or a tuple (frequency, unit); got {train_freq!r}")
+        check_int("train_freq", train_freq[0], minimum=1)
+        check_choice("train_freq unit", train_freq[1], TRAIN_FREQ_UNITS)
+    else:
+        check_int("train_freq", train_freq, minimum=1)
+
+
+class ISPG(OffPolicyAlgorithm):
+    """
+    Off-policy policy gradient with importance sampling on a replay buffer of complete episodes (SPEC §2).
+
+    Papers: Precup, Sutton & Singh 2000, "Eligibility Traces for Off-Policy Policy Evaluation" (per-decision
+    importance sampling), https://scholarworks.umass.edu/cs_faculty_pubs/80/ ; Degris, White & Sutton 2012,
+    "Off-Policy Actor-Critic", https://arxiv.org/abs/1205.4839
+
+    The current policy acts (it samples; no exploration noise is added) and every step is stored with its
+    behaviour log-probability log mu(a_t|s_t) in an :class:`~sb3_pg_ext.common.replay_buffers.EpisodeReplayBuffer`.
+    Each gradient step draws ``batch_size`` complete episodes and follows
+
+        g = (1/N) sum_i sum_t  grad log pi(a_{i,t}|s_{i,t}) * psi_{i,t}
+
+    through the surrogate loss ``-(1/N) sum log pi(a_t|s_t) * stopgrad(psi_t)``, with rho_{0:t} the product of
+    the ratios pi/mu up to step t (float64 log space) and, by ``importance_weights``:
+
+    - ``"per_decision"`` (exact, unbiased): psi_t = sum_{t'>=t} gamma^{t'-t} rho_{0:t'} r_{t'} - rho_{0:t} b
+    - ``"prefix"`` (the notes' form; biased when episodes are longer than one step): psi_t = rho_{0:t} (Q_t - b)
+    - ``"one_step"`` (single-ratio approximation): psi_t = rho_t (Q_t - b)
+
+    where Q_t is the discounted reward-to-go of the stored rewards and b the baseline. Episodes that a time limit
+    ends use the observed rewards only (there is no critic to bootstrap with).
+
+    :param policy: The policy model to use (MlpPolicy, CnnPolicy, MultiInputPolicy); an actor without a critic
+    :param env: The environment to learn from (if registered in Gym, can be str)
+    :param learning_rate: The learning rate, it can be a function of the current progress remaining (from 1 to 0)
+    :param buffer_size: Size of the replay buffer in transitions (split between the envs, as in SB3); an episode
+        longer than ``buffer_size // n_envs`` steps can never be sampled
+    :param learning_starts: How many env steps to collect before the first gradient step (the policy acts from
+        the start: there is no uniform warm-up, the behaviour log-probabilities must be those of the actor)
+    :param batch_size: Number of complete **episodes** N per gradient step (drawn uniformly without replacement;
+        all held episodes when the buffer holds fewer)
+    :param gamma: Discount factor
+    :param train_freq: Update the model every ``train_freq`` steps, or pass a tuple of frequency and unit like
+        ``(4, "episode")`` (episode units need a single env, as in SB3)
+    :param gradient_steps: How many gradient steps to do after each rollout (-1: as many as env steps collected)
+    :param importance_weights: ``"per_decision"``, ``"prefix"`` or ``"one_step"`` (see above)
+    :param clip_ratio: Truncate each per-step ratio at this level before the product (Retrace/V-trace style:
+        bounded variance, biased); None keeps the exact weights
+    :param baseline: ``"none"`` (b = 0) or ``"mean"`` (b = the batch mean of Q_t; includes each episode's own
+        return, so like REINFORCE's ``"mean"`` it slightly shrinks the gradient)
+    :param self_normalize: Weighted importance sampling per step index t: divide rho_{0:t} by its mean over the
+        batch's N episodes, an episode that has ended counting with its final weight (for ``"one_step"``: rho_t by
+        its mean over the episodes running at t); consistent, slightly biased, far lower variance
+    :param ent_coef: Entropy coefficient: adds ``-ent_coef * mean_t H(pi(.|s_t))`` over the replayed states
+        (not importance weighted; a regulariser, 0 keeps the pure estimator)
+    :param max_grad_norm: The maximum value for the gradient clipping (None: no clipping). Default 0.5: on
+        CartPole-v1 (3 seeds) it reached 475 in 7.5k/17.5k/5k env steps against 30k/130k/25k unclipped
+        (``benchmarks/results/tune_mgn.json``, ``tune_ispg_default.json``). Clipping rescales a step without changing
+        its direction; it tames the rare batches that one large importance weight dominates
+    :param stats_window_size: Window size for the rollout logging, specifying the number of episodes to average
+        the reported success rate, mean episode length, and mean reward over
+    :param tensorboard_log: the log location for tensorboard (if None, no logging)
+    :param policy_kwargs: additional arguments to be passed to the policy on creation
+    :param verbose: Verbosity level: 0 for no output, 1 for info messages, 2 for debug messages
+    :param seed: Seed for the pseudo random generators
+    :param device: Device (cpu, cuda, ...) on which the code should be run.
+    :param _init_setup_model: Whether or not to build the network at the creation of the instance
+    """
+
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
+        "MlpPolicy": ActorPolicy,
+        "CnnPolicy": ActorCnnPolicy,
+        "MultiInputPolicy": MultiInputActorPolicy,
+    }
+    policy: ActorPolicy
+    replay_buffer: EpisodeReplayBuffer
+
+    def __init__(
+        self,
+        policy: str | type[ActorPolicy],
+        env: GymEnv | str,
+        learning_rate: float | Schedule = 1e-3,
+        buffer_size: int = 20_000,
+        learning_starts: int = 0,
+        batch_size: int = 16,
+        gamma: float = 0.99,
+        train_freq: int | tuple[int, str] = (4, "episode"),
+        gradient_steps: int = 4,
+        importance_weights: str = "per_decision",
+        clip_ratio: float | None = None,
+        baseline: str = "mean",
+        self_normalize: bool = False,
+        ent_coef: float = 0.0,
+        max_grad_norm: float | None = 0.5,
+        stats_window_size: int = 100,
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: th.device | str = "auto",
+        _init_setup_model: bool = True,
+    ):
+        check_learning_rate(learning_rate)
+        check_int("buffer_size", buffer_size, minimum=1)
+        check_int("learning_starts", learning_starts, minimum=0)
+        check_int("batch_size", batch_size, minimum=1)
+        check_float("gamma", gamma, 0.0, 1.0)
+        _check_train_freq(train_freq)
+        check_int("gradient_steps", gradient_steps, minimum=-1)
+        check_choice("importance_weights", importance_weights, IMPORTANCE_WEIGHTS)
+        check_float("clip_ratio", clip_ratio, low=0.0, low_inclusive=False, allow_none=True)
+        check_choice("baseline", baseline, BASELINES)
+        check_bool("self_normalize", self_normalize)
+        check_float("ent_coef", ent_coef, low=0.0)
+        check_float("max_grad_norm", max_grad_norm, low=0.0, low_inclusive=False, allow_none=True)
+
+        super().__init__(
+            policy,
+            env,
+            learning_rate,
+            buffer_size=buffer_size,
+            learning_starts=learning_starts,
+            batch_size=batch_size,
+            gamma=gamma,
+            train_freq=train_freq,
+            gradient_steps=gradient_steps,
+            action_noise=None,
+            replay_buffer_class=None,
+            policy_kwargs=policy_kwargs,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            verbose=verbose,
+            device=device,
+            seed=seed,
+            support_multi_env=True,
+            sde_support=False,
+            supported_action_spaces=(spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary),
+        )
+        if self.env is not None and self.n_envs > 1 and isinstance(train_freq, tuple) and train_freq[1] == "episode":
+            raise ValueError(
+                f"`train_freq={train_freq!r}` counts episodes, which SB3 supports with a single env only; "
+                f"with n_envs={self.n_envs} give `train_freq` in steps, e.g. `train_freq=(500, 'step')`"
+            )
+        self.importance_weights = importance_weights
+        self.clip_ratio = clip_ratio
+        self.baseline = baseline
+        self.self_normalize = self_normalize
+        self.ent_coef = ent_coef
+        self.max_grad_norm = max_grad_norm
+        #: log mu(a_t|s_t) of the actions chosen by the last ``_sample_action`` (one per env).
+        self._last_behaviour_log_probs: np.ndarray | None = None
+
+        if _init_setup_model:
+            self._setup_model()
+
+    def _setup_model(self) -> None:
+        self.replay_buffer_class = (
+            DictEpisodeReplayBuffer if isinstance(self.observation_space, spaces.Dict) else EpisodeReplayBuffer
+        )
+        super()._setup_model()
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "_last_behaviour_log_probs"]
+
+    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
+        return ["policy", "policy.optimizer"], []
+
+    def load_replay_buffer(self, path: Any, truncate_last_traj: bool = True) -> None:
+        """
+        Load a replay buffer saved with :meth:`save_replay_buffer` (it must be an episode replay buffer: a plain
+        SB3 ``ReplayBuffer`` has no behaviour log-probabilities).
+
+        :param path: Path to the pickled replay buffer
+        :param truncate_last_traj: Unused (``HerReplayBuffer`` only)
+        """
+        super().load_replay_buffer(path, truncate_last_traj)
+        if not isinstance(self.replay_buffer, EpisodeReplayBuffer):
+            raise TypeError(
+                f"ISPG needs an EpisodeReplayBuffer (it stores behaviour log-probabilities and episode starts); "
+                f"the file holds a {type(self.replay_buffer).__name__}"
+            )
+
+    # -----------------------------------------------------------------------------------------------------------------
+    # Data collection: the actor samples, and its log-probabilities are stored with the transitions
+    # -----------------------------------------------------------------------------------------------------------------
+
+    def _sample_action(
+        self,
+        learning_starts: int,
+        action_noise: ActionNoise | None = None,
+        n_envs: int = 1,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """
+        Sample actions from the current policy (the behaviour policy mu) and keep their log-probabilities.
+
+        :return: the actions sent to the env (clipped to a Box's bounds) and the actions stored in the buffer
+            (the unclipped samples, whose log-probability was recorded)
+        """
+        assert self._last_obs is not None, "self._last_obs was not set"
+        obs_tensor, _ = self.policy.obs_to_tensor(self._last_obs)
+        with th.no_grad():
+            actions_t, log_probs_t = self.policy(obs_tensor)
+        self._last_behaviour_log_probs = log_probs_t.cpu().numpy().reshape(n_envs)
+        buffer_actions = actions_t.cpu().numpy()
+        actions = buffer_actions
+        if isinstance(self.action_space, spaces.Box):
+            actions = np.clip(buffer_actions, self.action_space.low, self.action_space.high)
+        return actions, buffer_actions
+
+    def _store_transition(
+        self,
+        replay_buffer: ReplayBuffer,
+        buffer_action: np.ndarray,
+        new_obs: np.ndarray | dict[str, np.ndarray],
+        reward: np.ndarray,
+        dones: np.ndarray,
+        infos: list[dict[str, Any]],
+    ) -> None:
+        """SB3's ``_store_transition``, with the behaviour log-probabilities and episode starts staged first."""
+        if not np.all(np.isfinite(reward)):
+            bad = np.flatnonzero(~np.isfinite(reward)).tolist()
+            raise ValueError(
+                f"{self.__class__.__name__}: the environment returned a non-finite reward {reward[bad].tolist()} "
+                f"(env indices {bad}) at timestep {self.num_timesteps}. Rewards must be finite numbers."
+            )
+        assert isinstance(replay_buffer, EpisodeReplayBuffer)
+        assert self._last_behaviour_log_probs is not None and self._last_episode_starts is not None
+        replay_buffer.set_behaviour(self._last_behaviour_log_probs, self._last_episode_starts)
+        super()._store_transition(replay_buffer, buffer_action, new_obs, reward, dones, infos)
+        self._last_episode_starts = np.array(dones, dtype=bool)
+
+    # -----------------------------------------------------------------------------------------------------------------
+    # Training
+    # -----------------------------------------------------------------------------------------------------------------
+
+    def _importance_weighted_returns(self, log_prob: th.Tensor, batch: EpisodeBatch) -> tuple[th.Tensor, dict[str, float]]:
+        """
+        psi_t of SPEC §2 for the chosen ``importance_weights`` (float64), and the weights' diagnostics.
+
+        :param log_prob: ``(T,)`` log pi(a_t|s_t) under the current policy (no gradient needed)
+        :param batch: complete episodes, with ``batch.log_probs`` = log mu(a_t|s_t)
+        :return: psi ``(T,)`` and the diagnostics ``is_ess``, ``is_weight_mean``, ``is_weight_max``,
+            ``is_clip_fraction``
+        """
+        starts, rewards = batch.episode_starts, batch.rewards.to(th.float64)
+        # log rho_{0:t} (float64, restarting at each episode; each ratio truncated at clip_ratio first)
+        log_rho_prefix = per_decision_log_weights(log_prob, batch.log_probs, starts, self.clip_ratio)
+        if self.importance_weights == "one_step":
+            log_w = clipped_log_ratios(log_prob, batch.log_probs, self.clip_ratio)  # log rho_t
+        else:
+            log_w = log_rho_prefix
+        raw_w = th.exp(log_w)
+        if self.self_normalize:
+            log_w = self_normalized_log_weights(log_w, starts, cumulative=self.importance_weights != "one_step")
+        w = th.exp(log_w)
+
+        q = reward_to_go(rewards, starts, self.gamma)  # Q_t: discounted reward-to-go of the stored rewards
+        b = q.mean() if self.baseline == "mean" else th.zeros((), dtype=q.dtype, device=q.device)
+        if self.importance_weights == "per_decision":
+            # psi_t = sum_{t'>=t} gamma^{t'-t} rho_{0:t'} r_{t'} - rho_{0:t} b
+            psi = per_decision_returns(rewards, log_w, starts, self.gamma) - w * b
+        else:
+            # psi_t = rho_{0:t} (Q_t - b)  ("prefix")  or  rho_t (Q_t - b)  ("one_step")
+            psi = w * (q - b)
+
+        # Diagnostics: ESS of the whole-episode weights rho_{0:T_i-1} (the longest product of each episode), as a
+        # fraction of N; mean/max of the weights the estimator uses (before self-normalisation); truncated ratios.
+        last_step = th.cumsum(batch.episode_lengths, 0) - 1
+        log_ratio = log_prob.to(th.float64) - batch.log_probs.to(th.float64)
+        clip_fraction = 0.0 if self.clip_ratio is None else (log_ratio > np.log(self.clip_ratio)).double().mean().item()
+        diagnostics = {
+            "is_ess": effective_sample_size(th.exp(log_rho_prefix[last_step])).item(),
+            "is_weight_mean": raw_w.mean().item(),
+            "is_weight_max": raw_w.max().item(),
+            "is_clip_fraction": clip_fraction,
+        }
+        return psi, diagnostics
+
+    def train(self, gradient_steps: int, batch_size: int = 16) -> None:
+        """
+        ``gradient_steps`` gradient steps, each on ``batch_size`` complete episodes drawn from the replay buffer.
+        """
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        name = self.__class__.__name__
+        if self.replay_buffer.n_episodes == 0:
+            if self.replay_buffer.full:
+                warnings.warn(
+                    f"{name}: the replay buffer is full but holds no complete episode; increase `buffer_size` "
+                    f"(now {self.buffer_size} transitions for {self.n_envs} envs) above the longest episode"
+                )
+            return
+
+        logs: dict[str, list[float]] = {key: [] for key in ("loss", "policy_gradient_loss", "entropy_loss", "batch_steps")}
+        logs.update({key: [] for key in ("is_ess", "is_weight_mean", "is_weight_max", "is_clip_fraction")})
+        for _ in range(gradient_steps):
+            update = self._n_updates + 1
+            batch = self.replay_buffer.sample_episodes(batch_size, env=self._vec_normalize_env)
+            distribution = self.policy.get_distribution(batch.observations)
+            log_prob = distribution.log_prob(batch.actions)
+            psi, diagnostics = self._importance_weighted_returns(log_prob.detach(), batch)
+            assert_finite(psi, "importance-weighted returns (psi)", name, update)
+
+            # g = (1/N) sum_i sum_t grad log pi(a|s) psi  <=>  loss = -(1/N) sum log pi(a|s) stopgrad(psi)
+            policy_loss = -(log_prob * psi.to(log_prob.dtype)).sum() / batch.n_episodes
+            entropy = distribution.entropy()
+            entropy_loss = -th.mean(-log_prob) if entropy is None else -th.mean(entropy)
+            loss = policy_loss + self.ent_coef * entropy_loss
+            assert_finite(loss, "loss", name, update)
+
+            self.policy.optimizer.zero_grad()
+            loss.backward()
+            if self.max_grad_norm is not None:
+                th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+            self.policy.optimizer.step()
+            self._n_updates += 1
+
+            logs["loss"].append(loss.item())
+            logs["policy_gradient_loss"].append(policy_loss.item())
+            logs["entropy_loss"].append(entropy_loss.item())
+            logs["batch_steps"].append(batch.n_steps)
+            for key, value in diagnostics.items():
+                logs[key].append(value)
+
+        for key, values in logs.items():
+            # the largest weight over the gradient steps, the mean of everything else
+            self.logger.record(f"train/{key}", float(np.max(values) if key == "is_weight_max" else np.mean(values)))
+        self.logger.record("train/buffer_episodes", self.replay_buffer.n_episodes)
+        if hasattr(self.policy, "log_std"):
+            self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+
+    def learn(
+        self: SelfISPG,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 4,
+        tb_log_name: str = "ISPG",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfISPG:
+        return super().learn(
+            total_timesteps=total_timesteps,
+            callback=callback,
+            log_interval=log_interval,
+            tb_log_name=tb_log_name,
+            reset_num_timesteps=reset_num_timesteps,
+            progress_bar=progress_bar,
+        )
+
+
+__all__ = ["ISPG"]

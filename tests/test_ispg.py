@@ -1,0 +1,588 @@
+"""
+ISPG (SPEC §2): importance weights, unbiasedness on an enumerable MDP, the episode replay buffer, learning.
+
+The conformance matrix (tests/test_conformance.py) covers the SB3 contract; these tests cover the estimator and
+the buffer. Statistical tests use fixed seeds and tolerances in units of the estimate's standard error.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.utils import set_random_seed
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+from sb3_pg_ext import ISPG
+from sb3_pg_ext.common.buffers import EpisodeBatch
+from sb3_pg_ext.common.replay_buffers import DictEpisodeReplayBuffer, EpisodeReplayBuffer
+from sb3_pg_ext.estimators import (
+    clipped_log_ratios,
+    per_decision_log_weights,
+    per_decision_returns,
+    self_normalized_log_weights,
+)
+from tests.conftest import ENV_FACTORIES
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Weights against slow references
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def random_episodes(n_steps: int, seed: int) -> tuple[th.Tensor, th.Tensor, th.Tensor, th.Tensor]:
+    """Random log-probabilities, rewards and episode boundaries (episodes of random lengths, some of length 1)."""
+    gen = th.Generator().manual_seed(seed)
+    starts = th.rand(n_steps, generator=gen) < 0.15
+    starts[0] = True
+    log_prob = -th.rand(n_steps, generator=gen) * 2.0
+    behaviour = -th.rand(n_steps, generator=gen) * 2.0
+    rewards = th.randn(n_steps, generator=gen)
+    return log_prob, behaviour, rewards, starts
+
+
+def slow_running_products(log_prob, behaviour, starts, clip=None) -> list[float]:
+    out, product = [], 1.0
+    for t in range(len(log_prob)):
+        if starts[t]:
+            product = 1.0
+        ratio = float(np.exp(float(log_prob[t]) - float(behaviour[t])))
+        product *= ratio if clip is None else min(clip, ratio)
+        out.append(product)
+    return out
+
+
+@pytest.mark.parametrize("clip", [None, 1.0, 1.5])
+def test_per_decision_weights_equal_slow_running_product(clip):
+    log_prob, behaviour, _, starts = random_episodes(400, seed=1)
+    weights = th.exp(per_decision_log_weights(log_prob, behaviour, starts, clip))
+    assert weights.dtype == th.float64
+    np.testing.assert_allclose(weights.numpy(), slow_running_products(log_prob, behaviour, starts, clip), rtol=1e-10)
+
+
+def test_per_decision_weights_are_exactly_one_on_policy():
+    log_prob, _, _, starts = random_episodes(400, seed=2)
+    weights = th.exp(per_decision_log_weights(log_prob, log_prob.clone(), starts))
+    assert th.equal(weights, th.ones_like(weights))
+    assert th.equal(th.exp(clipped_log_ratios(log_prob, log_prob.clone())), th.ones(400, dtype=th.float64))
+
+
+def test_per_decision_weights_do_not_overflow_on_long_episodes():
+    # 500 steps with ratio e^2 each: rho_{0:T} = e^1000 overflows, but the log-weights and the self-normalised
+    # weights (normalised in log space) stay finite.
+    log_prob, behaviour = th.zeros(500), th.full((500,), -2.0)
+    starts = th.zeros(500, dtype=th.bool)
+    starts[0] = True
+    log_w = per_decision_log_weights(log_prob, behaviour, starts)
+    assert th.isfinite(log_w).all() and log_w[-1].item() == pytest.approx(1000.0)
+    normalized = self_normalized_log_weights(log_w, starts)
+    assert th.isfinite(normalized).all()
+    assert th.allclose(normalized, th.zeros_like(normalized))  # one episode: each weight is its own mean
+
+
+def test_per_decision_returns_equal_slow_double_sum():
+    log_prob, behaviour, rewards, starts = random_episodes(300, seed=3)
+    gamma = 0.9
+    log_w = per_decision_log_weights(log_prob, behaviour, starts)
+    psi = per_decision_returns(rewards, log_w, starts, gamma)
+    weights = slow_running_products(log_prob, behaviour, starts)
+    ends = [*[t for t in range(1, 300) if starts[t]], 300]
+    expected = []
+    for t in range(300):
+        end = next(e for e in ends if e > t)
+        expected.append(sum(gamma ** (k - t) * weights[k] * float(rewards[k]) for k in range(t, end)))
+    np.testing.assert_allclose(psi.numpy(), expected, rtol=1e-9, atol=1e-12)
+
+
+def test_self_normalized_weights_divide_by_mean_over_the_batch():
+    log_prob, behaviour, _, starts = random_episodes(300, seed=4)
+    step = np.zeros(300, dtype=int)
+    for t in range(1, 300):
+        step[t] = 0 if starts[t] else step[t - 1] + 1
+    episode = np.cumsum(starts.numpy()) - 1
+    last_weight_step = {i: np.flatnonzero(episode == i)[-1] for i in np.unique(episode)}
+
+    # Cumulative weights rho_{0:t}: D_t averages over all N episodes, an ended one at its last weight.
+    w = th.exp(per_decision_log_weights(log_prob, behaviour, starts)).numpy()
+    normalized = th.exp(self_normalized_log_weights(th.log(th.as_tensor(w)), starts)).numpy()
+    for k in np.unique(step):
+        per_episode = [
+            w[np.flatnonzero((episode == i) & (step == min(k, step[last])))[0]] for i, last in last_weight_step.items()
+        ]
+        np.testing.assert_allclose(normalized[step == k], w[step == k] / np.mean(per_episode), rtol=1e-10)
+
+    # Per-step ratios rho_t: D_t averages over the episodes still running at t.
+    ratios = th.exp(clipped_log_ratios(log_prob, behaviour)).numpy()
+    normalized = th.exp(self_normalized_log_weights(th.log(th.as_tensor(ratios)), starts, cumulative=False)).numpy()
+    for k in np.unique(step):
+        np.testing.assert_allclose(normalized[step == k], ratios[step == k] / ratios[step == k].mean(), rtol=1e-10)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Unbiasedness on an enumerable multi-step MDP
+# ---------------------------------------------------------------------------------------------------------------------
+
+# States 0, 1, 2; actions 0, 1. TRANSITIONS[s][a] = (next state or -1 for terminal, reward). Episodes take 2 or 3
+# decisions, and the reward of the last decision depends on the action taken there.
+TRANSITIONS = {0: {0: (1, 0.0), 1: (2, 0.5)}, 1: {0: (-1, 1.0), 1: (2, 0.0)}, 2: {0: (-1, 0.0), 1: (-1, 2.0)}}
+TARGET_P1 = th.tensor([0.7, 0.3, 0.8])  # pi(a=1|s)
+BEHAVIOUR_P1 = np.array([0.5, 0.5, 0.5])  # mu(a=1|s), fixed and != pi
+GAMMA = 0.9
+
+
+class ChainMDP(gym.Env):
+    """The MDP above as a gym env (only its spaces are used: the tests sample episodes directly)."""
+
+    observation_space = spaces.Discrete(3)
+    action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.state = 0
+        return self.state, {}
+
+    def step(self, action):
+        self.state, reward = TRANSITIONS[self.state][int(action)]
+        done = self.state == -1
+        self.state = max(self.state, 0)
+        return self.state, reward, done, False, {}
+
+
+def chain_model(**kwargs) -> ISPG:
+    """An ISPG whose policy is pi above: a linear softmax on one-hot states (net_arch=[])."""
+    model = ISPG(
+        "MlpPolicy", DummyVecEnv([ChainMDP]), gamma=GAMMA, policy_kwargs=dict(net_arch=[]), seed=0, device="cpu", **kwargs
+    )
+    logits = th.log(th.stack([1 - TARGET_P1, TARGET_P1]))  # (2 actions, 3 states)
+    with th.no_grad():
+        model.policy.action_net.weight.copy_(logits)
+        model.policy.action_net.bias.zero_()
+    return model
+
+
+def enumerate_trajectories():
+    """Every trajectory as a list of (state, action, reward)."""
+    trajectories = []
+    for actions in itertools.product((0, 1), repeat=3):
+        s, traj = 0, []
+        for a in actions:
+            nxt, r = TRANSITIONS[s][a]
+            traj.append((s, a, r))
+            if nxt == -1:
+                break
+            s = nxt
+        if traj not in trajectories:
+            trajectories.append(traj)
+    return trajectories
+
+
+def analytic_gradient(model: ISPG, gamma: float = GAMMA) -> th.Tensor:
+    """E_pi[ sum_t grad log pi(a_t|s_t) G_t ] by enumeration, G_t = sum_{t'>=t} gamma^{t'-t} r_{t'} (SPEC §1, §2)."""
+    surrogate = th.zeros(())
+    for traj in enumerate_trajectories():
+        states, actions = th.tensor([s for s, _, _ in traj]), th.tensor([a for _, a, _ in traj])
+        log_prob = model.policy.get_distribution(states).log_prob(actions)
+        returns = [sum(gamma ** (k - t) * traj[k][2] for k in range(t, len(traj))) for t in range(len(traj))]
+        surrogate = surrogate + th.exp(log_prob.sum()).detach() * (log_prob * th.tensor(returns)).sum()
+    model.policy.zero_grad()
+    surrogate.backward()
+    return th.cat([p.grad.reshape(-1).clone() for p in model.policy.parameters()])
+
+
+NEXT_STATE = np.array([[TRANSITIONS[s][a][0] for a in (0, 1)] for s in range(3)])
+REWARD = np.array([[TRANSITIONS[s][a][1] for a in (0, 1)] for s in range(3)])
+
+
+def sample_behaviour_episodes(n_episodes: int, seed: int) -> EpisodeBatch:
+    """Episodes of the fixed behaviour policy mu, laid end to end as ISPG's replay buffer returns them."""
+    rng = np.random.default_rng(seed)
+    state = np.zeros(n_episodes, dtype=int)
+    alive = np.ones(n_episodes, dtype=bool)
+    columns: dict[str, list[np.ndarray]] = {"s": [], "a": [], "r": [], "alive": []}
+    for _ in range(3):
+        action = (rng.random(n_episodes) < BEHAVIOUR_P1[state]).astype(int)
+        for key, value in (("s", state), ("a", action), ("r", REWARD[state, action]), ("alive", alive.copy())):
+            columns[key].append(value)
+        alive &= NEXT_STATE[state, action] != -1
+        state = np.maximum(NEXT_STATE[state, action], 0)
+    present = np.stack(columns["alive"], axis=1)  # (N, 3): boolean indexing keeps episode-major order
+    states, actions, rewards = (np.stack(columns[key], axis=1)[present] for key in ("s", "a", "r"))
+    lengths = present.sum(1)
+    starts = np.zeros(len(states), dtype=bool)
+    starts[np.cumsum(lengths) - lengths] = True
+    behaviour_log_prob = np.log(np.where(actions == 1, BEHAVIOUR_P1[states], 1 - BEHAVIOUR_P1[states]))
+    return EpisodeBatch(
+        observations=th.as_tensor(states),
+        actions=th.as_tensor(actions),
+        rewards=th.as_tensor(rewards, dtype=th.float32),
+        episode_starts=th.as_tensor(starts),
+        log_probs=th.as_tensor(behaviour_log_prob, dtype=th.float32),
+        values=th.zeros(len(states)),
+        bootstrap_values=th.zeros(len(states)),
+        episode_lengths=th.as_tensor(lengths),
+        episode_truncated=th.zeros(n_episodes, dtype=th.bool),
+        episode_env_indices=th.zeros(n_episodes, dtype=th.long),
+    )
+
+
+def score_table(model: ISPG) -> th.Tensor:
+    """grad log pi(a|s) for every (s, a) pair, by autograd on the policy: ``(3, 2, n_parameters)``."""
+    scores = th.zeros(3, 2, sum(p.numel() for p in model.policy.parameters()))
+    for s, a in itertools.product(range(3), range(2)):
+        model.policy.zero_grad()
+        model.policy.get_distribution(th.tensor([s])).log_prob(th.tensor([a])).sum().backward()
+        scores[s, a] = th.cat([p.grad.reshape(-1) for p in model.policy.parameters()])
+    return scores
+
+
+def per_episode_gradients(model: ISPG, batch: EpisodeBatch, scores: th.Tensor) -> th.Tensor:
+    """g_i = sum_t grad log pi(a_{i,t}|s_{i,t}) psi_{i,t} for every episode, psi from ISPG's own code."""
+    with th.no_grad():
+        log_prob = model.policy.get_distribution(batch.observations).log_prob(batch.actions)
+    psi, _ = model._importance_weighted_returns(log_prob, batch)
+    step_gradients = psi.unsqueeze(1).float() * scores[batch.observations, batch.actions]
+    episode_ids = th.cumsum(batch.episode_starts.long(), 0) - 1
+    return th.zeros(batch.n_episodes, scores.shape[-1]).index_add_(0, episode_ids, step_gradients)
+
+
+def split_batches(batch: EpisodeBatch, n_per_batch: int):
+    """Consecutive batches of ``n_per_batch`` episodes."""
+    bounds = th.cumsum(batch.episode_lengths, 0)
+    for first in range(0, batch.n_episodes - n_per_batch + 1, n_per_batch):
+        lo = 0 if first == 0 else int(bounds[first - 1])
+        hi = int(bounds[first + n_per_batch - 1])
+        episodes = slice(first, first + n_per_batch)
+        yield EpisodeBatch(
+            observations=batch.observations[lo:hi],
+            actions=batch.actions[lo:hi],
+            rewards=batch.rewards[lo:hi],
+            episode_starts=batch.episode_starts[lo:hi],
+            log_probs=batch.log_probs[lo:hi],
+            values=batch.values[lo:hi],
+            bootstrap_values=batch.bootstrap_values[lo:hi],
+            episode_lengths=batch.episode_lengths[episodes],
+            episode_truncated=batch.episode_truncated[episodes],
+            episode_env_indices=batch.episode_env_indices[episodes],
+        )
+
+
+def test_loss_gradient_is_the_per_decision_estimate():
+    # The surrogate loss -(1/N) sum log pi * stopgrad(psi) has gradient -g, g the mean of the per-episode estimates.
+    model = chain_model(baseline="none")
+    batch = sample_behaviour_episodes(64, seed=5)
+    expected = per_episode_gradients(model, batch, score_table(model)).mean(0)
+    log_prob = model.policy.get_distribution(batch.observations).log_prob(batch.actions)
+    psi, _ = model._importance_weighted_returns(log_prob.detach(), batch)
+    loss = -(log_prob * psi.float()).sum() / batch.n_episodes
+    model.policy.zero_grad()
+    loss.backward()
+    loss_gradient = th.cat([p.grad.reshape(-1) for p in model.policy.parameters()])
+    th.testing.assert_close(-loss_gradient, expected, rtol=1e-5, atol=1e-6)
+
+
+# The variants whose bias is measured (and printed; README "Bias of the weight variants" holds the figures), with
+# the number of episodes per batch: per-episode estimators (N=1) are averaged over independent episodes,
+# batch-dependent ones (self-normalised weights, the batch-mean baseline) over independent batches of N episodes.
+BIAS_VARIANTS: dict[str, tuple[dict, int]] = {
+    "per_decision": (dict(importance_weights="per_decision"), 1),
+    "prefix": (dict(importance_weights="prefix"), 1),
+    "one_step": (dict(importance_weights="one_step"), 1),
+    "per_decision, clip_ratio=1.5": (dict(importance_weights="per_decision", clip_ratio=1.5), 1),
+    "per_decision, clip_ratio=1": (dict(importance_weights="per_decision", clip_ratio=1.0), 1),
+    "per_decision, self_normalize, N=16": (dict(importance_weights="per_decision", self_normalize=True), 16),
+    "per_decision, self_normalize, N=1000": (dict(importance_weights="per_decision", self_normalize=True), 1000),
+    "per_decision, baseline=mean, N=16": (dict(importance_weights="per_decision", baseline="mean"), 16),
+}
+N_EPISODES = 64_000
+N_BATCHES_MAX = 1_000  # batches of 16: 16,000 of the episodes
+
+
+@pytest.fixture(scope="module")
+def bias_table() -> dict[str, dict[str, float]]:
+    episodes = sample_behaviour_episodes(N_EPISODES, seed=7)
+    table = {}
+    for name, (kwargs, n_per_batch) in BIAS_VARIANTS.items():
+        model = chain_model(**{"baseline": "none", **kwargs})
+        true_gradient, scores = analytic_gradient(model), score_table(model)
+        if n_per_batch == 1:
+            samples = per_episode_gradients(model, episodes, scores)
+        else:
+            batches = itertools.islice(split_batches(episodes, n_per_batch), N_BATCHES_MAX)
+            samples = th.stack([per_episode_gradients(model, b, scores).mean(0) for b in batches])
+        mean = samples.mean(0)
+        standard_error = samples.std(0) / np.sqrt(samples.shape[0])
+        table[name] = {
+            "max_abs_z": ((mean - true_gradient) / standard_error).abs().max().item(),
+            "relative_bias": ((mean - true_gradient).norm() / true_gradient.norm()).item(),
+            "relative_standard_error": (standard_error.norm() / true_gradient.norm()).item(),
+            "episodes": samples.shape[0] * n_per_batch,
+        }
+    print("\nBias of the ISPG gradient estimate on the 3-state chain MDP (behaviour mu(a=1|s) = 0.5, target pi != mu):")
+    print("| variant | episodes | max abs z (8 coordinates) | norm(bias) / norm(grad) | norm(SE) / norm(grad) |")
+    print("|---|---|---|---|---|")
+    for name, row in table.items():
+        print(
+            f"| {name} | {row['episodes']:,} | {row['max_abs_z']:.1f} | {row['relative_bias']:.3f} "
+            f"| {row['relative_standard_error']:.3f} |"
+        )
+    return table
+
+
+def test_analytic_gradient_is_the_gradient_of_the_expected_return_when_undiscounted():
+    # Sanity check of the reference: with gamma = 1, E_pi[sum_t score_t G_t] = grad J, J = sum_tau P(tau) R(tau).
+    model = chain_model()
+    expected_estimator = analytic_gradient(model, gamma=1.0)
+    objective = th.zeros(())
+    for traj in enumerate_trajectories():
+        states, actions = th.tensor([s for s, _, _ in traj]), th.tensor([a for _, a, _ in traj])
+        objective = objective + th.exp(model.policy.get_distribution(states).log_prob(actions).sum()) * sum(
+            r for *_, r in traj
+        )
+    model.policy.zero_grad()
+    objective.backward()
+    grad_j = th.cat([p.grad.reshape(-1) for p in model.policy.parameters()])
+    th.testing.assert_close(expected_estimator, grad_j)
+
+
+def test_per_decision_gradient_is_unbiased(bias_table):
+    # 8 coordinates, each within 4 standard errors (a false alarm has probability < 1e-3).
+    assert bias_table["per_decision"]["max_abs_z"] < 4.0
+
+
+def test_prefix_weights_are_measurably_biased(bias_table):
+    # The notes' form keeps mu's future in the return: on this MDP its bias is many standard errors wide, so
+    # the exact default cannot silently regress into it.
+    assert bias_table["prefix"]["max_abs_z"] > 10.0
+    assert bias_table["prefix"]["relative_bias"] > 5 * bias_table["prefix"]["relative_standard_error"]
+
+
+def test_truncated_and_one_step_weights_are_biased(bias_table):
+    # Truncating the ratios at 1 and dropping the earlier ratios both change the expectation here.
+    assert bias_table["one_step"]["max_abs_z"] > 5.0
+    assert bias_table["per_decision, clip_ratio=1"]["max_abs_z"] > 5.0
+
+
+def test_self_normalized_weights_are_consistent(bias_table):
+    # Biased for small batches (measured with N = 16), but the bias vanishes as N grows: with N = 1000 it is within
+    # 4 standard errors. (Normalising by the mean over the episodes still running at t only, instead of over all N,
+    # is inconsistent here: relative bias 0.40 whatever N.)
+    assert bias_table["per_decision, self_normalize, N=1000"]["max_abs_z"] < 4.0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The episode replay buffer
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class LabelledEpisodes(gym.Env):
+    """
+    Observation = (env id, episode number, step in episode, episode length): every stored step says where it
+    belongs. Episode lengths are drawn from the env's own RNG (1 to 9 steps).
+    """
+
+    action_space = spaces.Discrete(2)
+    observation_space = spaces.Box(0.0, 1e6, shape=(4,), dtype=np.float32)
+
+    def __init__(self, env_id: int):
+        self.env_id = env_id
+        self.episode = -1
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.episode += 1
+        self.t = 0
+        self.length = int(self.np_random.integers(1, 10))
+        return self._obs(), {}
+
+    def _obs(self):
+        return np.array([self.env_id, self.episode, self.t, self.length], dtype=np.float32)
+
+    def step(self, action):
+        self.t += 1
+        return self._obs(), float(action), self.t >= self.length, False, {}
+
+
+def labelled_model(n_envs: int = 3, buffer_size: int = 120) -> ISPG:
+    env = DummyVecEnv([lambda i=i: LabelledEpisodes(i) for i in range(n_envs)])
+    env.seed(0)
+    return ISPG("MlpPolicy", env, buffer_size=buffer_size, batch_size=8, train_freq=(8, "step"), gradient_steps=1, seed=0)
+
+
+def check_whole_episodes(batch: EpisodeBatch) -> None:
+    obs = batch.observations.numpy()
+    bounds = np.concatenate([[0], np.cumsum(batch.episode_lengths.numpy())])
+    assert np.array_equal(np.flatnonzero(batch.episode_starts.numpy()), bounds[:-1])
+    for lo, hi in itertools.pairwise(bounds):
+        episode = obs[lo:hi]
+        assert len(np.unique(episode[:, 0])) == 1, "an episode mixes envs"
+        assert len(np.unique(episode[:, 1])) == 1, "an episode crosses an episode boundary"
+        assert np.array_equal(episode[:, 2], np.arange(hi - lo)), "an episode does not start at its first step"
+        assert hi - lo == episode[0, 3], "an incomplete episode was sampled"
+
+
+def test_buffer_samples_whole_episodes_of_one_env_after_wrapping():
+    model = labelled_model()
+    model.learn(400)
+    model.learn(200, reset_num_timesteps=True)  # resets the envs under running episodes: those are abandoned
+    buffer = model.replay_buffer
+    assert buffer.full and buffer.episode_index.rows_written > buffer.buffer_size  # the ring wrapped
+    set_random_seed(0)
+    for _ in range(50):
+        check_whole_episodes(buffer.sample_episodes(8))
+    # Every held complete episode is sampleable, and nothing else.
+    envs, first_rows, _ = buffer.episode_index.episodes()
+    assert np.all(first_rows >= buffer.episode_index.rows_written - buffer.buffer_size)
+    batch = buffer.sample_episodes(10_000)
+    assert batch.n_episodes == len(envs)
+    check_whole_episodes(batch)
+
+
+def test_episode_index_drops_abandoned_and_overwritten_episodes():
+    buffer = EpisodeReplayBuffer(4, spaces.Box(-1, 1, (1,)), spaces.Discrete(2), device="cpu", n_envs=1)
+
+    def add(start: bool, done: bool) -> None:
+        buffer.add(
+            np.zeros((1, 1)),
+            np.zeros((1, 1)),
+            np.zeros(1),
+            np.zeros(1),
+            np.array([done]),
+            [{}],
+            np.zeros(1),
+            np.array([start]),
+        )
+
+    add(True, False)
+    add(True, True)  # the first episode was abandoned (a new start before its end)
+    assert buffer.n_episodes == 1
+    add(True, False)
+    add(False, False)
+    add(False, False)
+    assert buffer.n_episodes == 1
+    add(False, True)  # 4 steps: complete, still held (ring of 4)
+    assert buffer.n_episodes == 1 and buffer.episode_index.episodes()[2].tolist() == [4]
+    add(True, False)  # overwrites the first step of the 4-step episode
+    assert buffer.n_episodes == 0
+    add(False, False)
+    add(False, False)
+    add(False, False)
+    add(False, True)  # 5 steps do not fit in a ring of 4: never sampleable
+    assert buffer.n_episodes == 0
+
+
+def test_buffer_needs_behaviour_log_probs():
+    buffer = EpisodeReplayBuffer(4, spaces.Box(-1, 1, (1,)), spaces.Discrete(2), device="cpu")
+    with pytest.raises(ValueError, match="behaviour_log_probs"):
+        buffer.add(np.zeros((1, 1)), np.zeros((1, 1)), np.zeros(1), np.zeros(1), np.array([False]), [{}])
+
+
+def test_stored_log_probs_are_the_acting_policy_s():
+    # Before any update the data are on-policy: recomputed log-probabilities equal the stored ones, weights are 1.
+    env = make_vec_env(lambda: ENV_FACTORIES["box"](0), n_envs=2, seed=0)
+    model = ISPG("MlpPolicy", env, train_freq=(64, "step"), gradient_steps=0, seed=0, device="cpu")
+    model.learn(256)
+    batch = model.replay_buffer.sample_episodes(8)
+    with th.no_grad():
+        log_prob = model.policy.get_distribution(batch.observations).log_prob(batch.actions)
+    th.testing.assert_close(log_prob, batch.log_probs, rtol=0, atol=1e-5)
+    assert not th.equal(batch.actions, batch.actions.clamp(-1, 1)), "stored Box actions should be the unclipped samples"
+    _, diagnostics = model._importance_weighted_returns(log_prob, batch)
+    assert diagnostics["is_ess"] == pytest.approx(1.0, abs=1e-6)
+    assert diagnostics["is_weight_max"] == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("env_name", ["discrete", "dict_obs"])
+def test_save_and_load_replay_buffer_restores_behaviour_log_probs(env_name, tmp_path):
+    env = make_vec_env(lambda: ENV_FACTORIES[env_name](0), n_envs=2, seed=0)
+    policy = "MultiInputPolicy" if env_name == "dict_obs" else "MlpPolicy"
+    model = ISPG(policy, env, train_freq=(16, "step"), batch_size=4, seed=0, device="cpu")
+    model.learn(300)
+    expected_class = DictEpisodeReplayBuffer if env_name == "dict_obs" else EpisodeReplayBuffer
+    assert type(model.replay_buffer) is expected_class
+    model.save_replay_buffer(tmp_path / "buffer.pkl")
+
+    other = ISPG(policy, env, train_freq=(16, "step"), batch_size=4, seed=1, device="cpu")
+    other.load_replay_buffer(tmp_path / "buffer.pkl")
+    assert isinstance(other.replay_buffer, expected_class)
+    np.testing.assert_array_equal(other.replay_buffer.behaviour_log_probs, model.replay_buffer.behaviour_log_probs)
+    np.testing.assert_array_equal(other.replay_buffer.episode_starts, model.replay_buffer.episode_starts)
+    assert np.any(model.replay_buffer.behaviour_log_probs != 0)
+    set_random_seed(3)
+    a = model.replay_buffer.sample_episodes(4)
+    set_random_seed(3)
+    b = other.replay_buffer.sample_episodes(4)
+    th.testing.assert_close(a.log_probs, b.log_probs, rtol=0, atol=0)
+    th.testing.assert_close(a.episode_starts, b.episode_starts)
+    other.learn(100, reset_num_timesteps=False)  # and training continues from the loaded buffer
+    assert other._n_updates > 0
+
+
+def test_loading_a_plain_replay_buffer_is_refused(tmp_path):
+    from stable_baselines3 import SAC
+
+    sac = SAC("MlpPolicy", make_vec_env(lambda: ENV_FACTORIES["box"](0), n_envs=1), buffer_size=100, device="cpu")
+    sac.save_replay_buffer(tmp_path / "sac.pkl")
+    model = ISPG("MlpPolicy", make_vec_env(lambda: ENV_FACTORIES["box"](0), n_envs=1), device="cpu")
+    with pytest.raises(TypeError, match="EpisodeReplayBuffer"):
+        model.load_replay_buffer(tmp_path / "sac.pkl")
+
+
+def test_episode_train_freq_with_several_envs_is_refused():
+    env = make_vec_env(lambda: ENV_FACTORIES["discrete"](0), n_envs=2)
+    with pytest.raises(ValueError, match="train_freq"):
+        ISPG("MlpPolicy", env, train_freq=(4, "episode"))
+
+
+def test_ispg_learns_identity_env():
+    # With its defaults (heavy replay: every episode stays in the buffer) ISPG learns SB3's identity task (reward 1
+    # for repeating the observation) in 4,000 steps; chance is 0.25.
+    env = make_vec_env(lambda: ENV_FACTORIES["discrete"](0), n_envs=1, seed=0)
+    model = ISPG("MlpPolicy", env, seed=0, device="cpu")
+    model.learn(4_000)
+    obs = env.reset()
+    correct = 0
+    for _ in range(200):
+        action, _ = model.predict(obs, deterministic=True)
+        correct += int(action[0] == obs[0])
+        obs, *_ = env.step(action)
+    assert correct / 200 > 0.9  # chance is 0.25
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Learning: CartPole-v1, 3 seeds, and against REINFORCE with the same actor network
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ispg_defaults_reach_475_on_cartpole(seed: int):
+    # The issue's bar, in the default suite: a deterministic 10-episode mean >= 475 within 200k env steps for each of
+    # seeds 0, 1, 2. Stops at the first evaluation (every 2,500 steps) that reaches it: with the defaults 7.5k, 17.5k
+    # and 5k steps, about 5-10 CPU s per seed.
+    from benchmarks.ispg_cartpole import steps_to_threshold
+
+    run = steps_to_threshold("ispg", seed, max_steps=200_000, eval_freq=2_500)
+    print(f"\nISPG seed {seed}: env steps to 475 = {run['steps']} ({run['cpu_seconds']:.1f} CPU s)")
+    assert run["steps"] is not None and run["steps"] <= 200_000, run["eval_curve"]
+
+
+@pytest.mark.slow
+def test_ispg_reaches_475_on_cartpole_in_fewer_steps_than_reinforce():
+    # The protocol of `python -m benchmarks.ispg_cartpole`: defaults of both algorithms (the same actor MLP),
+    # deterministic evaluation on 10 episodes every 2,500 env steps, stop at the first mean >= 475.
+    from benchmarks.ispg_cartpole import steps_to_threshold
+
+    max_steps, eval_freq = 200_000, 2_500
+    runs = {
+        algo: [steps_to_threshold(algo, seed, max_steps=max_steps, eval_freq=eval_freq)["steps"] for seed in (0, 1, 2)]
+        for algo in ("ispg", "reinforce")
+    }
+    print(f"\nenv steps to a deterministic mean >= 475 on CartPole-v1 (seeds 0, 1, 2): {runs}")
+    assert all(steps is not None and steps <= max_steps for steps in runs["ispg"]), runs
+    # A REINFORCE run that never gets there counts as one evaluation past the budget.
+    reinforce = [max_steps + eval_freq if steps is None else steps for steps in runs["reinforce"]]
+    assert np.median(runs["ispg"]) < np.median(reinforce), runs
+    assert sum(runs["ispg"]) < sum(reinforce), runs

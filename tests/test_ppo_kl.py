@@ -1,0 +1,333 @@
+"""
+PPOKL (SPEC §3): the adaptive rule, the KL estimators, the stored old distribution, save/load of beta, the
+equivalence with SB3's PPO when the penalty is off, and learning CartPole-v1 (in the default suite): training stops at the
+first evaluation that reaches 475, about 7-10 CPU seconds per seed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch as th
+from gymnasium import spaces
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import EvalCallback, StopTrainingOnRewardThreshold
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.evaluation import evaluate_policy
+from torch.distributions import Categorical, Normal
+
+from sb3_pg_ext import PPOKL
+from sb3_pg_ext.ppo_kl.buffers import KLRolloutBuffer, distribution_parameters, distributions_from_parameters
+from sb3_pg_ext.ppo_kl.ppo_kl import adapted_kl_coef, analytic_kl, sampled_kl
+from tests.conftest import ENV_FACTORIES, flat_parameters, policy_for
+
+# A two-sided z-test at 4 standard errors: false alarm probability 6e-5 per check.
+Z = 4.0
+
+FAST = dict(n_steps=32, batch_size=32, n_epochs=2)
+
+
+def cartpole(n_envs: int = 1, seed: int = 0):
+    return make_vec_env("CartPole-v1", n_envs=n_envs, seed=seed)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The adaptive rule
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kl", "expected"),
+    [
+        (0.0, 0.5),  # d < d_targ / 1.5: halve
+        (0.0066, 0.5),
+        (0.01 / 1.5, 1.0),  # on the band's edges: keep
+        (0.01, 1.0),
+        (0.015, 1.0),
+        (0.0151, 2.0),  # d > 1.5 d_targ: double
+        (1.0, 2.0),
+    ],
+)
+def test_adaptive_rule_halves_keeps_or_doubles_beta(kl: float, expected: float):
+    assert adapted_kl_coef(1.0, kl, kl_target=0.01) == pytest.approx(expected)
+
+
+def test_adaptation_factor_and_threshold_settings_change_the_rule():
+    # factor: beta is divided / multiplied by it
+    assert adapted_kl_coef(1.0, 0.0, 0.01, factor=3.0) == pytest.approx(1 / 3)
+    assert adapted_kl_coef(1.0, 1.0, 0.01, factor=3.0) == pytest.approx(3.0)
+    # threshold: d = 3 d_targ doubles beta with the paper's 1.5 but is inside the band [d/4, 4d]
+    assert adapted_kl_coef(1.0, 0.03, 0.01) == pytest.approx(2.0)
+    assert adapted_kl_coef(1.0, 0.03, 0.01, threshold=4.0) == pytest.approx(1.0)
+    assert adapted_kl_coef(1.0, 0.003, 0.01) == pytest.approx(0.5)
+    assert adapted_kl_coef(1.0, 0.003, 0.01, threshold=4.0) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("settings", "kl", "expected"),
+    [
+        ({}, 0.01, 1.0),
+        ({}, 0.03, 2.0),
+        ({}, 0.001, 0.5),
+        ({"kl_adaptation_threshold": 4.0}, 0.03, 1.0),
+        ({"kl_adaptation_factor": 3.0}, 0.03, 3.0),
+        ({"kl_adaptation_factor": 3.0}, 0.001, 1 / 3),
+        ({"adaptive_kl": False}, 0.03, 1.0),
+    ],
+)
+def test_training_applies_the_rule_to_the_measured_rollout_kl(settings: dict, kl: float, expected: float, monkeypatch):
+    """A controlled d (the rollout KL stubbed) drives beta once per rollout, with the configured factor/threshold."""
+    model = PPOKL("MlpPolicy", cartpole(), seed=0, **FAST, **settings)
+    monkeypatch.setattr(model, "_rollout_kl", lambda: kl)
+    model.learn(32)  # one rollout, one update
+    assert model.kl_coef == pytest.approx(expected)
+    assert model.logger.name_to_value["train/kl_coef"] == pytest.approx(expected)
+    assert model.logger.name_to_value["train/kl"] == pytest.approx(kl)
+
+
+def test_tiny_learning_rate_halves_beta_and_large_one_doubles_it():
+    """Real KLs: a 1e-10 step leaves pi_theta = pi_old (d ~ 0); 0.03 Adam steps move it far (d >> 1.5 d_targ)."""
+    tiny = PPOKL("MlpPolicy", cartpole(), learning_rate=1e-10, seed=0, **FAST)
+    for rollout in range(1, 4):
+        tiny.learn(32, reset_num_timesteps=False)
+        assert tiny.logger.name_to_value["train/kl"] < 1e-6
+        assert tiny.kl_coef == 0.5**rollout
+
+    large = PPOKL("MlpPolicy", cartpole(), learning_rate=0.03, kl_coef=0.01, seed=0, **FAST)
+    for rollout in range(1, 4):
+        large.learn(32, reset_num_timesteps=False)
+        assert large.logger.name_to_value["train/kl"] > 1.5 * 0.01
+        assert large.kl_coef == pytest.approx(0.01 * 2**rollout)
+
+
+def test_minibatch_interval_adapts_after_every_step():
+    settings = dict(learning_rate=1e-10, n_steps=64, batch_size=16, n_epochs=2, seed=0)  # 4 minibatches x 2 epochs
+    per_rollout = PPOKL("MlpPolicy", cartpole(), **settings).learn(64)
+    per_minibatch = PPOKL("MlpPolicy", cartpole(), kl_adaptation_interval="minibatch", **settings).learn(64)
+    assert per_rollout.kl_coef == 0.5
+    assert per_minibatch.kl_coef == 0.5**8
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# KL estimators
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def random_pairs(family: str, n_states: int, generator: th.Generator) -> tuple[list, list, th.Tensor]:
+    """
+    pi_old, pi_theta and pi_theta's parameter (logits or mean) for a batch of states, close enough that the
+    importance weights have finite variance.
+    """
+    if family == "categorical":
+        old_logits = th.randn(n_states, 6, generator=generator)
+        new_logits = (old_logits + 0.5 * th.randn(n_states, 6, generator=generator)).requires_grad_()
+        return [Categorical(logits=old_logits)], [Categorical(logits=new_logits)], new_logits
+    loc = th.randn(n_states, 3, generator=generator)
+    scale = th.exp(0.3 * th.randn(n_states, 3, generator=generator))
+    new_loc = (loc + 0.3 * th.randn(n_states, 3, generator=generator)).requires_grad_()
+    new_scale = scale * th.exp(0.1 * th.randn(n_states, 3, generator=generator))  # < sqrt(2) * scale: finite variance
+    return [Normal(loc, scale)], [Normal(new_loc, new_scale)], new_loc
+
+
+def log_prob(distribution: th.distributions.Distribution, actions: th.Tensor) -> th.Tensor:
+    lp = distribution.log_prob(actions)
+    return lp.sum(-1) if isinstance(distribution, Normal) else lp
+
+
+@pytest.mark.parametrize("family", ["categorical", "gaussian"])
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+def test_sample_estimators_agree_with_the_analytic_kl_in_expectation(family: str, direction: str):
+    generator = th.Generator().manual_seed(0)
+    n_states, n_samples = 8, 50_000
+    old, new, _ = random_pairs(family, n_states, generator)
+    exact = analytic_kl(old, new, direction).detach()  # (n_states,)
+    th.manual_seed(1)
+    actions = old[0].sample((n_samples,))  # (n_samples, n_states[, 3]) ~ pi_old
+    old_lp, new_lp = log_prob(old[0], actions), log_prob(new[0], actions).detach()
+    assert exact.min() > 0.01  # the pairs differ: the check has power
+    for estimator in ("k1", "k3"):
+        estimates = sampled_kl(old_lp, new_lp, estimator, direction)  # (n_samples, n_states)
+        mean, std_error = estimates.mean(0), estimates.std(0) / math.sqrt(n_samples)
+        assert th.all((mean - exact).abs() < Z * std_error), f"{estimator}: {mean} vs {exact} (se {std_error})"
+        if estimator == "k3":
+            assert estimates.min() >= 0
+
+
+@pytest.mark.parametrize("family", ["categorical", "gaussian"])
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+@pytest.mark.parametrize("estimator", ["k1", "k3"])
+def test_sample_estimators_give_unbiased_gradients_of_the_kl(family: str, direction: str, estimator: str):
+    """The penalty's gradient, not only its value: E[grad k] = grad KL, checked over independent sample groups."""
+    generator = th.Generator().manual_seed(2)
+    old, new, leaf = random_pairs(family, 4, generator)
+    exact = th.autograd.grad(analytic_kl(old, new, direction).sum(), leaf, retain_graph=True)[0]
+    th.manual_seed(3)
+    n_groups, group_size = 50, 4_000
+    gradients = []
+    for _ in range(n_groups):
+        actions = old[0].sample((group_size,))
+        estimate = sampled_kl(log_prob(old[0], actions), log_prob(new[0], actions), estimator, direction).mean(0).sum()
+        gradients.append(th.autograd.grad(estimate, leaf, retain_graph=True)[0])
+    stacked = th.stack(gradients)
+    mean, std_error = stacked.mean(0), stacked.std(0) / math.sqrt(n_groups)
+    assert exact.abs().max() > 0.05
+    assert th.all((mean - exact).abs() < Z * std_error + 1e-6), f"{mean} vs {exact} (se {std_error})"
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+def test_k3_is_never_negative(direction: str):
+    old_lp = th.zeros(2_001, dtype=th.float32)
+    new_lp = th.cat([th.linspace(-30.0, 30.0, 2_000), th.tensor([1e-7])])
+    assert sampled_kl(old_lp, new_lp, "k3", direction).min() >= 0
+    assert sampled_kl(new_lp, old_lp, "k3", direction).min() >= 0
+    # ... while k1 can be: it is unbiased only on average
+    assert sampled_kl(old_lp, new_lp, "k1", direction).min() < 0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The stored old distribution (analytic KL)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def rollout_log_prob(distributions: list, actions: th.Tensor, action_space: spaces.Space) -> th.Tensor:
+    """log pi(a|s) of SB3's distributions, from the rebuilt torch distributions."""
+    if isinstance(action_space, spaces.Discrete):
+        return distributions[0].log_prob(actions.long().flatten())
+    if isinstance(action_space, spaces.MultiDiscrete):
+        return th.stack([d.log_prob(actions[:, i].long()) for i, d in enumerate(distributions)]).sum(0)
+    return distributions[0].log_prob(actions).sum(1)
+
+
+@pytest.mark.parametrize(
+    ("env_name", "extra"),
+    [(name, {}) for name in ENV_FACTORIES] + [("box", {"use_sde": True, "sde_sample_freq": 4})],
+    ids=[*ENV_FACTORIES, "box_gsde"],
+)
+def test_stored_old_distribution_is_the_acting_policy(env_name: str, extra: dict):
+    """
+    The parameters stored for each step rebuild pi_old: they give the log-probabilities that SB3 stored when
+    acting, sit next to the right observation after the buffer's shuffling, and have KL 0 to the unchanged policy.
+    """
+    env = make_vec_env(lambda: ENV_FACTORIES[env_name](0), n_envs=2, seed=0)
+    model = PPOKL(policy_for(env_name), env, n_steps=16, batch_size=8, seed=0, **extra)
+    _, callback = model._setup_learn(32, None)
+    assert model.collect_rollouts(model.env, callback, model.rollout_buffer, n_rollout_steps=model.n_steps)
+    buffer = model.rollout_buffer
+    assert isinstance(buffer, KLRolloutBuffer)
+
+    def parameters(obs):
+        return distribution_parameters(model.policy.get_distribution(obs))
+
+    buffer.store_old_distributions(parameters, batch_size=5)  # chunks that do not divide the rollout
+    n_seen = 0
+    with th.no_grad():
+        for data in buffer.get(batch_size=8):
+            current = model.policy.get_distribution(data.observations)
+            old = distributions_from_parameters(data.old_distribution_params, like=current)
+            lp = rollout_log_prob(old, data.actions, model.action_space)
+            np.testing.assert_allclose(lp.numpy(), data.old_log_prob.numpy(), rtol=0, atol=1e-5)
+            np.testing.assert_allclose(data.old_distribution_params.numpy(), parameters(data.observations).numpy(), atol=1e-6)
+            kl = analytic_kl(old, distributions_from_parameters(parameters(data.observations), like=current))
+            assert kl.abs().max() < 1e-6
+            n_seen += len(data.old_log_prob)
+    assert n_seen == 32
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Save / load, and the equivalence with SB3's PPO
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_save_load_and_continued_learning_keep_beta(tmp_path):
+    # A tiny step keeps d ~ 0, so beta halves once per rollout: beta tells how many rollouts it has seen.
+    model = PPOKL("MlpPolicy", cartpole(), learning_rate=1e-10, seed=0, **FAST).learn(3 * 32)
+    assert model.kl_coef == 1 / 8
+    model.save(tmp_path / "ppokl.zip")
+
+    loaded = PPOKL.load(tmp_path / "ppokl.zip", env=cartpole(seed=1))
+    assert loaded.kl_coef == 1 / 8
+    loaded.learn(2 * 32, reset_num_timesteps=False)
+    assert loaded.num_timesteps == 5 * 32
+    assert loaded.kl_coef == 1 / 32  # continued from the saved beta, not from kl_coef=1.0
+
+    model.learn(2 * 32, reset_num_timesteps=False)  # the same holds without a save
+    assert model.kl_coef == 1 / 32
+
+
+@pytest.mark.parametrize("target_kl", [None, 0.0005])
+def test_penalty_free_clipped_update_equals_ppo(target_kl: float | None):
+    """kl_coef=0, adaptive_kl=False, clip_range=0.2: one update is SB3 PPO's update (same data, same start)."""
+    settings = dict(n_steps=64, batch_size=32, n_epochs=4, learning_rate=1e-3, clip_range=0.2, target_kl=target_kl, seed=0)
+    # Each model is built (which seeds torch) and trained before the next: they share torch's global generator.
+    ppo = PPO("MlpPolicy", cartpole(n_envs=2), **settings)
+    start = flat_parameters(ppo)
+    ppo.learn(128)  # one rollout of 2 x 64 steps, then one train() call
+    ppokl = PPOKL("MlpPolicy", cartpole(n_envs=2), kl_coef=0.0, adaptive_kl=False, **settings)
+    np.testing.assert_array_equal(start, flat_parameters(ppokl))
+    ppokl.learn(128)
+    penalised = PPOKL("MlpPolicy", cartpole(n_envs=2), kl_coef=1.0, adaptive_kl=False, **settings).learn(128)
+
+    np.testing.assert_array_equal(ppo.rollout_buffer.observations, ppokl.rollout_buffer.observations)
+    np.testing.assert_array_equal(ppo.rollout_buffer.actions, ppokl.rollout_buffer.actions)
+    assert ppo._n_updates == ppokl._n_updates
+    if target_kl is not None:
+        assert ppo._n_updates < 4, "the early stop did not trigger: the check would not cover it"
+
+    after_ppo, after_ppokl = flat_parameters(ppo), flat_parameters(ppokl)
+    assert np.abs(after_ppo - start).max() > 1e-3
+    np.testing.assert_allclose(after_ppokl, after_ppo, rtol=0, atol=1e-6)
+    # The check has power: the same update with the penalty on lands elsewhere.
+    assert np.abs(flat_parameters(penalised) - after_ppo).max() > 1e-4
+
+
+def test_pure_penalty_is_the_default_and_never_clips():
+    model = PPOKL("MlpPolicy", cartpole(), seed=0, **FAST)
+    assert model.clip_range is None
+    model.learn(64)
+    assert model.logger.name_to_value["train/clip_fraction"] == 0.0
+    assert model.logger.name_to_value["train/approx_kl"] > 0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Learning
+# ---------------------------------------------------------------------------------------------------------------------
+
+#: rl-zoo3's PPO CartPole-v1 hyperparameters (n_envs=8, n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98,
+#: n_epochs=20, ent_coef=0, learning_rate=lin_0.001), without the clipping: PPOKL's pure penalty objective.
+CARTPOLE_HYPERPARAMS = dict(
+    n_steps=32,
+    batch_size=256,
+    gae_lambda=0.8,
+    gamma=0.98,
+    n_epochs=20,
+    ent_coef=0.0,
+    learning_rate=lambda progress_remaining: 1e-3 * progress_remaining,
+)
+
+
+def train_until_threshold(model: PPOKL, budget: int, threshold: float, seed: int, every: int = 10_000) -> tuple[int, float]:
+    """
+    Learn until a deterministic 10-episode evaluation (every ``every`` env steps, and once at the end) reaches
+    ``threshold`` or the budget ends; returns the steps taken and the best evaluation mean.
+    """
+    eval_env = make_vec_env("CartPole-v1", n_envs=1, seed=10_000 + seed)
+    stop = StopTrainingOnRewardThreshold(reward_threshold=threshold)
+    # EvalCallback counts calls, one per vectorised step of n_envs env steps
+    callback = EvalCallback(
+        eval_env, callback_on_new_best=stop, eval_freq=every // model.n_envs, n_eval_episodes=10, verbose=0
+    )
+    model.learn(budget, callback=callback)
+    best = callback.best_mean_reward
+    if best < threshold:
+        best = max(best, evaluate_policy(model, eval_env, n_eval_episodes=10, deterministic=True)[0])
+    return model.num_timesteps, float(best)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ppokl_solves_cartpole_within_100k_steps(seed: int):
+    model = PPOKL("MlpPolicy", cartpole(n_envs=8, seed=seed), seed=seed, device="cpu", **CARTPOLE_HYPERPARAMS)
+    steps, best = train_until_threshold(model, budget=100_000, threshold=475, seed=seed)
+    print(f"PPOKL seed {seed}: deterministic eval {best:.1f} after {steps} steps")
+    assert best >= 475, f"seed {seed}: best deterministic evaluation mean {best} within {steps} steps"
