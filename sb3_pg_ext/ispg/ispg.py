@@ -77,7 +77,8 @@ class ISPG(OffPolicyAlgorithm):
     :param env: The environment to learn from (if registered in Gym, can be str)
     :param learning_rate: The learning rate, it can be a function of the current progress remaining (from 1 to 0)
     :param buffer_size: Size of the replay buffer in transitions (split between the envs, as in SB3); an episode
-        longer than ``buffer_size // n_envs`` steps can never be sampled
+        longer than ``buffer_size // n_envs`` steps can never be sampled. Default 5,000: with ``max_grad_norm=0.5``
+        it reached 475 on CartPole-v1 for 6 of 6 seeds, 20,000 for 5 of 6 (older episodes carry weights far from 1)
     :param learning_starts: How many env steps to collect before the first gradient step (the policy acts from
         the start: there is no uniform warm-up, the behaviour log-probabilities must be those of the actor)
     :param batch_size: Number of complete **episodes** N per gradient step (drawn uniformly without replacement;
@@ -98,7 +99,7 @@ class ISPG(OffPolicyAlgorithm):
         (not importance weighted; a regulariser, 0 keeps the pure estimator)
     :param max_grad_norm: The maximum value for the gradient clipping (None: no clipping). Default 0.5: on
         CartPole-v1 (3 seeds) it reached 475 in 7.5k/17.5k/5k env steps against 30k/130k/25k unclipped
-        (``benchmarks/results/tune_mgn.json``, ``tune_ispg_default.json``). Clipping rescales a step without changing
+        (``benchmarks/results/ispg_tuning.json``). Clipping rescales a step without changing
         its direction; it tames the rare batches that one large importance weight dominates
     :param stats_window_size: Window size for the rollout logging, specifying the number of episodes to average
         the reported success rate, mean episode length, and mean reward over
@@ -123,7 +124,7 @@ class ISPG(OffPolicyAlgorithm):
         policy: str | type[ActorPolicy],
         env: GymEnv | str,
         learning_rate: float | Schedule = 1e-3,
-        buffer_size: int = 20_000,
+        buffer_size: int = 5_000,
         learning_starts: int = 0,
         batch_size: int = 16,
         gamma: float = 0.99,
