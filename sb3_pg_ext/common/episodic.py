@@ -84,6 +84,69 @@ class EpisodicOnPolicyAlgorithm(OnPolicyAlgorithm):
                 f"(env indices {bad}) at timestep {self.num_timesteps}. Rewards must be finite numbers."
             )
 
+    def _collect_step(
+        self,
+        env: VecEnv,
+        callback: BaseCallback,
+        rollout_buffer: EpisodeRolloutBuffer,
+        slots: np.ndarray,
+        n_steps: int,
+    ) -> np.ndarray | None:
+        """
+        Play one vectorised step with the current policy and store it: count the env steps, call the callback,
+        check the rewards, add the step to ``rollout_buffer`` under ``slots`` and close the kept episodes that
+        ended (bootstrapping time-limit truncations with V(s_T) when ``_collect_values``). ``slots`` of envs whose
+        episode ended are set to -1 in place; the caller decides which episode an env plays next.
+
+        :param env: The training environment
+        :param callback: Callback called after the step
+        :param rollout_buffer: Buffer the step is added to
+        :param slots: Kept-episode index per env (-1: the env's steps are not kept); updated in place
+        :param n_steps: Vectorised steps played so far in this rollout (for gSDE resampling)
+        :return: the ``dones`` of the step, or None if a callback stopped training
+        """
+        n_envs = env.num_envs
+        if self.use_sde and self.sde_sample_freq > 0 and n_steps % self.sde_sample_freq == 0:
+            self.policy.reset_noise(n_envs)
+
+        with th.no_grad():
+            obs_tensor = obs_as_tensor(self._last_obs, self.device)  # type: ignore[arg-type]
+            actions_t, values_t, log_probs_t = self._act(obs_tensor)
+        actions = actions_t.cpu().numpy()
+        new_obs, rewards, dones, infos = env.step(self._clip_actions(actions))
+        self.num_timesteps += n_envs
+
+        callback.update_locals(locals())
+        if not callback.on_step():
+            return None
+
+        self._update_info_buffer(infos, dones)
+        self._check_rewards(rewards)
+
+        rollout_buffer.add(
+            self._last_obs,  # type: ignore[arg-type]
+            actions,
+            rewards,
+            log_probs_t.cpu().numpy(),
+            None if values_t is None else values_t.cpu().numpy(),
+            slots,
+        )
+
+        for env_idx in np.flatnonzero(dones & (slots >= 0)).tolist():
+            truncated = bool(infos[env_idx].get("TimeLimit.truncated", False))
+            bootstrap = 0.0
+            terminal_obs = infos[env_idx].get("terminal_observation")
+            if truncated and self._collect_values and terminal_obs is not None:
+                with th.no_grad():
+                    terminal_tensor = self.policy.obs_to_tensor(terminal_obs)[0]
+                    bootstrap = float(self.policy.predict_values(terminal_tensor)[0].item())
+            rollout_buffer.end_episode(int(slots[env_idx]), env_idx, truncated, bootstrap)
+            slots[env_idx] = -1
+
+        self._last_obs = new_obs  # type: ignore[assignment]
+        self._last_episode_starts = dones
+        return dones
+
     def collect_rollouts(  # type: ignore[override]
         self,
         env: VecEnv,
@@ -126,52 +189,15 @@ class EpisodicOnPolicyAlgorithm(OnPolicyAlgorithm):
 
         n_steps = 0
         while np.any(slots >= 0):
-            if self.use_sde and self.sde_sample_freq > 0 and n_steps % self.sde_sample_freq == 0:
-                self.policy.reset_noise(n_envs)
-
-            with th.no_grad():
-                obs_tensor = obs_as_tensor(self._last_obs, self.device)  # type: ignore[arg-type]
-                actions_t, values_t, log_probs_t = self._act(obs_tensor)
-            actions = actions_t.cpu().numpy()
-            new_obs, rewards, dones, infos = env.step(self._clip_actions(actions))
-            self.num_timesteps += n_envs
-            n_steps += 1
-
-            callback.update_locals(locals())
-            if not callback.on_step():
-                return False
-
-            self._update_info_buffer(infos, dones)
-            self._check_rewards(rewards)
-
-            rollout_buffer.add(
-                self._last_obs,  # type: ignore[arg-type]
-                actions,
-                rewards,
-                log_probs_t.cpu().numpy(),
-                None if values_t is None else values_t.cpu().numpy(),
-                slots,
-            )
             n_kept_steps += int(np.sum(slots >= 0))
-
+            dones = self._collect_step(env, callback, rollout_buffer, slots, n_steps)
+            if dones is None:
+                return False
+            n_steps += 1
             for env_idx in np.flatnonzero(dones).tolist():
-                slot = int(slots[env_idx])
-                if slot >= 0:
-                    truncated = bool(infos[env_idx].get("TimeLimit.truncated", False))
-                    bootstrap = 0.0
-                    terminal_obs = infos[env_idx].get("terminal_observation")
-                    if truncated and self._collect_values and terminal_obs is not None:
-                        with th.no_grad():
-                            terminal_tensor = self.policy.obs_to_tensor(terminal_obs)[0]
-                            bootstrap = float(self.policy.predict_values(terminal_tensor)[0].item())
-                    rollout_buffer.end_episode(slot, env_idx, truncated, bootstrap)
-                slots[env_idx] = -1
                 if self._wants_more_episodes(n_started, n_kept_steps):
                     slots[env_idx] = n_started
                     n_started += 1
-
-            self._last_obs = new_obs  # type: ignore[assignment]
-            self._last_episode_starts = dones
 
         callback.update_locals(locals())
         callback.on_rollout_end()

@@ -7,7 +7,7 @@ from gymnasium import spaces
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule, TensorDict
-from stable_baselines3.common.utils import FloatSchedule, obs_as_tensor
+from stable_baselines3.common.utils import FloatSchedule
 from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_pg_ext.common.buffers import EpisodeBatch, EpisodeRolloutBuffer
@@ -430,29 +430,9 @@ class GRPO(EpisodicOnPolicyAlgorithm):
 
             n_steps = 0
             while np.any(slots >= 0):
-                if self.use_sde and self.sde_sample_freq > 0 and n_steps % self.sde_sample_freq == 0:
-                    self.policy.reset_noise(n_envs)
-                with th.no_grad():
-                    obs_tensor = obs_as_tensor(self._last_obs, self.device)  # type: ignore[arg-type]
-                    actions_t, _, log_probs_t = self._act(obs_tensor)
-                actions = actions_t.cpu().numpy()
-                new_obs, rewards, dones, infos = env.step(self._clip_actions(actions))
-                self.num_timesteps += n_envs
-                n_steps += 1
-
-                callback.update_locals(locals())
-                if not callback.on_step():
+                if self._collect_step(env, callback, rollout_buffer, slots, n_steps) is None:
                     return False
-
-                self._update_info_buffer(infos, dones)
-                self._check_rewards(rewards)
-                rollout_buffer.add(self._last_obs, actions, rewards, log_probs_t.cpu().numpy(), None, slots)  # type: ignore[arg-type]
-                for env_idx in np.flatnonzero(dones & (slots >= 0)).tolist():
-                    truncated = bool(infos[env_idx].get("TimeLimit.truncated", False))
-                    rollout_buffer.end_episode(int(slots[env_idx]), env_idx, truncated)
-                    slots[env_idx] = -1
-                self._last_obs = new_obs  # type: ignore[assignment]
-                self._last_episode_starts = dones
+                n_steps += 1
 
         # Steps that envs without a kept episode played while a wave finished (0 with n_envs = 1).
         self.logger.record(
