@@ -85,6 +85,16 @@ def assert_finite(tensor: th.Tensor | np.ndarray, quantity: str, algorithm: str,
         )
 
 
+def check_rewards(rewards: np.ndarray, algorithm: str, timestep: int) -> None:
+    """Raise ``ValueError`` naming the algorithm, the envs and the timestep if an env returned a NaN/inf reward."""
+    if not np.all(np.isfinite(rewards)):
+        bad = np.flatnonzero(~np.isfinite(rewards)).tolist()
+        raise ValueError(
+            f"{algorithm}: the environment returned a non-finite reward {np.asarray(rewards)[bad].tolist()} "
+            f"(env indices {bad}) at timestep {timestep}. Rewards must be finite numbers."
+        )
+
+
 def assert_finite_parameters(module: th.nn.Module, algorithm: str, update: int) -> None:
     """Raise ``FloatingPointError`` if an optimiser step left a NaN/inf in ``module``'s parameters."""
     for name, param in module.named_parameters():

@@ -11,6 +11,7 @@ from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_pg_ext.common.buffers import EpisodeRolloutBuffer
+from sb3_pg_ext.common.checks import check_rewards
 
 
 class EpisodicOnPolicyAlgorithm(OnPolicyAlgorithm):
@@ -76,14 +77,6 @@ class EpisodicOnPolicyAlgorithm(OnPolicyAlgorithm):
             return np.clip(actions, self.action_space.low, self.action_space.high)
         return actions
 
-    def _check_rewards(self, rewards: np.ndarray) -> None:
-        if not np.all(np.isfinite(rewards)):
-            bad = np.flatnonzero(~np.isfinite(rewards)).tolist()
-            raise ValueError(
-                f"{self.__class__.__name__}: the environment returned a non-finite reward {rewards[bad].tolist()} "
-                f"(env indices {bad}) at timestep {self.num_timesteps}. Rewards must be finite numbers."
-            )
-
     def _collect_step(
         self,
         env: VecEnv,
@@ -121,7 +114,7 @@ class EpisodicOnPolicyAlgorithm(OnPolicyAlgorithm):
             return None
 
         self._update_info_buffer(infos, dones)
-        self._check_rewards(rewards)
+        check_rewards(rewards, self.__class__.__name__, self.num_timesteps)
 
         rollout_buffer.add(
             self._last_obs,  # type: ignore[arg-type]

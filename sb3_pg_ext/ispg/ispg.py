@@ -20,6 +20,7 @@ from sb3_pg_ext.common.checks import (
     check_float,
     check_int,
     check_learning_rate,
+    check_rewards,
 )
 from sb3_pg_ext.common.replay_buffers import DictEpisodeReplayBuffer, EpisodeReplayBuffer
 from sb3_pg_ext.estimators import (
@@ -261,12 +262,7 @@ class ISPG(OffPolicyAlgorithm):
         infos: list[dict[str, Any]],
     ) -> None:
         """SB3's ``_store_transition``, with the behaviour log-probabilities and episode starts staged first."""
-        if not np.all(np.isfinite(reward)):
-            bad = np.flatnonzero(~np.isfinite(reward)).tolist()
-            raise ValueError(
-                f"{self.__class__.__name__}: the environment returned a non-finite reward {reward[bad].tolist()} "
-                f"(env indices {bad}) at timestep {self.num_timesteps}. Rewards must be finite numbers."
-            )
+        check_rewards(reward, self.__class__.__name__, self.num_timesteps)
         assert isinstance(replay_buffer, EpisodeReplayBuffer)
         assert self._last_behaviour_log_probs is not None and self._last_episode_starts is not None
         replay_buffer.set_behaviour(self._last_behaviour_log_probs, self._last_episode_starts)
