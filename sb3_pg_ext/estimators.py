@@ -52,6 +52,14 @@ def _check_flat(name: str, tensor: th.Tensor, length: int | None = None) -> None
         raise ValueError(f"`{name}` has {tensor.shape[0]} entries but the batch has {length} steps")
 
 
+def _first_steps(episode_starts: th.Tensor) -> th.Tensor:
+    """Bool mask of each episode's first step; the batch's first step always opens an episode."""
+    starts = episode_starts.to(th.bool).clone()
+    if starts.numel() > 0:
+        starts[0] = True
+    return starts
+
+
 def episode_ids_from_starts(episode_starts: th.Tensor) -> th.Tensor:
     """
     Episode index of every step: ``id_t = (number of episode starts at or before t) - 1``.
@@ -62,10 +70,7 @@ def episode_ids_from_starts(episode_starts: th.Tensor) -> th.Tensor:
     :return: ``(T,)`` long tensor with values ``0..N-1``
     """
     _check_flat("episode_starts", episode_starts)
-    starts = episode_starts.to(th.bool).clone()
-    if starts.numel() > 0:
-        starts[0] = True
-    return th.cumsum(starts.long(), dim=0) - 1
+    return th.cumsum(_first_steps(episode_starts).long(), dim=0) - 1
 
 
 def step_index(episode_starts: th.Tensor) -> th.Tensor:
@@ -185,10 +190,7 @@ def discounted_returns(
     """
     ids = episode_ids_from_starts(episode_starts)
     rtg = _discounted_suffix_sum(_with_bootstrap(rewards, episode_starts, gamma, bootstrap_values), ids, gamma)
-    starts = episode_starts.to(th.bool).clone()
-    if starts.numel():
-        starts[0] = True
-    return rtg[starts][ids]
+    return rtg[_first_steps(episode_starts)][ids]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -292,22 +294,13 @@ def per_decision_log_weights(
     :param clip_ratio: per-step truncation level c > 0, or None
     :return: ``(T,)`` float64 cumulative log-weights
     """
-    _check_flat("log_prob", log_prob)
-    _check_flat("behaviour_log_prob", behaviour_log_prob, log_prob.shape[0])
+    log_ratio = clipped_log_ratios(log_prob, behaviour_log_prob, clip_ratio)
     _check_flat("episode_starts", episode_starts, log_prob.shape[0])
-    log_ratio = log_prob.to(th.float64) - behaviour_log_prob.to(th.float64)
-    if clip_ratio is not None:
-        if clip_ratio <= 0:
-            raise ValueError(f"`clip_ratio` must be > 0 or None, got {clip_ratio}")
-        log_ratio = th.clamp(log_ratio, max=float(th.log(th.tensor(clip_ratio, dtype=th.float64))))
     ids = episode_ids_from_starts(episode_starts)
     cumulative = th.cumsum(log_ratio, dim=0)
     # Subtract what had accumulated before each episode's first step.
     before_start = cumulative - log_ratio
-    starts = episode_starts.to(th.bool).clone()
-    if starts.numel():
-        starts[0] = True
-    return cumulative - before_start[starts][ids]
+    return cumulative - before_start[_first_steps(episode_starts)][ids]
 
 
 def effective_sample_size(weights: th.Tensor) -> th.Tensor:
