@@ -38,6 +38,13 @@ class EpisodeBatch(NamedTuple):
         return int(self.rewards.shape[0])
 
 
+def select_steps(observations: th.Tensor | TensorDict, index: th.Tensor | slice) -> th.Tensor | TensorDict:
+    """The steps ``index`` (an index tensor or a slice) of a batch of observations, a tensor or a dict of tensors."""
+    if isinstance(observations, dict):
+        return {key: value[index] for key, value in observations.items()}
+    return observations[index]
+
+
 class EpisodeRolloutBuffer:
     """
     Rollout buffer for on-policy algorithms that learn from *complete* episodes (REINFORCE, GRPO).

@@ -10,7 +10,7 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedul
 from stable_baselines3.common.utils import FloatSchedule
 from stable_baselines3.common.vec_env import VecEnv
 
-from sb3_pg_ext.common.buffers import EpisodeBatch, EpisodeRolloutBuffer
+from sb3_pg_ext.common.buffers import EpisodeBatch, EpisodeRolloutBuffer, select_steps
 from sb3_pg_ext.common.checks import (
     assert_finite,
     check_bool,
@@ -61,12 +61,6 @@ class UpdateData(NamedTuple):
     def trained_steps(self) -> th.Tensor:
         """Indices of the steps that enter the loss."""
         return th.nonzero(self.weights > 0).squeeze(1)
-
-
-def _select(observations: th.Tensor | TensorDict, index: th.Tensor) -> th.Tensor | TensorDict:
-    if isinstance(observations, dict):
-        return {key: value[index] for key, value in observations.items()}
-    return observations[index]
 
 
 def _seed_next_reset(env: VecEnv, seeds: list[int | None]) -> None:
@@ -508,7 +502,7 @@ class GRPO(EpisodicOnPolicyAlgorithm):
 
         :return: the loss and detached per-step diagnostics (ratio, clipped indicator, D_t)
         """
-        log_prob, entropy = self.policy.evaluate_actions(_select(data.observations, steps), data.actions[steps])
+        log_prob, entropy = self.policy.evaluate_actions(select_steps(data.observations, steps), data.actions[steps])
         advantages, weights = data.advantages[steps], data.weights[steps]
         ratio = th.exp(log_prob - data.old_log_prob[steps])
         objective = th.min(ratio * advantages, th.clamp(ratio, 1 - clip_low, 1 + clip_high) * advantages)

@@ -7,7 +7,7 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedul
 from stable_baselines3.common.utils import explained_variance
 from torch.nn import functional as F
 
-from sb3_pg_ext.common.buffers import EpisodeBatch
+from sb3_pg_ext.common.buffers import EpisodeBatch, select_steps
 from sb3_pg_ext.common.checks import (
     assert_finite,
     assert_finite_parameters,
@@ -31,12 +31,6 @@ SelfREINFORCE = TypeVar("SelfREINFORCE", bound="REINFORCE")
 
 BASELINES = ("none", "mean", "loo", "optimal", "value")
 DISCOUNT_WEIGHTINGS = ("return", "gradient")
-
-
-def _slice_observations(observations: th.Tensor | dict[str, th.Tensor], start: int, end: int) -> Any:
-    if isinstance(observations, dict):
-        return {key: value[start:end] for key, value in observations.items()}
-    return observations[start:end]
 
 
 class REINFORCE(EpisodicOnPolicyAlgorithm):
@@ -276,7 +270,7 @@ class REINFORCE(EpisodicOnPolicyAlgorithm):
         starts = [0, *ends[:-1]]
         scores = []
         for start, end in zip(starts, ends, strict=True):
-            distribution = self.policy.get_distribution(_slice_observations(batch.observations, start, end))
+            distribution = self.policy.get_distribution(select_steps(batch.observations, slice(start, end)))
             log_prob = distribution.log_prob(batch.actions[start:end])
             grads = th.autograd.grad((weights[start:end] * log_prob).sum(), params, allow_unused=True)
             flat = [(th.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params, strict=True)]
