@@ -480,8 +480,7 @@ class GRPO(EpisodicOnPolicyAlgorithm):
 
         self.logger.record("rollout/group_return_std", grouped.std(dim=1, unbiased=False).mean().item())
         self.logger.record("rollout/zero_std_groups", zero_std.float().mean().item())
-        self.logger.record("rollout/n_episodes", batch.n_episodes)
-        self.logger.record("rollout/n_steps", batch.n_steps)
+        self._record_rollout_stats()
         self.logger.record("rollout/truncated_fraction", batch.episode_truncated.float().mean().item())
         self.logger.record("train/episodes_in_loss", int(in_loss.sum().item()))
         return UpdateData(
