@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch as th
 
 __all__ = [
+    "BASELINE_WEIGHTINGS",
     "batch_mean_baseline",
     "clipped_log_ratios",
     "discounted_returns",
@@ -133,6 +134,25 @@ def _discounted_suffix_sum(x: th.Tensor, episode_ids: th.Tensor, gamma: float) -
     return y
 
 
+def _segmented_prefix_sum(x: th.Tensor, episode_ids: th.Tensor) -> th.Tensor:
+    """
+    ``y_t = sum_{k <= t, same episode} x_k`` by a segmented Hillis-Steele scan: each episode's sums depend on that
+    episode's values alone (a non-finite value in one episode never reaches another).
+    """
+    y = x.clone()
+    if y.shape[0] == 0:
+        return y
+    max_len = int(th.bincount(episode_ids).max().item())
+    offset = 1
+    while offset < max_len:
+        same_episode = episode_ids[offset:] == episode_ids[:-offset]
+        shifted = th.zeros_like(y)
+        shifted[offset:] = th.where(same_episode, y[:-offset], th.zeros_like(y[offset:]))
+        y = y + shifted
+        offset *= 2
+    return y
+
+
 def _with_bootstrap(
     rewards: th.Tensor, episode_starts: th.Tensor, gamma: float, bootstrap_values: th.Tensor | None
 ) -> th.Tensor:
@@ -198,40 +218,72 @@ def discounted_returns(
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def batch_mean_baseline(psi: th.Tensor) -> th.Tensor:
-    """
-    The notes' average-return baseline: ``b = (1/T) sum_{i,t} psi_{i,t}``, the same constant for every step.
+BASELINE_WEIGHTINGS = ("episode", "step")
 
-    It includes each episode's own return, so the estimator's expectation is shrunk:
-    for one-step episodes ``E[g] = (N-1)/N * grad J`` exactly. Use :func:`leave_one_out_baseline` for an
-    unbiased batch baseline.
+
+def _episode_means(psi: th.Tensor, episode_starts: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+    """Per-episode sums of psi, episode lengths and episode ids of every step."""
+    _check_flat("psi", psi)
+    _check_flat("episode_starts", episode_starts, psi.shape[0])
+    ids = episode_ids_from_starts(episode_starts)
+    return episode_sums(psi, episode_starts), episode_sums(th.ones_like(psi), episode_starts), ids
+
+
+def batch_mean_baseline(psi: th.Tensor, episode_starts: th.Tensor | None = None, weighting: str = "step") -> th.Tensor:
+    """
+    The notes' average-return baseline, the same constant b for every step of the batch:
+
+    - ``weighting="episode"``: the mean over the N **episodes** of each episode's mean psi,
+      ``b = (1/N) sum_i (1/T_i) sum_t psi_{i,t}``. For whole-episode returns (psi_{i,t} = R_i at every step) this is
+      the notes' ``b = (1/N) sum_i R_i``: every return counts once, whatever its episode's length.
+    - ``weighting="step"``: the mean over all T steps of the batch, ``b = (1/T) sum_{i,t} psi_{i,t}``. For
+      whole-episode returns this weights R_i by its episode's length T_i (returns 10, 2, 30 of lengths 10, 2, 30
+      give b = 23.9 instead of 14.0); for reward-to-go it is the mean reward-to-go of the batch's steps.
+
+    It includes each episode's own psi, so the estimator's expectation is shrunk: for one-step episodes
+    ``E[g] = (N-1)/N * grad J`` exactly. Use :func:`leave_one_out_baseline` for an unbiased batch baseline.
 
     :param psi: ``(T,)`` per-step returns
+    :param episode_starts: ``(T,)`` bool episode boundaries (needed by ``weighting="episode"``)
+    :param weighting: ``"episode"`` or ``"step"`` (see above)
     :return: ``(T,)`` baseline (a constant)
     """
     _check_flat("psi", psi)
-    return psi.mean().expand_as(psi)
+    if weighting not in BASELINE_WEIGHTINGS:
+        raise ValueError(f"`weighting` must be one of 'episode', 'step', got {weighting!r}")
+    if weighting == "step":
+        return psi.mean().expand_as(psi)
+    if episode_starts is None:
+        raise ValueError("`weighting='episode'` needs `episode_starts`")
+    sums, counts, _ = _episode_means(psi, episode_starts)
+    return (sums / counts).mean().expand_as(psi)
 
 
-def leave_one_out_baseline(psi: th.Tensor, episode_starts: th.Tensor) -> th.Tensor:
+def leave_one_out_baseline(psi: th.Tensor, episode_starts: th.Tensor, weighting: str = "step") -> th.Tensor:
     """
-    Leave-one-out baseline: for every step of episode i, the mean of ``psi`` over the steps of the *other*
-    episodes of the batch,
+    Leave-one-out baseline: for every step of episode i, a mean of psi over the *other* N-1 episodes of the batch,
 
-        b_i = (sum_{j != i} sum_t psi_{j,t}) / (sum_{j != i} T_j)
+    - ``weighting="episode"``: ``b_i = (1/(N-1)) sum_{j != i} (1/T_j) sum_t psi_{j,t}``; for whole-episode returns
+      ``b_i = (1/(N-1)) sum_{j != i} R_j``, every other return counted once;
+    - ``weighting="step"``: ``b_i = (sum_{j != i} sum_t psi_{j,t}) / (sum_{j != i} T_j)``, the mean over the other
+      episodes' steps (for reward-to-go: their mean reward-to-go per step).
 
-    It does not depend on episode i, hence ``E[grad log pi * b_i] = 0``: unbiased. Needs N >= 2.
+    Either way b_i does not depend on episode i, hence ``E[grad log pi * b_i] = 0``: unbiased. Needs N >= 2.
 
     :param psi: ``(T,)`` per-step returns
     :param episode_starts: ``(T,)`` bool episode boundaries
+    :param weighting: ``"episode"`` or ``"step"`` (see above)
     :return: ``(T,)`` baseline
     """
-    _check_flat("psi", psi)
-    ids = episode_ids_from_starts(episode_starts)
-    sums = episode_sums(psi, episode_starts)
-    counts = episode_sums(th.ones_like(psi), episode_starts)
-    if sums.shape[0] < 2:
+    if weighting not in BASELINE_WEIGHTINGS:
+        raise ValueError(f"`weighting` must be one of 'episode', 'step', got {weighting!r}")
+    sums, counts, ids = _episode_means(psi, episode_starts)
+    n_episodes = sums.shape[0]
+    if n_episodes < 2:
         raise ValueError("The leave-one-out baseline needs at least 2 episodes in the batch")
+    if weighting == "episode":
+        means = sums / counts
+        return ((means.sum() - means) / (n_episodes - 1))[ids]
     return ((sums.sum() - sums) / (counts.sum() - counts))[ids]
 
 
@@ -296,11 +348,9 @@ def per_decision_log_weights(
     """
     log_ratio = clipped_log_ratios(log_prob, behaviour_log_prob, clip_ratio)
     _check_flat("episode_starts", episode_starts, log_prob.shape[0])
-    ids = episode_ids_from_starts(episode_starts)
-    cumulative = th.cumsum(log_ratio, dim=0)
-    # Subtract what had accumulated before each episode's first step.
-    before_start = cumulative - log_ratio
-    return cumulative - before_start[_first_steps(episode_starts)][ids]
+    # A segmented scan, not a global cumsum minus its value before each episode: with a global cumsum one
+    # non-finite ratio would turn every later episode's weights into inf - inf = NaN.
+    return _segmented_prefix_sum(log_ratio, episode_ids_from_starts(episode_starts))
 
 
 def effective_sample_size(weights: th.Tensor) -> th.Tensor:

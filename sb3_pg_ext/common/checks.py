@@ -103,3 +103,19 @@ def assert_finite_parameters(module: th.nn.Module, algorithm: str, update: int) 
                 f"{algorithm}: non-finite parameter {name!r} after the optimiser step of update {update}. "
                 "Lower the learning rate or clip gradients (max_grad_norm)."
             )
+
+
+def assert_finite_gradients(module: th.nn.Module, algorithm: str, update: int) -> None:
+    """
+    Raise ``FloatingPointError`` naming the algorithm, the update and the parameter if a gradient holds NaN/inf.
+
+    Call it after ``loss.backward()`` and *before* ``optimizer.step()`` (and before gradient clipping, which would
+    spread one non-finite entry over every gradient): the parameters are then left as they were.
+    """
+    for name, param in module.named_parameters():
+        if param.grad is not None and not bool(th.isfinite(param.grad).all()):
+            raise FloatingPointError(
+                f"{algorithm}: non-finite gradient of parameter {name!r} at update {update} (the optimiser step was "
+                "not taken; the parameters are unchanged). Check the environment's rewards and observations "
+                "(VecNormalize / VecCheckNan help), or lower the learning rate."
+            )
