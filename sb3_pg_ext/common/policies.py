@@ -41,13 +41,16 @@ from torch import nn
 def actor_net_arch(net_arch: list[int] | dict[str, list[int]] | None, default: list[int]) -> list[int]:
     """
     The actor's hidden layer sizes from a ``net_arch`` argument: a list, None (``default``), or a dict in
-    ``ActorCriticPolicy``'s form (``dict(pi=[...], vf=[...])``) whose ``"pi"`` entry is used (``"vf"`` is ignored,
-    so that ``policy_kwargs`` can be shared with actor-critic algorithms).
+    ``ActorCriticPolicy``'s form with the actor's key only, ``dict(pi=[...])``. A ``"vf"`` key is refused rather
+    than ignored: these policies build no value network, so a critic architecture would silently do nothing.
     """
     if isinstance(net_arch, dict):
-        unknown = set(net_arch) - {"pi", "vf"}
+        unknown = set(net_arch) - {"pi"}
         if unknown:
-            raise ValueError(f"`net_arch` as a dict takes the keys 'pi' (and 'vf', ignored); got {sorted(unknown)}")
+            raise ValueError(
+                "Actor-only policies (GRPO, ISPG) have no value network: `net_arch` takes a list of the actor's "
+                f"layer sizes or dict(pi=[...]); got the keys {sorted(net_arch)}"
+            )
         return list(net_arch.get("pi", []))
     return list(default) if net_arch is None else list(net_arch)
 
@@ -60,7 +63,7 @@ class ActorPolicy(BasePolicy):
     :param action_space: Action space
     :param lr_schedule: Learning rate schedule (``lr_schedule(1)`` is the initial learning rate)
     :param net_arch: Hidden layer sizes of the actor MLP (default [64, 64]; [] after a ``NatureCNN``); a dict
-        ``dict(pi=[...], vf=[...])`` is accepted and its ``"pi"`` entry used (see :func:`actor_net_arch`)
+        ``dict(pi=[...])`` is accepted (a ``"vf"`` key is refused, see :func:`actor_net_arch`)
     :param activation_fn: Activation function
     :param ortho_init: Whether to use orthogonal initialisation (gain sqrt(2), 0.01 for the action head)
     :param use_sde: Whether to use State Dependent Exploration or not
