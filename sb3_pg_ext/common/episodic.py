@@ -30,6 +30,18 @@ class EpisodicOnPolicyAlgorithm(OnPolicyAlgorithm):
     kept episode is played from its first step by a single policy. With ``n_envs=1`` no step is ever wasted;
     with ``n_envs > 1`` the waste is at most one partial episode per env and rollout.
 
+    Budget: ``learn(total_timesteps)`` never starts a new kept episode once ``num_timesteps >= total_timesteps``;
+    the episodes already started are finished and the last rollout is trained on them, so it may hold fewer than
+    ``n_episodes`` episodes (at least one per env that started the rollout, since a rollout only starts while the
+    budget is not spent). This decision, too, depends on the past only. ``num_timesteps`` ends above
+    ``total_timesteps`` by at most what the episodes running at that moment still need (with ``n_envs > 1``, plus
+    the not-kept steps the other envs play meanwhile).
+
+    Logging: ``rollout/ep_rew_mean``, ``rollout/ep_len_mean`` and ``rollout/success_rate`` (``ep_info_buffer``,
+    ``ep_success_buffer``) describe the kept episodes only, the ones trained on. Episodes that are not kept are
+    played again and again while the rollout's last kept episode runs, short ones more often than long ones, so
+    counting them would bias these statistics towards short episodes.
+
     Subclasses set ``n_episodes`` and ``min_steps`` before ``_setup_model`` and implement ``train``.
     """
 
@@ -60,6 +72,10 @@ class EpisodicOnPolicyAlgorithm(OnPolicyAlgorithm):
     def _wants_more_episodes(self, n_started: int, n_kept_steps: int) -> bool:
         """Whether an episode starting now is kept (decided from the past only)."""
         return n_started < self.n_episodes or n_kept_steps < self.min_steps
+
+    def _budget_reached(self) -> bool:
+        """Whether ``learn(total_timesteps)``'s budget is spent: no new kept episode starts after that."""
+        return self.num_timesteps >= self._total_timesteps
 
     def _act(self, obs_tensor: th.Tensor | dict[str, th.Tensor]) -> tuple[th.Tensor, th.Tensor | None, th.Tensor]:
         """Sample actions; returns ``(actions, values or None, log_probs)``. Skips the critic when not needed."""
@@ -113,7 +129,11 @@ class EpisodicOnPolicyAlgorithm(OnPolicyAlgorithm):
         if not callback.on_step():
             return None
 
-        self._update_info_buffer(infos, dones)
+        # Log the kept episodes only: an env that is not playing a kept episode replays short episodes more often
+        # than long ones (it stops when the rollout's last kept episode ends), which would bias
+        # rollout/ep_rew_mean and rollout/ep_len_mean towards short episodes.
+        kept_envs = np.flatnonzero(slots >= 0)
+        self._update_info_buffer([infos[i] for i in kept_envs], dones[kept_envs])
         check_rewards(rewards, self.__class__.__name__, self.num_timesteps)
 
         rollout_buffer.add(
@@ -188,7 +208,7 @@ class EpisodicOnPolicyAlgorithm(OnPolicyAlgorithm):
                 return False
             n_steps += 1
             for env_idx in np.flatnonzero(dones).tolist():
-                if self._wants_more_episodes(n_started, n_kept_steps):
+                if not self._budget_reached() and self._wants_more_episodes(n_started, n_kept_steps):
                     slots[env_idx] = n_started
                     n_started += 1
 
