@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -86,15 +88,97 @@ def test_reverse_env_reward_and_success_flag_follow_the_verifier():
     assert info["target"] == target
 
 
-def test_full_answer_slots_without_eos_are_truncated_at_the_length_limit():
+def test_full_answer_slots_without_eos_end_the_episode_as_terminal_with_the_length_limit_flag():
     env = gym.make("sb3_pg_ext/DigitReverse-v0", min_digits=3, max_digits=3)
     env.reset(seed=0)
     target = target_of(env)
     rewards, terminated, truncated, info = play(env, [*target, target[0], target[0], target[0]])
     assert len(rewards) == env.unwrapped.answer_length == 4
-    assert truncated and not terminated
+    # Graded and over: terminal, not a time limit (a critic must not bootstrap V(s_T) on top of the grade).
+    assert terminated and not truncated
+    assert info["length_limit"] is True
     assert rewards[-1] == pytest.approx(3 / 4)  # three digits right, the EOS position missed
     assert info["is_success"] is False
+    env.reset(seed=0)
+    _, terminated, truncated, info = play(env, [*target, EOS])
+    assert terminated and not truncated and info["length_limit"] is False
+
+
+def answer_length_hits(batch, answer_length: int) -> th.Tensor:
+    """Which episodes of an episode batch filled the answer slots without EOS."""
+    ends = th.cumsum(batch.episode_lengths, 0) - 1
+    return (batch.episode_lengths == answer_length) & (batch.actions[ends] != EOS)
+
+
+def test_a_critic_does_not_bootstrap_at_the_length_limit():
+    """REINFORCE's value baseline (its default) and SB3's PPO see the length limit as terminal: no gamma V(s_T)."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecEnvWrapper
+
+    from sb3_pg_ext import REINFORCE
+
+    env = make_vec_env("sb3_pg_ext/DigitReverse-v0", n_envs=4, seed=0)
+    model = REINFORCE("MlpPolicy", env, n_episodes=32, seed=0, device="cpu")
+    assert model.baseline == "value"
+    _, callback = model._setup_learn(10**9, None)
+    assert model.collect_rollouts(model.env, callback, model.rollout_buffer)
+    batch = model.rollout_buffer.get()
+    limited = answer_length_hits(batch, env.get_attr("answer_length")[0])
+    assert limited.sum() >= 10  # a random policy mostly fills the slots: the case is exercised
+    assert not batch.episode_truncated.any()
+    assert th.all(batch.bootstrap_values == 0)
+
+    class RecordRewards(VecEnvWrapper):
+        def __init__(self, venv):
+            super().__init__(venv)
+            self.rewards: list[np.ndarray] = []
+
+        def reset(self):
+            return self.venv.reset()
+
+        def step_wait(self):
+            obs, rewards, dones, infos = self.venv.step_wait()
+            self.rewards.append(rewards.copy())
+            return obs, rewards, dones, infos
+
+    recorder = RecordRewards(make_vec_env("sb3_pg_ext/DigitReverse-v0", n_envs=4, seed=0))
+    ppo = PPO("MlpPolicy", recorder, n_steps=64, seed=0, device="cpu")
+    _, callback = ppo._setup_learn(10**9, None)
+    assert ppo.collect_rollouts(ppo.env, callback, ppo.rollout_buffer, n_rollout_steps=64)
+    # PPO adds gamma V(s_T) to the reward of every truncated step; at a terminal step it adds nothing.
+    np.testing.assert_array_equal(ppo.rollout_buffer.rewards, np.stack(recorder.rewards))
+    assert np.count_nonzero(np.stack(recorder.rewards)) > 0
+
+
+def test_make_vec_env_builds_the_token_envs_without_a_warning():
+    from stable_baselines3.common.env_util import make_vec_env
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for env_id in ENV_IDS:
+            env = make_vec_env(env_id, n_envs=2, seed=0)  # asks each env for render_mode="rgb_array"
+            env.reset()
+            image = env.render()
+            assert image is not None and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+            env.close()
+
+
+def test_render_modes():
+    env = DigitReverseEnv(render_mode="ansi")
+    env.reset(seed=0)
+    prompt = "".join(map(str, env._prompt))
+    env.step(4)
+    env.step(EOS)
+    assert env.render() == f"{prompt} -> 4<eos>"
+    image_env = DigitReverseEnv(render_mode="rgb_array")
+    image_env.reset(seed=0)
+    before = image_env.render()
+    image_env.step(4)
+    after = image_env.render()
+    assert before.shape == after.shape and not np.array_equal(before, after)  # the image shows the answer
+    assert DigitReverseEnv().render() is None
+    assert set(DigitReverseEnv.metadata["render_modes"]) == {"ansi", "human", "rgb_array"}
 
 
 def test_observation_layout_right_aligned_prompt_answer_then_position():

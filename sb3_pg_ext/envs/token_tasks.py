@@ -3,7 +3,8 @@ Token-generation environments: the language-model MDP of the notes on digit-stri
 
 State = the prompt tokens plus the tokens generated so far; action = the next token, from a vocabulary of the ten
 digits and EOS; transition = append the token (deterministic); reward = a verifier's grade of the finished answer,
-given once, when EOS is chosen or the answer slots are full, and 0 before.
+given once, when EOS is chosen or the answer slots are full (both terminal; the second is marked by
+``info["length_limit"]``), and 0 before.
 
 Observation: a fixed-size ``MultiDiscrete`` array ``[prompt slots | answer slots | position]``:
 
@@ -40,6 +41,12 @@ N_ACTIONS = 11
 _TOKEN_TEXT = {EOS: "<eos>", PLUS: "+", PAD: "_"}
 
 REWARD_MODES = ("partial", "binary")
+#: Colour of each token id in ``rgb_array`` renders (digits from dark to light green, EOS red, PLUS blue, PAD black).
+_PALETTE = np.array(
+    [[0, 60 + 19 * d, 0] for d in range(10)] + [[220, 40, 40], [40, 80, 220], [0, 0, 0]],
+    dtype=np.uint8,
+)
+_CELL = 16
 
 
 def grade(answer: list[int], target: list[int], reward_mode: str) -> tuple[float, bool]:
@@ -71,10 +78,15 @@ class DigitTaskEnv(gym.Env[np.ndarray, np.int64]):
     :param max_digits: longest operand (digits)
     :param reward_mode: ``"partial"`` (default: fraction of answer positions right, EOS position counted) or
         ``"binary"`` (1.0 for an exact answer, else 0)
-    :param render_mode: ``"ansi"`` renders the prompt and the answer as text; other modes render nothing
+    :param render_mode: ``"ansi"`` (the prompt and the answer as text), ``"rgb_array"`` (an image of the slots,
+        what ``make_vec_env`` asks for) or ``"human"`` (prints the text)
+
+    The episode ends when EOS is chosen or when the answer slots are full without EOS (the length limit); both
+    return ``terminated=True`` (the answer is graded; nothing follows) and never ``truncated``, with
+    ``info["length_limit"]`` telling them apart (GRPO's ``mask_truncated`` leaves length-limited answers out).
     """
 
-    metadata = {"render_modes": ["ansi"]}
+    metadata = {"render_modes": ["ansi", "human", "rgb_array"], "render_fps": 4}
 
     def __init__(self, min_digits: int = 3, max_digits: int = 4, reward_mode: str = "partial", render_mode: str | None = None):
         if not (isinstance(min_digits, int) and isinstance(max_digits, int) and 1 <= min_digits <= max_digits):
@@ -141,20 +153,51 @@ class DigitTaskEnv(gym.Env[np.ndarray, np.int64]):
         if len(self._answer) >= self.answer_length or (self._answer and self._answer[-1] == EOS):
             raise RuntimeError("The episode is over: call reset()")
         self._answer.append(token)
-        # EOS ends the answer (terminated); full answer slots without EOS hit the length limit (truncated).
-        terminated = token == EOS
-        truncated = not terminated and len(self._answer) == self.answer_length
+        # EOS ends the answer; so do full answer slots without EOS (the length limit). Both are terminal: the answer
+        # is graded and nothing follows, so a critic must not bootstrap V(s_T) (which ``truncated`` would ask for).
+        length_limit = token != EOS and len(self._answer) == self.answer_length
+        terminated = token == EOS or length_limit
         reward, info = 0.0, {}
-        if terminated or truncated:
+        if terminated:
             reward, exact = grade(self._answer, self._target, self.reward_mode)
-            info = {"is_success": exact, "target": list(self._target), "answer": list(self._answer)}
-        return self._observation(), reward, terminated, truncated, info
+            info = {
+                "is_success": exact,
+                "length_limit": length_limit,
+                "target": list(self._target),
+                "answer": list(self._answer),
+            }
+        if self.render_mode == "human":
+            print(self._text())
+        return self._observation(), reward, terminated, False, info
 
-    def render(self) -> str | None:
-        if self.render_mode != "ansi":
-            return None
-        text = "".join(_TOKEN_TEXT.get(t, str(t)) for t in self._prompt)
-        return f"{text} -> {''.join(_TOKEN_TEXT.get(t, str(t)) for t in self._answer)}"
+    def _text(self) -> str:
+        prompt = "".join(_TOKEN_TEXT.get(t, str(t)) for t in self._prompt)
+        return f"{prompt} -> {''.join(_TOKEN_TEXT.get(t, str(t)) for t in self._answer)}"
+
+    def _image(self) -> np.ndarray:
+        """Two rows of cells, prompt slots then answer slots, each cell coloured by its token id (PAD: black)."""
+        obs = self._observation()
+        rows = [obs[: self.prompt_length], obs[self.prompt_length : self.prompt_length + self.answer_length]]
+        width = max(self.prompt_length, self.answer_length)
+        grid = np.full((2, width), PAD, dtype=np.int64)
+        for row, tokens in enumerate(rows):
+            grid[row, : len(tokens)] = tokens
+        cells = _PALETTE[grid]  # (2, width, 3)
+        return np.repeat(np.repeat(cells, _CELL, axis=0), _CELL, axis=1)
+
+    def render(self) -> str | np.ndarray | None:
+        """
+        ``"ansi"``: the prompt and the answer as text (``"3 2 1 -> 1 2 3 <eos>"`` without spaces); ``"rgb_array"``:
+        an image of the prompt and answer slots, one colour per token id; ``"human"``: prints the text (also after
+        every step); None: nothing.
+        """
+        if self.render_mode == "ansi":
+            return self._text()
+        if self.render_mode == "rgb_array":
+            return self._image()
+        if self.render_mode == "human":
+            print(self._text())
+        return None
 
 
 class DigitReverseEnv(DigitTaskEnv):
@@ -234,7 +277,7 @@ def success_rate(
         while not done:
             action = np.asarray(predict(obs[None])).reshape(-1)[0]
             obs, _, terminated, truncated, info = env.step(action)
-            done = terminated or truncated
+            done = terminated or truncated  # truncated: only from a wrapper's time limit
         successes += int(bool(info.get("is_success", False)))
         n += 1
     if n == 0:
