@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import sb3_pg_ext.envs  # noqa: F401  (registers the sb3_pg_ext/ token-generation envs with gymnasium)
-from sb3_pg_ext.grpo import GRPO
+from sb3_pg_ext.grpo import GRPO, GroupStartError
 from sb3_pg_ext.ispg import ISPG
 from sb3_pg_ext.ppo_kl import PPOKL
 from sb3_pg_ext.reinforce import REINFORCE
@@ -13,4 +13,4 @@ __version__ = "0.1.0"
 #: Folder of the rl-zoo3 hyperparameter files shipped with the package.
 HYPERPARAMS_DIR = Path(__file__).resolve().parent / "hyperparams"
 
-__all__ = ["GRPO", "HYPERPARAMS_DIR", "ISPG", "PPOKL", "REINFORCE", "__version__"]
+__all__ = ["GRPO", "HYPERPARAMS_DIR", "ISPG", "PPOKL", "REINFORCE", "GroupStartError", "__version__"]

@@ -6,13 +6,18 @@ Parametrised over ``tests/algos.py::ALGO_CASES``; each case asserts an outcome.
 
 from __future__ import annotations
 
+import copy
 import glob
 import os
 
 import numpy as np
 import pytest
-from stable_baselines3.common.callbacks import CheckpointCallback, EvalCallback
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback, EvalCallback
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.logger import configure
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.utils import set_random_seed
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecNormalize
 
 from tests.algos import ALGO_CASES, AlgoCase
@@ -44,6 +49,75 @@ def test_learning_updates_parameters_on_every_space(case: AlgoCase, env_name: st
     assert len(model.ep_info_buffer) > 0, "no complete episode was recorded by the Monitor"
 
 
+def zero_gradients_before_every_step(model: BaseAlgorithm) -> None:
+    """Wrap the policy optimiser's ``step`` so that it always sees a zero gradient."""
+    optimizer = model.policy.optimizer
+    step = optimizer.step
+
+    def zeroed_step(*args, **kwargs):
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                if param.grad is not None:
+                    param.grad.zero_()
+        return step(*args, **kwargs)
+
+    optimizer.step = zeroed_step  # type: ignore[method-assign]
+
+
+@algo_cases
+@pytest.mark.parametrize("env_name", ["discrete", "box"])
+def test_parameters_move_only_through_their_gradient(case: AlgoCase, env_name: str):
+    """What makes the test above meaningful: with a zero gradient at every step, no parameter moves (no weight
+    decay or other update that acts without a gradient, log_std included)."""
+    model = make_model(case, env_name)
+    zero_gradients_before_every_step(model)
+    before = flat_parameters(model)
+    model.learn(case.budget)
+    assert model._n_updates >= 1
+    np.testing.assert_array_equal(before, flat_parameters(model))
+
+
+@algo_cases
+def test_non_finite_gradient_raises_before_the_step_and_leaves_parameters_unchanged(case: AlgoCase):
+    model = make_model(case, "discrete")
+    first = next(model.policy.parameters())
+    first.register_hook(lambda grad: grad * float("nan"))
+    before = flat_parameters(model)
+    with pytest.raises(FloatingPointError) as info:
+        model.learn(case.budget)
+    message = str(info.value)
+    assert case.algo.__name__ in message and "gradient" in message and "update" in message, message
+    np.testing.assert_array_equal(before, flat_parameters(model))
+
+
+class KeepLastRollout(BaseCallback):
+    """Keeps a copy of the rollout buffer as it is when each rollout ends, before ``train`` consumes it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rollout_buffer = None
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        if not isinstance(self.model, OffPolicyAlgorithm):
+            self.rollout_buffer = copy.deepcopy(self.model.rollout_buffer)
+
+
+def one_more_update(model: BaseAlgorithm, data: KeepLastRollout, data_from: BaseAlgorithm) -> None:
+    """One ``train()`` call on a copy of the last rollout (or of ``data_from``'s replay buffer), from a fixed RNG
+    state."""
+    model.set_logger(configure(folder=None, format_strings=[]))
+    set_random_seed(123)
+    if isinstance(model, OffPolicyAlgorithm):
+        model.replay_buffer = copy.deepcopy(data_from.replay_buffer)
+        model.train(gradient_steps=1, batch_size=model.batch_size)
+    else:
+        model.rollout_buffer = copy.deepcopy(data.rollout_buffer)
+        model.train()
+
+
 @algo_cases
 def test_predict_deterministic_and_stochastic(case: AlgoCase):
     model = make_model(case, "discrete")
@@ -60,7 +134,8 @@ def test_predict_deterministic_and_stochastic(case: AlgoCase):
 @pytest.mark.parametrize("env_name", ["discrete", "box", "dict_obs"])
 def test_save_load_roundtrip(case: AlgoCase, env_name: str, tmp_path):
     model = make_model(case, env_name)
-    model.learn(case.budget)
+    last_rollout = KeepLastRollout()
+    model.learn(case.budget, callback=last_rollout)
     path = tmp_path / "model.zip"
     model.save(path)
     loaded = case.algo.load(path, env=model.get_env(), device=DEVICE)
@@ -69,13 +144,20 @@ def test_save_load_roundtrip(case: AlgoCase, env_name: str, tmp_path):
     for _ in range(5):
         np.testing.assert_array_equal(model.predict(obs, deterministic=True)[0], loaded.predict(obs, deterministic=True)[0])
         obs, *_ = model.get_env().step(model.predict(obs, deterministic=True)[0])
-    # The optimiser state travels too: one more identical update from the same data gives identical parameters.
+    # The optimiser state travels too.
     opt_a = model.policy.optimizer.state_dict()["state"]
     opt_b = loaded.policy.optimizer.state_dict()["state"]
     assert opt_a.keys() == opt_b.keys()
     for key in opt_a:
         for name in opt_a[key]:
             np.testing.assert_array_equal(np.asarray(opt_a[key][name]), np.asarray(opt_b[key][name]))
+    # Everything that shapes an update travels: one more update of each, on the same data from the same RNG state,
+    # gives identical parameters (and moves them, so the comparison is not vacuous).
+    before_update = flat_parameters(model)
+    one_more_update(model, last_rollout, data_from=model)
+    one_more_update(loaded, last_rollout, data_from=model)
+    assert not np.array_equal(before_update, flat_parameters(model)), "the extra update did not change the policy"
+    np.testing.assert_array_equal(flat_parameters(model), flat_parameters(loaded))
 
 
 @algo_cases
@@ -177,6 +259,11 @@ def test_non_finite_reward_raises_clear_error(case: AlgoCase):
 def test_conformance_covers_every_exported_algorithm():
     import sb3_pg_ext
 
-    exported = {getattr(sb3_pg_ext, name) for name in sb3_pg_ext.__all__ if isinstance(getattr(sb3_pg_ext, name), type)}
+    exported = {
+        getattr(sb3_pg_ext, name)
+        for name in sb3_pg_ext.__all__
+        if isinstance(getattr(sb3_pg_ext, name), type) and issubclass(getattr(sb3_pg_ext, name), BaseAlgorithm)
+    }
+    assert len(exported) == 4
     tested = {case.algo for case in ALGO_CASES}
     assert exported <= tested, f"not in the conformance matrix: {exported - tested}"

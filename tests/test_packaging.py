@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -24,19 +25,31 @@ def test_hyperparams_folder_is_reachable_from_the_package():
 
 
 def test_built_wheel_contains_hyperparams(tmp_path):
+    # Build from a copy of the sources: setuptools writes build/ and *.egg-info next to the project it builds, and
+    # a test must leave the checkout as it found it.
+    existed_before = {name for name in ("build", "dist") if (ROOT / name).exists()}
+    source = tmp_path / "source"
+    shutil.copytree(
+        ROOT,
+        source,
+        symlinks=True,
+        ignore=shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", "logs"),
+    )
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "-q", "-w", str(tmp_path)],
+        [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "-q", "-w", str(tmp_path / "wheel")],
         capture_output=True,
         text=True,
         check=False,
     )
     if result.returncode != 0:
         pytest.fail(f"pip wheel failed:\n{result.stdout}\n{result.stderr}")
-    wheel = next(tmp_path.glob("sb3_pg_ext-*.whl"))
+    wheel = next((tmp_path / "wheel").glob("sb3_pg_ext-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     shipped = {Path(n).name for n in names if n.startswith("sb3_pg_ext/hyperparams/")}
     expected = {p.name for p in (ROOT / "hyperparams").glob("*.yml")}
     assert expected and expected <= shipped, f"missing from the wheel: {expected - shipped}"
+    written = {name for name in ("build", "dist") if (ROOT / name).exists()} - existed_before
+    assert not written, f"building the wheel wrote {sorted(written)} into the checkout"
 
 
 def test_ci_runs_the_readme_test_command():
@@ -47,3 +60,16 @@ def test_ci_runs_the_readme_test_command():
     readme_command = commands[0].strip()
     assert readme_command in ci.splitlines(), f"{readme_command!r} is not a line of .ci/run"
     assert "pip install torch==2.13.0" in readme and "torch==2.13.0" in ci
+
+
+def test_hyperparameter_files_cite_only_files_that_exist():
+    for path in (ROOT / "hyperparams").glob("*.yml"):
+        cited = re.findall(r"\b((?:tests|benchmarks|examples|docs)/[\w/.-]+\.(?:py|md|json))", path.read_text())
+        missing = [name for name in cited if not (ROOT / name).exists()]
+        assert not missing, f"{path.name} cites files that do not exist: {missing}"
+
+
+def test_top_level_exports():
+    from sb3_pg_ext import GroupStartError
+
+    assert issubclass(GroupStartError, RuntimeError)
