@@ -1,9 +1,11 @@
 """
-Train REINFORCE (package defaults) on CartPole-v1, evaluate it deterministically and save it.
+Train REINFORCE (package defaults) on CartPole-v1 for the whole budget, evaluate the final policy deterministically
+and save it.
 
     python examples/train_reinforce_cartpole.py [--timesteps 200000] [--seed 0] [--output reinforce_cartpole]
 
-Stops early once a deterministic evaluation (10 episodes, every 10k steps) averages >= 475.
+A deterministic evaluation (10 episodes, on seeds disjoint from training) is printed every 20k steps so that the
+run shows its progress; training never stops early: the model saved is the policy that ``learn()`` returns.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 import torch as th
-from stable_baselines3.common.callbacks import EvalCallback, StopTrainingOnRewardThreshold
+from stable_baselines3.common.callbacks import EvalCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 
@@ -28,8 +30,7 @@ def main() -> None:
 
     env = make_vec_env("CartPole-v1", n_envs=1, seed=args.seed)
     eval_env = make_vec_env("CartPole-v1", n_envs=1, seed=args.seed + 10_000)
-    stop = StopTrainingOnRewardThreshold(reward_threshold=475, verbose=1)
-    eval_callback = EvalCallback(eval_env, callback_on_new_best=stop, eval_freq=10_000, n_eval_episodes=10, verbose=1)
+    eval_callback = EvalCallback(eval_env, eval_freq=20_000, n_eval_episodes=10, verbose=1)
 
     model = REINFORCE("MlpPolicy", env, seed=args.seed, verbose=0)
     model.learn(total_timesteps=args.timesteps, callback=eval_callback, progress_bar=True)
@@ -37,7 +38,9 @@ def main() -> None:
 
     loaded = REINFORCE.load(args.output)
     mean_return, std_return = evaluate_policy(loaded, eval_env, n_eval_episodes=20, deterministic=True)
-    print(f"REINFORCE on CartPole-v1 after {model.num_timesteps} env steps: {mean_return:.1f} +/- {std_return:.1f}")
+    print(
+        f"REINFORCE on CartPole-v1, final policy after {model.num_timesteps} env steps: {mean_return:.1f} +/- {std_return:.1f}"
+    )
     print(f"saved to {args.output}.zip")
 
 
