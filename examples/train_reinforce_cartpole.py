@@ -38,9 +38,8 @@ def main() -> None:
 
     loaded = REINFORCE.load(args.output)
     mean_return, std_return = evaluate_policy(loaded, eval_env, n_eval_episodes=20, deterministic=True)
-    print(
-        f"REINFORCE on CartPole-v1, final policy after {model.num_timesteps} env steps: {mean_return:.1f} +/- {std_return:.1f}"
-    )
+    steps = model.num_timesteps
+    print(f"REINFORCE on CartPole-v1, final policy after {steps} env steps: {mean_return:.1f} +/- {std_return:.1f}")
     print(f"saved to {args.output}.zip")
 
 
