@@ -12,13 +12,17 @@ from __future__ import annotations
 import itertools
 import math
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
+from gymnasium import spaces
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from sb3_pg_ext import REINFORCE
+from sb3_pg_ext.common.buffers import EpisodeRolloutBuffer
 from tests.pg_envs import GaussianBandit, IndependentStepsEnv, RandomLengthEnv
 
 LINEAR_SOFTMAX = {"net_arch": {"pi": [], "vf": []}}
@@ -80,6 +84,42 @@ def bandit_gradient(model: REINFORCE) -> np.ndarray:
     probs = th.softmax(head(th.ones(1, 1)), dim=-1).squeeze(0).double()
     grads = th.autograd.grad((probs * means).sum(), params)
     return th.cat([g.reshape(-1) for g in grads]).double().numpy()
+
+
+def one_update(model: REINFORCE) -> None:
+    """Exactly one rollout and one ``train()`` (``learn(n)`` stops starting episodes after n steps)."""
+    _, callback = model._setup_learn(10**9, reset_num_timesteps=False)
+    callback.on_training_start(locals(), globals())
+    assert model.collect_rollouts(model.env, callback, model.rollout_buffer)  # type: ignore[arg-type]
+    model.train()
+
+
+def train_on_episodes(model: REINFORCE, episodes: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
+    """
+    Fill the rollout buffer (one env) with the given complete episodes, each ``(observations, actions, rewards)``,
+    run REINFORCE's own ``train()`` once and return its gradient estimate g = -grad(loss) w.r.t. the policy head
+    (``action_net``). The optimiser step is replaced by a recorder, so the parameters do not move.
+    """
+    buffer = EpisodeRolloutBuffer(model.observation_space, model.action_space, device=model.device, n_envs=1)
+    model.rollout_buffer = buffer
+    for slot, (observations, actions, rewards) in enumerate(episodes):
+        for t in range(len(rewards)):
+            buffer.add(
+                observations[t][None], np.array([actions[t]]), np.array([rewards[t]]), np.zeros(1), None, np.array([slot])
+            )
+        buffer.end_episode(slot, 0, truncated=False)
+    if model._custom_logger is False:
+        model.set_logger(configure(None, []))
+    head = list(model.policy.action_net.parameters())
+    records: list[th.Tensor] = []
+    optimizer = model.policy.optimizer
+    optimizer.step = lambda *args, **kwargs: records.append(th.cat([p.grad.reshape(-1).clone() for p in head]))  # type: ignore[method-assign]
+    try:
+        model.train()
+    finally:
+        del optimizer.step  # back to the class's method
+    assert len(records) == 1
+    return -records[0].double().numpy()
 
 
 def assert_mean_close(estimates: np.ndarray, expected: np.ndarray, n_sigma: float = 4.0) -> None:
@@ -205,7 +245,7 @@ def test_rollouts_are_complete_episodes_and_steps_are_counted(n_envs: int):
     model = random_length_model(n_envs, n_episodes=5, baseline="mean")
     envs = [e.unwrapped for e in model.get_env().envs]  # type: ignore[attr-defined]
     for _ in range(6):
-        model.learn(1, reset_num_timesteps=False)  # exactly one rollout and one update
+        one_update(model)
         batch = model.rollout_buffer.get()
         assert batch.n_episodes == 5
         obs = batch.observations.numpy()
@@ -228,7 +268,7 @@ def test_single_env_wastes_no_steps():
     model = random_length_model(1, n_episodes=4, baseline="mean")
     kept = 0
     for _ in range(5):
-        model.learn(1, reset_num_timesteps=False)
+        one_update(model)
         kept += model.rollout_buffer.get().n_steps
     assert model.num_timesteps == kept
 
@@ -241,7 +281,7 @@ def test_kept_episodes_are_not_biased_towards_short_ones():
     model = random_length_model(4, n_episodes=4, baseline="mean", seed=1)
     lengths: list[int] = []
     while len(lengths) < 800:
-        model.learn(1, reset_num_timesteps=False)
+        one_update(model)
         lengths.extend(model.rollout_buffer.get().episode_lengths.tolist())
     stderr = math.sqrt(33.25 / len(lengths))
     assert abs(np.mean(lengths) - 10.5) < 4 * stderr
@@ -249,7 +289,7 @@ def test_kept_episodes_are_not_biased_towards_short_ones():
 
 def test_min_steps_keeps_starting_episodes():
     model = random_length_model(2, n_episodes=2, min_steps=100, baseline="mean")
-    model.learn(1)
+    one_update(model)
     batch = model.rollout_buffer.get()
     assert batch.n_steps >= 100
     assert batch.n_episodes >= 2
@@ -258,7 +298,7 @@ def test_min_steps_keeps_starting_episodes():
 
 def test_truncated_episodes_are_bootstrapped_only_with_a_critic():
     with_critic = random_length_model(2, n_episodes=6, baseline="value")
-    with_critic.learn(1)
+    one_update(with_critic)
     batch = with_critic.rollout_buffer.get()
     last = np.cumsum(batch.episode_lengths.numpy()) - 1
     boot = batch.bootstrap_values.numpy()
@@ -271,7 +311,7 @@ def test_truncated_episodes_are_bootstrapped_only_with_a_critic():
     np.testing.assert_allclose(psi[last], 1.0 + with_critic.gamma * boot[last], rtol=1e-6)
 
     without = random_length_model(2, n_episodes=6, baseline="mean")
-    without.learn(1)
+    one_update(without)
     batch = without.rollout_buffer.get()
     np.testing.assert_array_equal(without._returns(batch).numpy()[np.cumsum(batch.episode_lengths.numpy()) - 1], 1.0)
 
@@ -295,3 +335,273 @@ def test_non_finite_loss_names_algorithm_update_and_quantity():
         model.learn(4)
     for old, new in zip(before, model.policy.parameters(), strict=True):
         assert th.equal(old, new)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Discounting conventions: exact expectations by enumeration, through train()
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class DelayedRewardEnv(gym.Env):
+    """
+    Three decisions; observation one-hot(t); ``Discrete(2)`` actions; deterministic rewards that depend on earlier
+    actions too: ``r_k = 1 + sum_{t <= k} EFFECTS[k, t] * a_t``. Small enough to enumerate its 8 action sequences.
+    """
+
+    HORIZON = 3
+    EFFECTS = np.array([[1.0, 0.0, 0.0], [2.0, -1.0, 0.0], [-1.0, 1.5, 0.5]])
+
+    def __init__(self):
+        self.observation_space = spaces.Box(0.0, 1.0, shape=(self.HORIZON,), dtype=np.float32)
+        self.action_space = spaces.Discrete(2)
+        self.actions: list[int] = []
+
+    @classmethod
+    def rewards(cls, actions) -> np.ndarray:
+        a = np.asarray(actions, dtype=np.float64)
+        return np.array([1.0 + cls.EFFECTS[k, : k + 1] @ a[: k + 1] for k in range(len(a))])
+
+    def _obs(self) -> np.ndarray:
+        return np.eye(self.HORIZON, dtype=np.float32)[min(len(self.actions), self.HORIZON - 1)]
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.actions = []
+        return self._obs(), {}
+
+    def step(self, action):
+        self.actions.append(int(action))
+        reward = float(self.rewards(self.actions)[-1])
+        return self._obs(), reward, len(self.actions) == self.HORIZON, False, {}
+
+
+def delayed_reward_model(reward_to_go: bool, discount_weighting: str, gamma: float = 0.5, **kwargs) -> REINFORCE:
+    env = make_vec_env(DelayedRewardEnv, n_envs=1, seed=0)
+    kwargs = {"baseline": "none", "n_episodes": 1, **kwargs}
+    model = REINFORCE(
+        "MlpPolicy",
+        env,
+        gamma=gamma,
+        reward_to_go=reward_to_go,
+        discount_weighting=discount_weighting,
+        policy_kwargs=LINEAR_SOFTMAX,
+        seed=0,
+        device="cpu",
+        **kwargs,
+    )
+    with th.no_grad():
+        model.policy.action_net.weight.copy_(th.tensor([[0.3, -0.2, 0.5], [-0.4, 0.6, -0.1]]))
+        model.policy.action_net.bias.copy_(th.tensor([0.1, -0.3]))
+    return model
+
+
+ACTION_SEQUENCES = [np.array(seq) for seq in itertools.product([0, 1], repeat=DelayedRewardEnv.HORIZON)]
+
+
+def expected_train_gradient(model: REINFORCE) -> np.ndarray:
+    """E[g] of REINFORCE's train() on one-episode batches, exactly: sum over the 8 action sequences of p(seq) g(seq)."""
+    observations = np.eye(DelayedRewardEnv.HORIZON, dtype=np.float32)
+    with th.no_grad():
+        log_probs = th.log_softmax(model.policy.action_net(th.as_tensor(observations)), dim=-1).double()
+    total = np.zeros(8)
+    for actions in ACTION_SEQUENCES:
+        probability = float(log_probs[np.arange(len(actions)), actions].sum().exp())
+        total += probability * train_on_episodes(model, [(observations, actions, DelayedRewardEnv.rewards(actions))])
+    return total
+
+
+def step_gradients_of_expected_rewards(model: REINFORCE) -> np.ndarray:
+    """
+    D[t, k] = d E[r_k] / d theta^(t): the gradient of the expected reward at step k through the policy's decision at
+    step t only (theta^(t) a copy of the head's parameters used at step t alone), by enumeration and autograd.
+    Every expectation below is a combination of these: grad J_gamma = sum_k gamma^k sum_t D[t, k].
+    """
+    head = model.policy.action_net
+    horizon = DelayedRewardEnv.HORIZON
+    copies = [[p.detach().clone().double().requires_grad_(True) for p in head.parameters()] for _ in range(horizon)]
+    eye = th.eye(horizon, dtype=th.float64)
+    log_pi = th.stack([th.log_softmax(eye[t] @ w.T + b, dim=-1) for t, (w, b) in enumerate(copies)])  # (t, a)
+    expected_rewards = sum(
+        log_pi[np.arange(horizon), actions].sum().exp() * th.as_tensor(DelayedRewardEnv.rewards(actions))
+        for actions in ACTION_SEQUENCES
+    )
+    out = np.zeros((horizon, horizon, 8))
+    for k in range(horizon):
+        grads = th.autograd.grad(expected_rewards[k], [p for copy in copies for p in copy], retain_graph=True)  # type: ignore[index]
+        for t in range(horizon):
+            out[t, k] = th.cat([g.reshape(-1) for g in grads[2 * t : 2 * t + 2]]).numpy()
+    return out
+
+
+@pytest.mark.parametrize("reward_to_go", [False, True])
+@pytest.mark.parametrize("discount_weighting", ["return", "gradient"])
+def test_discounting_conventions_exact_expectations(reward_to_go: bool, discount_weighting: str):
+    """
+    SPEC §1, exact expectations (enumeration of every action sequence, REINFORCE's own train()), gamma = 0.5, on a
+    task whose rewards depend on earlier actions:
+
+    - ``"gradient"`` estimates the exact gradient of the discounted objective J = E[sum_k gamma^k r_k] with both
+      psi: w_t = gamma^t for reward-to-go, w_t = 1 for the whole return R, which is already discounted from step 0
+      (before the fix, gamma^t R discounted twice);
+    - ``"return"`` with the whole return is the same estimator (w_t = 1), hence the same exact gradient;
+    - ``"return"`` with reward-to-go estimates sum_k sum_{t <= k} gamma^(k-t) D[t, k]: each reward discounted from
+      the decision being credited, not from the episode's start. That is not grad J (nor, in general, the
+      gradient of any objective); with gamma = 1 both conventions are grad E[sum_k r_k].
+    """
+    gamma = 0.5
+    model = delayed_reward_model(reward_to_go, discount_weighting, gamma)
+    estimate = expected_train_gradient(model)
+    steps = step_gradients_of_expected_rewards(model)
+    horizon = DelayedRewardEnv.HORIZON
+    exact = sum(gamma**k * steps[t, k] for t in range(horizon) for k in range(horizon))
+    if reward_to_go and discount_weighting == "return":
+        expected = sum(gamma ** (k - t) * steps[t, k] for t in range(horizon) for k in range(t, horizon))
+        assert np.max(np.abs(expected - exact)) > 0.05  # the two quantities differ on this task
+    else:
+        expected = exact
+    np.testing.assert_allclose(estimate, expected, rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Baselines "mean" and "loo": what they average
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def unequal_episodes(returns: list[float] | None = None) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Bandit-shaped episodes of lengths 10, 2, 30 with reward 1 per step (returns 10, 2, 30 with gamma = 1), or
+    with every reward of episode i scaled so that its return is ``returns[i]``."""
+    rng = np.random.default_rng(0)
+    episodes = []
+    for i, length in enumerate((10, 2, 30)):
+        scale = 1.0 if returns is None else returns[i] / length
+        episodes.append((np.ones((length, 1), dtype=np.float32), rng.integers(0, 3, size=length), np.full(length, scale)))
+    return episodes
+
+
+@pytest.mark.parametrize("baseline", ["mean", "loo"])
+def test_mean_and_loo_baselines_average_over_episodes_for_whole_returns(baseline: str):
+    """
+    Returns 10, 2, 30 of lengths 10, 2, 30: the mean baseline is (10 + 2 + 30) / 3 = 14.0 (a step mean, weighting
+    each return by its length, gave 23.9), the leave-one-out baseline of episode i the mean of the other two returns.
+    Checked on train()'s gradient: g_b = g_none - (1/N) sum_i b_i g_i, with (1/N) g_i measured by train() itself on
+    the same batch with return 1 for episode i and 0 for the others.
+    """
+    model = bandit_model(baseline, n_episodes=3, gamma=1.0)
+    model.reward_to_go = False
+    none = bandit_model("none", n_episodes=3, gamma=1.0)
+    none.reward_to_go = False
+    episodes = unequal_episodes()
+    batch_baseline = {"mean": [14.0, 14.0, 14.0], "loo": [16.0, 20.0, 6.0]}[baseline]
+    # (1/N) g_i, one train() each
+    scores = [train_on_episodes(none, unequal_episodes([float(j == i) for j in range(3)])) for i in range(3)]
+    expected = train_on_episodes(none, episodes) - sum(b * s for b, s in zip(batch_baseline, scores, strict=True))
+    np.testing.assert_allclose(train_on_episodes(model, episodes), expected, rtol=1e-5, atol=1e-5)
+    # The baseline itself, step by step.
+    batch = model.rollout_buffer.get()
+    psi = model._returns(batch)
+    np.testing.assert_allclose(model._baseline(psi, batch).numpy(), np.repeat(batch_baseline, [10, 2, 30]), rtol=1e-6)
+
+
+def test_mean_and_loo_baselines_average_reward_to_go_over_steps():
+    """
+    With reward-to-go, "mean" is the mean of psi_t over every step of the batch and "loo" the mean over the steps of
+    the other episodes (documented): episodes of lengths 10, 2, 30 with reward 1 have reward-to-go sums 55, 3, 465.
+    """
+    episodes = unequal_episodes()
+    expected = {"mean": np.full(42, 523 / 42), "loo": np.repeat([468 / 32, 520 / 40, 58 / 12], [10, 2, 30])}
+    for baseline, values in expected.items():
+        model = bandit_model(baseline, n_episodes=3, gamma=1.0)
+        train_on_episodes(model, episodes)
+        batch = model.rollout_buffer.get()
+        np.testing.assert_allclose(model._baseline(model._returns(batch), batch).numpy(), values, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Non-finite values: caught before the optimiser step
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def nan_after(n_calls: int):
+    """A gradient hook that passes the first ``n_calls`` gradients through and turns every later one into NaN."""
+    calls = itertools.count()
+    return lambda grad: grad if next(calls) < n_calls else grad * float("nan")
+
+
+@pytest.mark.parametrize(
+    ("baseline", "clean_calls"),
+    [
+        ("value", 0),
+        ("none", 0),
+        # "optimal": one autograd.grad per episode (2), then the entropy term's backward, whose gradient is poisoned.
+        ("optimal", 2),
+    ],
+)
+def test_non_finite_gradient_raises_before_the_step(baseline: str, clean_calls: int):
+    """
+    A NaN in one gradient (finite loss): the error names the algorithm, the update and the quantity, and no
+    parameter moves (before the fix, the optimiser step wrote NaN into the parameters and a check after it raised).
+    """
+    env = make_vec_env(GaussianBandit, n_envs=2, seed=0)
+    model = REINFORCE(
+        "MlpPolicy",
+        env,
+        n_episodes=2,
+        baseline=baseline,
+        reward_to_go=baseline != "optimal",
+        ent_coef=0.01,
+        max_grad_norm=0.5,
+        seed=0,
+        device="cpu",
+    )
+    model.policy.action_net.weight.register_hook(nan_after(clean_calls))
+    before = [p.detach().clone() for p in model.policy.parameters()]
+    with pytest.raises(
+        FloatingPointError, match=r"REINFORCE: non-finite gradient of parameter 'action_net.weight' at update 1"
+    ):
+        model.learn(4)
+    for old, new in zip(before, model.policy.parameters(), strict=True):
+        assert th.equal(old, new)
+    assert model._n_updates == 0 and not model.policy.optimizer.state
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# learn(total_timesteps): no new episode once the budget is spent
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_learn_starts_no_episode_after_the_budget():
+    """Pendulum-v1 episodes last 200 steps; 8 per rollout. learn(2000) ran 3,200 steps before the fix."""
+    model = REINFORCE("MlpPolicy", make_vec_env("Pendulum-v1", n_envs=1, seed=0), seed=0, device="cpu")
+    model.learn(2000)
+    assert model.num_timesteps == 2000
+    assert model._n_updates == 2
+    assert model.rollout_buffer.get().n_episodes == 2  # the last rollout trained on the episodes it had started
+
+
+@pytest.mark.parametrize("n_envs", [1, 3])
+@pytest.mark.parametrize("budget", [1, 37, 250])
+def test_learn_overshoots_the_budget_by_less_than_the_running_episodes(n_envs: int, budget: int):
+    model = random_length_model(n_envs, n_episodes=4, baseline="mean")
+    model.learn(budget)
+    # Each env may finish the (kept or not) episode it is playing: at most MAX_LEN = 20 more steps per env.
+    assert budget <= model.num_timesteps < budget + 20 * n_envs
+    assert model._n_updates >= 1
+
+
+@pytest.mark.parametrize("baseline", ["loo", "optimal"])
+def test_a_last_rollout_of_one_episode_uses_no_baseline(baseline: str):
+    """
+    "loo" and "optimal" need two episodes; the last rollout of learn() may hold one (Pendulum: 4 episodes of 200
+    steps per rollout, learn(1000) = one rollout of 4 and one of 1). That update uses b = 0, still unbiased.
+    """
+    kwargs = {"baseline": baseline, "n_episodes": 4, "reward_to_go": baseline != "optimal"}
+    model = REINFORCE("MlpPolicy", make_vec_env("Pendulum-v1", n_envs=1, seed=0), seed=0, device="cpu", **kwargs)
+    model.learn(1000)
+    assert model.num_timesteps == 1000 and model._n_updates == 2
+    assert model.rollout_buffer.get().n_episodes == 1
+    # On a one-episode batch, the gradient is that of baseline="none".
+    episode = unequal_episodes()[:1]
+    with_baseline = bandit_model(baseline, n_episodes=2, learning_rate=0.05)
+    without = bandit_model("none", n_episodes=2, learning_rate=0.05)
+    without.reward_to_go = with_baseline.reward_to_go
+    np.testing.assert_allclose(train_on_episodes(with_baseline, episode), train_on_episodes(without, episode), rtol=1e-6)
