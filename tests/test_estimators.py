@@ -112,6 +112,30 @@ def test_baselines_match_hand_computed_values():
         leave_one_out_baseline(psi[:3], starts[:3])
 
 
+def test_episode_weighted_baselines_match_hand_computed_values():
+    psi = t64([1, 1, 1, 4, 4, 10])
+    starts = th.tensor([True, False, False, True, False, True])
+    # Episode means 1, 4, 10: every episode counts once, whatever its length.
+    np.testing.assert_allclose(batch_mean_baseline(psi, starts, weighting="episode").numpy(), np.full(6, 5.0))
+    np.testing.assert_allclose(batch_mean_baseline(psi, starts, weighting="step").numpy(), np.full(6, 21 / 6))
+    np.testing.assert_allclose(leave_one_out_baseline(psi, starts, weighting="episode").numpy(), [7, 7, 7, 5.5, 5.5, 2.5])
+    # The review's case: whole returns 10, 2, 30 of lengths 10, 2, 30 (each return at every step of its episode).
+    lengths = [10, 2, 30]
+    returns = t64(np.repeat([10.0, 2.0, 30.0], lengths))
+    long_starts = th.as_tensor(np.concatenate([np.eye(1, n, dtype=bool)[0] for n in lengths]))
+    assert batch_mean_baseline(returns, long_starts, weighting="episode")[0].item() == pytest.approx(14.0)
+    assert batch_mean_baseline(returns, long_starts, weighting="step")[0].item() == pytest.approx(1004 / 42)  # 23.9
+    np.testing.assert_allclose(
+        leave_one_out_baseline(returns, long_starts, weighting="episode").numpy(), np.repeat([16.0, 20.0, 6.0], lengths)
+    )
+    with pytest.raises(ValueError, match="`weighting` must be one of 'episode', 'step'"):
+        batch_mean_baseline(psi, starts, weighting="batch")
+    with pytest.raises(ValueError, match="`weighting` must be one of 'episode', 'step'"):
+        leave_one_out_baseline(psi, starts, weighting="batch")
+    with pytest.raises(ValueError, match="needs `episode_starts`"):
+        batch_mean_baseline(psi, weighting="episode")
+
+
 def test_optimal_baseline_matches_hand_computed_values():
     scores = t64([[1.0, 0.0], [2.0, 1.0], [0.0, 3.0]])
     returns = t64([10.0, 20.0, 30.0])
@@ -243,6 +267,16 @@ def test_baselines_and_sums_match_loop_reference(seed: int):
         [np.full(e - b, (sums.sum() - sums[i]) / (counts.sum() - counts[i])) for i, (b, e) in enumerate(episodes)]
     )
     np.testing.assert_allclose(leave_one_out_baseline(t64(psi), th.as_tensor(starts)).numpy(), expected)
+    means = sums / counts
+    expected_episode = np.concatenate(
+        [np.full(e - b, (means.sum() - means[i]) / (len(means) - 1)) for i, (b, e) in enumerate(episodes)]
+    )
+    np.testing.assert_allclose(
+        leave_one_out_baseline(t64(psi), th.as_tensor(starts), weighting="episode").numpy(), expected_episode
+    )
+    np.testing.assert_allclose(
+        batch_mean_baseline(t64(psi), th.as_tensor(starts), weighting="episode").numpy(), np.full(len(psi), means.mean())
+    )
     np.testing.assert_allclose(episode_sums(t64(psi), th.as_tensor(starts)).numpy(), sums)
     np.testing.assert_array_equal(
         step_index(th.as_tensor(starts)).numpy(), np.concatenate([np.arange(e - b) for b, e in episodes])
