@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import time
+import re
+import warnings
 
 import gymnasium as gym
 import numpy as np
@@ -10,7 +11,6 @@ import pytest
 import torch as th
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.envs import IdentityEnv
-from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.logger import KVWriter, Logger
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecNormalize
 
@@ -24,6 +24,7 @@ from sb3_pg_ext.estimators import (
     loss_aggregation_weights,
 )
 from sb3_pg_ext.grpo.grpo import GROUP_SEED_LIMIT, GroupStartError, UpdateData
+from tests.learning import final_return
 
 CARTPOLE = "CartPole-v1"
 
@@ -38,7 +39,7 @@ def make_grpo(env_id: str = CARTPOLE, n_envs: int = 1, vec_env_cls=None, seed: i
 
 def collect(model: GRPO) -> None:
     """One rollout into ``model.rollout_buffer``, as ``learn`` does it."""
-    _, callback = model._setup_learn(1, None)
+    _, callback = model._setup_learn(10**9, None)  # a budget that does not stop the rollout early
     assert model.collect_rollouts(model.env, callback, model.rollout_buffer)
 
 
@@ -186,6 +187,52 @@ def test_env_that_ignores_its_seed_raises_a_clear_error(n_envs: int):
     model.learn(100)
 
 
+def test_group_start_error_names_the_episodes_of_the_group_with_one_env():
+    env = make_vec_env(SeedIgnoringEnv, n_envs=1)
+    model = GRPO("MlpPolicy", env, seed=0, device="cpu", group_size=4, n_groups=2)
+    with pytest.raises(GroupStartError) as error:
+        model.learn(100)
+    message = str(error.value)
+    assert re.search(r"every episode of group 0 was reset with seed \d+", message), message
+    assert "episode 1 of the group (env 0: " in message and "than its episode 0 (the same env)" in message, message
+    assert "than env 0" not in message
+
+
+@pytest.mark.parametrize(
+    ("n_envs", "budget", "expected_steps", "expected_episodes"),
+    [
+        # Pendulum's episodes last 200 steps; G = 8. One env: group 0 ends at 1,600 < 2,000, so group 1 starts; at
+        # 3,200 no new group starts (the old collector ran all B = 4 groups: 6,400 steps).
+        (1, 2_000, 3_200, 16),
+        (8, 2_000, 3_200, 16),
+        # Three envs, waves of 3 episodes: at 1,200 >= 1,000 group 0 (episodes 0-7) is finished (episodes 6, 7 on
+        # envs 0, 1) and group 1 is not started.
+        (3, 1_000, 1_800, 8),
+    ],
+)
+def test_learn_starts_no_new_group_once_the_budget_is_reached(n_envs, budget, expected_steps, expected_episodes):
+    model = make_grpo("Pendulum-v1", n_envs=n_envs, group_size=8, n_groups=4, batch_size=256)
+    model.learn(budget)
+    assert model.num_timesteps == expected_steps
+    batch = model.rollout_buffer.get()
+    assert batch.n_episodes == expected_episodes  # complete groups only, all trained on
+    assert th.all(batch.episode_lengths == 200)
+    assert model.logger.name_to_value["train/episodes_in_loss"] == expected_episodes
+    assert model._n_updates == 1
+
+
+def test_no_update_when_no_group_was_started():
+    model = make_grpo()
+    _, callback = model._setup_learn(1, None)
+    model.num_timesteps = 1  # the budget is already reached: collect_rollouts starts nothing
+    assert model.collect_rollouts(model.env, callback, model.rollout_buffer)
+    assert model.rollout_buffer.n_stored_steps == 0
+    before = flat_parameters(model)
+    model.train()
+    assert model._n_updates == 0
+    assert th.equal(flat_parameters(model), before)
+
+
 def test_group_seeds_are_reproducible_survive_save_load_and_stay_below_the_evaluation_range(monkeypatch, tmp_path):
     import sb3_pg_ext.grpo.grpo as grpo_module
 
@@ -213,25 +260,70 @@ def test_group_seeds_are_reproducible_survive_save_load_and_stay_below_the_evalu
     assert [seed for wave in resets[:6] for seed in wave] != rollout
 
 
+def flat_parameters(model: GRPO) -> th.Tensor:
+    return th.cat([p.detach().reshape(-1).clone() for p in model.policy.parameters()])
+
+
+def surrogate_loss(model: GRPO, data: UpdateData) -> float:
+    """GRPO's own loss on one update's data (every trained step, the current clip range)."""
+    clip_low = model.clip_range(1.0)
+    clip_high = clip_low if model.clip_range_high is None else model.clip_range_high(1.0)
+    with th.no_grad():
+        return model._loss(data, data.trained_steps, clip_low, clip_high)[0].item()
+
+
+# "process" advantages need step rewards that differ inside a group: on CartPole (reward 1 at every step) they are
+# all exactly 0, so that case runs on Pendulum-v1.
+OPTIONS = [
+    ("Pendulum-v1", dict(advantage="process", group_size=2, n_groups=2)),
+    (CARTPOLE, dict(scale_rewards="batch", loss_aggregation="token_mean")),
+    (CARTPOLE, dict(scale_rewards="none", loss_aggregation="seq_mean", clip_range_high=0.28)),
+    (CARTPOLE, dict(beta=0.1, kl_in_reward=True, drop_zero_std_groups=True, mask_truncated=True)),
+    (CARTPOLE, dict(beta=0.1, kl_estimator="k2", ref_update_interval=2, ref_mixup_alpha=0.5)),
+    (CARTPOLE, dict(beta=0.1, kl_estimator="k2", kl_ratio_correction=True)),
+    (CARTPOLE, dict(beta=0.1, kl_estimator="k1", kl_ratio_correction=True, loss_aggregation="constant")),
+]
+
+
+@pytest.mark.parametrize(("env_id", "options"), OPTIONS, ids=[f"{env}-{opts}" for env, opts in OPTIONS])
+def test_every_option_trains(env_id: str, options: dict):
+    """One update lowers GRPO's own loss on the rollout it trained on: the step follows the objective's gradient
+    (weight decay alone, with a zero gradient, would not lower it)."""
+    model = make_grpo(env_id, n_epochs=2, batch_size=32, **options)
+    collect(model)
+    data = model._prepare_update(model.rollout_buffer.get())
+    assert th.any(data.advantages != 0)
+    before = surrogate_loss(model, data)
+    model.train()
+    assert th.all(th.isfinite(flat_parameters(model)))
+    assert surrogate_loss(model, data) < before - 1e-4
+
+
 @pytest.mark.parametrize(
-    "options",
-    [
-        dict(advantage="process"),
-        dict(scale_rewards="batch", loss_aggregation="token_mean"),
-        dict(scale_rewards="none", loss_aggregation="seq_mean", clip_range_high=0.28),
-        dict(beta=0.1, kl_in_reward=True, drop_zero_std_groups=True, mask_truncated=True),
-        dict(beta=0.1, kl_estimator="k2", ref_update_interval=2, ref_mixup_alpha=0.5),
-        dict(beta=0.1, kl_estimator="k1", kl_ratio_correction=True, loss_aggregation="constant"),
-    ],
-    ids=str,
+    ("env_id", "options"),
+    [(env_id, options) for env_id, options in OPTIONS if options.get("beta", 0) == 0],
+    ids=[f"{env}-{opts}" for env, opts in OPTIONS if opts.get("beta", 0) == 0],
 )
-def test_every_option_trains(options: dict):
-    model = make_grpo(n_epochs=2, batch_size=32, **options)
-    before = th.cat([p.detach().reshape(-1).clone() for p in model.policy.parameters()])
-    model.learn(500)
-    after = th.cat([p.detach().reshape(-1) for p in model.policy.parameters()])
-    assert th.all(th.isfinite(after))
-    assert not th.equal(before, after)
+def test_parameters_change_only_with_a_non_zero_advantage(env_id: str, options: dict):
+    """All rewards 0: every advantage is 0, so is the gradient, and the update must leave every parameter as it was
+    (AdamW's default weight_decay=0; torch's 0.01 would shrink them all, log_std included)."""
+    model = make_grpo(env_id, n_epochs=2, batch_size=32, **options)
+    collect(model)
+    batch = model.rollout_buffer.get()
+    model.rollout_buffer._batch = batch._replace(rewards=th.zeros_like(batch.rewards))
+    before = flat_parameters(model)
+    model.train()
+    assert model.logger.name_to_value["train/episodes_in_loss"] > 0  # the update ran its minibatch steps
+    assert th.equal(flat_parameters(model), before)
+    assert model.policy.optimizer.param_groups[0]["weight_decay"] == 0.0
+
+
+def test_weight_decay_is_the_users_to_set():
+    model = make_grpo(policy_kwargs=dict(optimizer_kwargs=dict(weight_decay=0.05)))
+    assert model.policy.optimizer.param_groups[0]["weight_decay"] == 0.05
+    assert isinstance(model.policy.optimizer, th.optim.AdamW)
+    model = make_grpo(policy_kwargs=dict(optimizer_class=th.optim.Adam))
+    assert type(model.policy.optimizer) is th.optim.Adam
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -257,13 +349,14 @@ def test_k3_is_unbiased_non_negative_and_zero_at_the_reference():
         assert th.all(kl_k3(log_p[samples], log_p[samples]) == 0)
 
 
-def kl_only_model(beta: float, kl_ratio_correction: bool, k: int = 4) -> GRPO:
+def kl_only_model(beta: float, kl_ratio_correction: bool, k: int = 4, kl_estimator: str = "k3") -> GRPO:
     """A GRPO whose policy is one Categorical: logits = action_net.bias (no hidden layer, weights zeroed)."""
     env = make_vec_env(lambda: IdentityEnv(dim=k), n_envs=1)
     model = GRPO(
         "MlpPolicy",
         env,
         beta=beta,
+        kl_estimator=kl_estimator,
         kl_ratio_correction=kl_ratio_correction,
         policy_kwargs=dict(net_arch=[]),
         device="cpu",
@@ -289,36 +382,70 @@ def kl_term_gradient_per_action(model: GRPO, theta, old, ref) -> tuple[th.Tensor
     return th.stack(per_action), old.exp()
 
 
-def test_kl_term_gradient_is_biased_without_ratio_correction_and_unbiased_with_it():
-    """
-    Samples come from pi_old != pi_theta. The exact gradient of KL(pi_theta || pi_ref) comes from autograd on the
-    closed form; the sample-mean gradient of the loss term (N draws) is compared to it with a 4-sigma tolerance
-    derived from the per-sample gradients' standard error.
-    """
-    gen = th.Generator().manual_seed(1)
-    k, n = 4, 20_000
-    theta = th.randn(k, generator=gen, dtype=th.float64)
-    old = random_categorical(gen, k)
-    ref = random_categorical(gen, k)
+def expected_kl_term_gradient(estimator: str, correction: bool, theta, old, ref) -> th.Tensor:
+    """E_{a ~ pi_old}[d loss_KL(a) / d theta], exactly: the sum over the actions of pi_old(a) times the gradient
+    of GRPO's own loss (``GRPO._loss``) at a sample of action a, beta = 1."""
+    model = kl_only_model(beta=1.0, kl_ratio_correction=correction, k=theta.shape[0], kl_estimator=estimator)
+    per_action, p_old = kl_term_gradient_per_action(model, theta, old, ref)
+    return (p_old[:, None] * per_action).sum(0)
+
+
+def kl_gradients(theta, ref) -> tuple[th.Tensor, th.Tensor]:
+    """grad_theta KL(pi_theta || pi_ref) and grad_theta KL(pi_ref || pi_theta), by autograd on the closed forms."""
     theta_var = theta.clone().requires_grad_(True)
     log_pi = th.log_softmax(theta_var, 0)
-    exact = th.autograd.grad((log_pi.exp() * (log_pi - ref)).sum(), theta_var)[0]
+    reverse = th.autograd.grad((log_pi.exp() * (log_pi - ref)).sum(), theta_var)[0]
+    theta_var = theta.clone().requires_grad_(True)
+    log_pi = th.log_softmax(theta_var, 0)
+    forward = th.autograd.grad((ref.exp() * (ref - log_pi)).sum(), theta_var)[0]
+    return reverse, forward
 
-    samples = th.multinomial(old.exp(), n, replacement=True, generator=gen)
-    counts = th.bincount(samples, minlength=k).double()
-    for correction in (False, True):
-        model = kl_only_model(beta=1.0, kl_ratio_correction=correction, k=k)
-        per_action, p_old = kl_term_gradient_per_action(model, theta, old, ref)
-        estimate = (counts[:, None] * per_action).sum(0) / n
-        second_moment = (counts[:, None] * per_action.pow(2)).sum(0) / n
-        standard_error = ((second_moment - estimate.pow(2)).clamp(min=0) / n).sqrt()
-        expectation = (p_old[:, None] * per_action).sum(0)
-        if correction:
-            assert th.all((estimate - exact).abs() < 4 * standard_error + 1e-6)
-            th.testing.assert_close(expectation, exact, rtol=1e-4, atol=1e-5)
-        else:
-            assert th.any((estimate - exact).abs() > 10 * standard_error), "the uncorrected k3 gradient should be biased"
-            assert (expectation - exact).abs().max() > 0.05
+
+def kl_case(seed: int, k: int = 5) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+    gen = th.Generator().manual_seed(seed)
+    return th.randn(k, generator=gen, dtype=th.float64), random_categorical(gen, k), random_categorical(gen, k)
+
+
+EXACT = dict(rtol=0, atol=2e-5)  # float32 policy; the expectations are exact sums over the actions
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_kl_term_expected_gradients_on_policy(seed: int):
+    """pi_old = pi_theta (the first minibatch of an update). What each estimator's loss term follows, in expectation:
+    k1 nothing (its expected gradient is 0), k2 grad KL(pi_theta || pi_ref), k3 grad KL(pi_ref || pi_theta) (the
+    forward KL), and every estimator with ``kl_ratio_correction`` grad KL(pi_theta || pi_ref)."""
+    theta, _, ref = kl_case(seed)
+    old = th.log_softmax(theta, 0)
+    reverse, forward = kl_gradients(theta, ref)
+    assert (reverse - forward).abs().max() > 0.05  # the case tells the two KLs apart
+    th.testing.assert_close(expected_kl_term_gradient("k1", False, theta, old, ref), th.zeros_like(theta), **EXACT)
+    th.testing.assert_close(expected_kl_term_gradient("k2", False, theta, old, ref), reverse, **EXACT)
+    th.testing.assert_close(expected_kl_term_gradient("k3", False, theta, old, ref), forward, **EXACT)
+    for estimator in ("k1", "k2", "k3"):
+        th.testing.assert_close(expected_kl_term_gradient(estimator, True, theta, old, ref), reverse, **EXACT)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_kl_term_expected_gradients_off_policy(seed: int):
+    """pi_old != pi_theta (later minibatches and epochs). Without the correction no estimator gives
+    grad KL(pi_theta || pi_ref); with it every one does: k1 and k3 through E_{pi_old}[grad(r D)] = grad E_{pi_theta}[D]
+    = grad KL, k2 (whose E_{pi_theta}[k2] is not the KL) through the detached weight: E_{pi_old}[sg(r) grad k2] =
+    E_{pi_theta}[grad k2] = grad KL."""
+    theta, old, ref = kl_case(seed)
+    reverse, _ = kl_gradients(theta, ref)
+    pi, p_old = th.softmax(theta, 0), old.exp()
+    # d log pi(a) / d theta = e_a - pi: the uncorrected expectations in closed form
+    score = th.eye(theta.shape[0], dtype=th.float64) - pi
+    uncorrected = {
+        "k1": (p_old[:, None] * score).sum(0),
+        "k2": (p_old[:, None] * (th.log(pi) - ref)[:, None] * score).sum(0),
+        "k3": (p_old[:, None] * (1 - ref.exp() / pi)[:, None] * score).sum(0),
+    }
+    for estimator in ("k1", "k2", "k3"):
+        without = expected_kl_term_gradient(estimator, False, theta, old, ref)
+        th.testing.assert_close(without, uncorrected[estimator], **EXACT)
+        assert (without - reverse).abs().max() > 0.02, f"{estimator} without the correction should be biased"
+        th.testing.assert_close(expected_kl_term_gradient(estimator, True, theta, old, ref), reverse, **EXACT)
 
 
 def test_k1_in_the_reward_gives_the_gradient_of_the_kl_regularised_objective():
@@ -463,6 +590,66 @@ def test_user_reference_policy_is_copied_and_checked():
         make_grpo(beta=0.1, reference_policy=other.policy)
 
 
+def reference_configurations():
+    """(name, model factory): every way a reference policy is built."""
+    token_env = "sb3_pg_ext/DigitReverse-v0"
+    return {
+        "box-gsde": lambda: make_grpo("Pendulum-v1", beta=0.1, use_sde=True, group_size=2, n_groups=1),
+        "box-gsde-user-reference": lambda: make_grpo(
+            "Pendulum-v1",
+            beta=0.1,
+            use_sde=True,
+            group_size=2,
+            n_groups=1,
+            reference_policy=make_grpo("Pendulum-v1", use_sde=True, seed=7).policy,
+        ),
+        "box": lambda: make_grpo("Pendulum-v1", beta=0.1, group_size=2, n_groups=1),
+        "token": lambda: GRPO(
+            "TokenPolicy", make_vec_env(token_env, n_envs=4, seed=0), beta=0.1, group_size=4, n_groups=2, seed=0
+        ),
+        "token-user-reference": lambda: GRPO(
+            "TokenPolicy",
+            make_vec_env(token_env, n_envs=4, seed=0),
+            beta=0.1,
+            group_size=4,
+            n_groups=2,
+            seed=0,
+            reference_policy=GRPO("TokenPolicy", token_env, seed=7).policy,
+        ),
+        "discrete-user-reference": lambda: make_grpo(beta=0.1, reference_policy=make_grpo(seed=7).policy),
+    }
+
+
+@pytest.mark.parametrize("configuration", list(reference_configurations()))
+def test_reference_policy_is_built_trains_and_survives_save_load(configuration: str, tmp_path):
+    """gSDE included (copy.deepcopy of a gSDE policy used to fail at construction)."""
+    model = reference_configurations()[configuration]()
+    source = model._reference_source if model._reference_source is not None else model.policy
+    for key, value in source.state_dict().items():
+        assert th.equal(model.ref_policy.state_dict()[key], value), key
+    assert model.ref_policy is not model.policy and type(model.ref_policy) is type(model.policy)
+    reference = {key: value.clone() for key, value in model.ref_policy.state_dict().items()}
+    model.learn(600)
+    assert "train/kl_ref" in model.logger.name_to_value
+    for key, value in model.ref_policy.state_dict().items():
+        assert th.equal(value, reference[key]), f"the reference moved: {key}"
+    model.save(tmp_path / "grpo")
+    loaded = GRPO.load(tmp_path / "grpo", env=model.get_env(), device="cpu")
+    for key, value in loaded.ref_policy.state_dict().items():
+        assert th.equal(value, reference[key]), key
+    assert not any(p.requires_grad for p in loaded.ref_policy.parameters())
+    loaded.learn(300, reset_num_timesteps=False)  # and it trains on
+
+
+def test_ref_update_interval_without_beta_warns():
+    with pytest.warns(UserWarning, match=r"ref_update_interval=3.*no effect with `beta=0`"):
+        make_grpo(ref_update_interval=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_grpo(beta=0.1, ref_update_interval=3)
+        make_grpo()
+
+
 def test_kl_in_reward_shapes_the_returns_with_k1():
     model = make_grpo(beta=0.5, kl_in_reward=True, scale_rewards="none")
     model.learn(600)
@@ -472,7 +659,7 @@ def test_kl_in_reward_shapes_the_returns_with_k1():
         ref = model.ref_policy.get_distribution(batch.observations).log_prob(batch.actions)
     shaped = batch.rewards.double() - 0.5 * (batch.log_probs - ref).double()
     returns = th.stack([seg.sum() for seg in shaped.split(batch.episode_lengths.tolist())])
-    expected = group_advantages(returns, th.arange(12) // 4, "none")
+    expected = group_advantages(returns, th.arange(batch.n_episodes) // 4, "none")
     th.testing.assert_close(
         data.advantages.double(), th.repeat_interleave(expected, batch.episode_lengths), rtol=1e-5, atol=1e-5
     )
@@ -500,6 +687,73 @@ def test_drop_zero_std_groups_and_mask_truncated_remove_episodes_from_the_loss()
     assert th.all(data.weights[(episode_of_step == 1) | (episode_of_step == 5)] == 0)
     kept = data.weights[(episode_of_step != 1) & (episode_of_step != 5)]
     th.testing.assert_close(kept, th.full_like(kept, 1 / 10))  # seq_sum over the 10 episodes left
+
+
+def test_mask_truncated_leaves_out_time_limit_truncations():
+    """A real TimeLimit (CartPole cut at 15 steps): those episodes are truncated, and masked."""
+    env = make_vec_env(CARTPOLE, n_envs=2, seed=0, env_kwargs=dict(max_episode_steps=15))
+    model = GRPO("MlpPolicy", env, seed=0, device="cpu", group_size=4, n_groups=3, mask_truncated=True)
+    collect(model)
+    batch = model.rollout_buffer.get()
+    truncated = batch.episode_truncated
+    assert 0 < int(truncated.sum()) < batch.n_episodes
+    assert th.all(batch.episode_lengths[truncated] == 15)
+    data = model._prepare_update(batch)
+    episode_of_step = th.repeat_interleave(th.arange(batch.n_episodes), batch.episode_lengths)
+    assert th.all(data.weights[truncated[episode_of_step]] == 0)
+    assert th.all(data.weights[~truncated[episode_of_step]] == 1 / int((~truncated).sum()))
+
+
+def test_mask_truncated_leaves_out_answers_cut_at_the_length_limit():
+    """Token tasks end at the length limit as terminal (info["length_limit"]): mask_truncated drops those answers, as
+    TRL's mask_truncated_completions does, and keeps the ones that chose EOS."""
+    env = make_vec_env("sb3_pg_ext/DigitReverse-v0", n_envs=8, seed=0)
+    answer_length = env.get_attr("answer_length")[0]
+    model = GRPO("TokenPolicy", env, seed=0, device="cpu", group_size=8, n_groups=4, mask_truncated=True)
+    collect(model)
+    batch = model.rollout_buffer.get()
+    ends = th.cumsum(batch.episode_lengths, 0) - 1
+    limited = (batch.episode_lengths == answer_length) & (batch.actions[ends] != 10)  # slots full, no EOS
+    assert 0 < int(limited.sum()) < batch.n_episodes
+    assert not batch.episode_truncated.any()  # terminal, not truncated
+    data = model._prepare_update(batch)
+    episode_of_step = th.repeat_interleave(th.arange(batch.n_episodes), batch.episode_lengths)
+    assert th.all(data.weights[limited[episode_of_step]] == 0)
+    assert th.all(data.weights[~limited[episode_of_step]] == 1 / int((~limited).sum()))
+    assert model.logger.name_to_value["rollout/length_limit_fraction"] == pytest.approx(limited.float().mean().item())
+    unmasked = GRPO("TokenPolicy", env, seed=0, device="cpu", group_size=8, n_groups=4)
+    collect(unmasked)
+    assert th.all(unmasked._prepare_update(unmasked.rollout_buffer.get()).weights > 0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Non-finite values: caught before the optimiser step, parameters left as they were
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_a_non_finite_loss_raises_before_the_step():
+    model = make_grpo()
+    collect(model)
+    batch = model.rollout_buffer.get()
+    log_probs = batch.log_probs.clone()
+    log_probs[5] = float("nan")  # one behaviour log-probability: its ratio, hence the loss, is NaN
+    model.rollout_buffer._batch = batch._replace(log_probs=log_probs)
+    before = flat_parameters(model)
+    with pytest.raises(FloatingPointError, match=r"GRPO: non-finite loss at update 1"):
+        model.train()
+    assert th.equal(flat_parameters(model), before)
+
+
+def test_a_non_finite_gradient_raises_before_clipping_and_the_step():
+    model = make_grpo(max_grad_norm=0.5)
+    collect(model)
+    model.policy.action_net.bias.register_hook(lambda grad: grad * float("nan"))
+    before = flat_parameters(model)
+    optimizer_state = model.policy.optimizer.state_dict()
+    with pytest.raises(FloatingPointError, match=r"GRPO: non-finite gradient of parameter 'action_net.bias' at update 1"):
+        model.train()
+    assert th.equal(flat_parameters(model), before)
+    assert model.policy.optimizer.state_dict()["state"] == optimizer_state["state"]  # no step taken
 
 
 def test_clip_range_high_clips_only_above_its_own_bound():
@@ -538,39 +792,44 @@ def test_token_task_logs_success_rate_and_group_statistics(architecture: str):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Learning: each test stops at the first evaluation that reaches its threshold (about 45 CPU s for the three
-# CartPole seeds, 25 CPU s for the token task on one core), so both run in the default suite
+# Learning: the policy that learn() returns after the whole budget (tests/learning.py), never the best evaluation on
+# the way. Budgets and seeds: docs/grpo.md, measured with benchmarks/final_returns.py.
 # ---------------------------------------------------------------------------------------------------------------------
 
+CARTPOLE_CI_BUDGET = 100_000
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+
+@pytest.mark.parametrize("seed", [0, 1])
 def test_grpo_defaults_solve_cartpole(seed: int):
-    env = make_vec_env(CARTPOLE, n_envs=1, seed=seed)
-    eval_env = make_vec_env(CARTPOLE, n_envs=1, seed=10_000 + seed)
+    env = make_vec_env(CARTPOLE, n_envs=8, seed=seed)
     model = GRPO("MlpPolicy", env, seed=seed, device="cpu")
-    start, best = time.process_time(), -np.inf
-    while model.num_timesteps < 200_000 and best < 475:
-        model.learn(10_000, reset_num_timesteps=False)
-        best = max(best, evaluate_policy(model, eval_env, n_eval_episodes=10, deterministic=True)[0])
-    cpu_seconds = time.process_time() - start
-    print(f"GRPO seed {seed}: deterministic eval {best:.1f} after {model.num_timesteps} steps, {cpu_seconds:.0f} CPU s")
-    assert best >= 475
-    assert model.num_timesteps <= 200_000 + 10_000
+    final = final_return(model, CARTPOLE, CARTPOLE_CI_BUDGET, seed)
+    print(f"GRPO seed {seed}: final deterministic eval {final:.1f} after {model.num_timesteps} steps")
+    assert final >= 475
 
 
-def test_grpo_learns_digit_reversal_in_minutes():
-    """Greedy success >= 0.9 on 200 held-out prompts (seeds disjoint from training) within 10 CPU minutes."""
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
+def test_grpo_defaults_end_solved_on_cartpole_after_200k_steps(seed: int):
+    env = make_vec_env(CARTPOLE, n_envs=8, seed=seed)
+    model = GRPO("MlpPolicy", env, seed=seed, device="cpu")
+    final = final_return(model, CARTPOLE, 200_000, seed)
+    print(f"GRPO seed {seed}: final deterministic eval {final:.1f} after {model.num_timesteps} steps")
+    assert final >= 475
+
+
+TOKEN_TASK_BUDGET = 400_000
+
+
+def test_grpo_learns_digit_reversal():
+    """Greedy success >= 0.9 on 200 held-out prompts (seeds disjoint from training) for the final policy."""
     env = make_vec_env("sb3_pg_ext/DigitReverse-v0", n_envs=16, seed=0)
     model = GRPO(
         "TokenPolicy", env, seed=0, device="cpu", group_size=16, n_groups=32, n_epochs=2, batch_size=512, ent_coef=0.01
     )
+    model.learn(TOKEN_TASK_BUDGET)
     eval_env = gym.make("sb3_pg_ext/DigitReverse-v0")
     eval_seeds = range(GROUP_SEED_LIMIT, GROUP_SEED_LIMIT + 200)
-    start, greedy = time.process_time(), 0.0
-    while greedy < 0.9 and model.num_timesteps < 1_000_000 and time.process_time() - start < 600:
-        model.learn(50_000, reset_num_timesteps=False)
-        greedy = success_rate(lambda obs: model.predict(obs, deterministic=True)[0], eval_env, eval_seeds)
-    cpu_seconds = time.process_time() - start
-    print(f"GRPO DigitReverse: greedy success {greedy:.3f} after {model.num_timesteps} steps, {cpu_seconds:.0f} CPU s")
+    greedy = success_rate(lambda obs: model.predict(obs, deterministic=True)[0], eval_env, eval_seeds)
+    print(f"GRPO DigitReverse: final greedy success {greedy:.3f} after {model.num_timesteps} steps")
     assert greedy >= 0.9
-    assert cpu_seconds < 600

@@ -1,4 +1,4 @@
-import copy
+import warnings
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import numpy as np
@@ -13,6 +13,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from sb3_pg_ext.common.buffers import EpisodeBatch, EpisodeRolloutBuffer, select_steps
 from sb3_pg_ext.common.checks import (
     assert_finite,
+    assert_finite_gradients,
     check_bool,
     check_choice,
     check_float,
@@ -78,6 +79,18 @@ def _seed_next_reset(env: VecEnv, seeds: list[int | None]) -> None:
     base._seeds = list(seeds)
 
 
+def _default_optimizer(policy_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """
+    GRPO's optimiser defaults (SPEC §4): AdamW, with ``weight_decay=0`` unless the user sets it (torch's default
+    0.01 would shrink every parameter, ``log_std`` and token embeddings included, even when every advantage is 0).
+    """
+    policy_kwargs = {"optimizer_class": th.optim.AdamW, **(policy_kwargs or {})}
+    optimizer_class = policy_kwargs["optimizer_class"]
+    if isinstance(optimizer_class, type) and issubclass(optimizer_class, th.optim.AdamW):
+        policy_kwargs["optimizer_kwargs"] = {"weight_decay": 0.0, **(policy_kwargs.get("optimizer_kwargs") or {})}
+    return policy_kwargs
+
+
 def _env_name(env: VecEnv, index: int) -> str:
     try:
         return str(env.env_method("__str__", indices=[index])[0])
@@ -113,9 +126,36 @@ class GRPO(EpisodicOnPolicyAlgorithm):
     the end, and the next wave resets the VecEnv again. An env that finishes early keeps stepping (a VecEnv steps all
     its envs together): those steps are counted in ``num_timesteps`` but not trained on. With ``n_envs`` = 1 no
     step is wasted. Each wave checks that the episodes of a group start from equal observations (before
-    VecNormalize's scaling) and raises :class:`GroupStartError` naming the env otherwise.
+    VecNormalize's scaling) and raises :class:`GroupStartError` otherwise, naming the group, its seed, the episodes
+    of the group that differ and the envs that played them.
 
-    No value network is built or trained: the policies are actor-only (:mod:`sb3_pg_ext.common.policies`).
+    The budget: ``learn(total_timesteps)`` starts no new group once ``num_timesteps`` has reached
+    ``total_timesteps``; the groups already started are played to their end and trained on (a group is never cut),
+    so a run ends past its budget by at most the rest of the groups under way (e.g. ``learn(2000)`` on Pendulum-v1
+    with one env and G = 8: 3,200 steps, two groups of 200-step episodes), and its last update may hold fewer than
+    ``n_groups`` groups.
+
+    No value network is built or trained: the policies are actor-only (:mod:`sb3_pg_ext.common.policies`). The
+    optimiser is AdamW with ``weight_decay=0`` unless ``policy_kwargs=dict(optimizer_kwargs=dict(weight_decay=...))``
+    says otherwise (torch's default 0.01 would move every parameter, ``log_std`` included, even when every advantage
+    is 0).
+
+    The KL term's expected gradient. Actions come from pi_old, so what the loss term ``beta * D_t`` (or
+    ``beta * r_t D_t`` with ``kl_ratio_correction``) follows in expectation is, per estimator (exact enumeration over
+    the actions of small Categorical distributions through :meth:`_loss`, in ``tests/test_grpo.py``):
+
+    ============  ==================================  ===================================  =========================
+    estimator     no correction, pi_old = pi_theta    no correction, pi_old != pi_theta    ``kl_ratio_correction``
+    ============  ==================================  ===================================  =========================
+    k1            0 (no gradient at all)              E_old[grad log pi_theta] (biased)    grad KL(pi_theta||pi_ref)
+    k2            grad KL(pi_theta||pi_ref)           biased                               grad KL(pi_theta||pi_ref)
+    k3 (default)  grad KL(pi_ref||pi_theta) (forward) biased                               grad KL(pi_theta||pi_ref)
+    ============  ==================================  ===================================  =========================
+
+    The correction multiplies D_t by r_t = pi_theta/pi_old, not detached, for k1 and k3 (E_old[grad(r D)] =
+    grad E_theta[D] = grad KL); for k2 by the *detached* r_t (E_theta[k2] is not the KL, but E_theta[grad k2] is
+    its gradient, so E_old[sg(r) grad k2] = grad KL). ``kl_in_reward`` gives the exact gradient of the
+    reverse-KL-regularised return instead.
 
     :param policy: The policy model to use (MlpPolicy, CnnPolicy, MultiInputPolicy, TokenPolicy)
     :param env: The environment to learn from (if registered in Gym, can be str)
@@ -135,8 +175,9 @@ class GRPO(EpisodicOnPolicyAlgorithm):
         (1.0: hard copy)
     :param kl_estimator: D_t in the loss: ``"k3"`` (default: pi_ref/pi_theta - log(pi_ref/pi_theta) - 1),
         ``"k2"`` (0.5 log(pi_ref/pi_theta)^2) or ``"k1"`` (log(pi_theta/pi_ref))
-    :param kl_ratio_correction: Multiply D_t by r_t (not detached): the term's gradient is then unbiased for
-        grad KL(pi_theta || pi_ref) although actions come from pi_old (DeepSeek-V3.2)
+    :param kl_ratio_correction: Multiply D_t by r_t (not detached for k1 and k3, detached for k2): the term's
+        expected gradient is then grad KL(pi_theta || pi_ref) exactly, for every estimator, although actions come
+        from pi_old (DeepSeek-V3.2; see the table above)
     :param kl_in_reward: Instead of a loss term, subtract beta * k1 = beta * log(pi_old/pi_ref) from every step's
         reward before the advantages (``kl_estimator`` is then unused)
     :param scale_rewards: Std that divides the centred returns: ``"group"`` (population std of the group),
@@ -147,8 +188,10 @@ class GRPO(EpisodicOnPolicyAlgorithm):
         length), ``"token_mean"`` (mean over all steps) or ``"constant"`` (divided by ``max_length``)
     :param max_length: L of ``"constant"`` aggregation; None: the env's ``spec.max_episode_steps``
     :param drop_zero_std_groups: Leave groups whose returns are all equal out of the loss and its normalisers
-    :param mask_truncated: Leave episodes ended by a time limit (``truncated``) out of the loss and its
-        normalisers (they still count in their group's statistics)
+    :param mask_truncated: Leave cut-off episodes out of the loss and its normalisers (they still count in their
+        group's statistics): those ended by a time limit (``truncated``, from ``TimeLimit``) and those that ended
+        at an env's length limit, marked ``info["length_limit"]=True`` (the token tasks' answers that filled their
+        slots without EOS; TRL's ``mask_truncated_completions``)
     :param advantage_eps: eps added to the std
     :param min_std: Floor of the std, so that near-constant groups cannot blow advantages up
     :param ent_coef: Entropy coefficient (the entropy is aggregated with the same weights as J)
@@ -160,7 +203,7 @@ class GRPO(EpisodicOnPolicyAlgorithm):
         the reported success rate, mean episode length, and mean reward over
     :param tensorboard_log: the log location for tensorboard (if None, no logging)
     :param policy_kwargs: additional arguments to be passed to the policy on creation (``optimizer_class``
-        defaults to ``th.optim.AdamW``)
+        defaults to ``th.optim.AdamW``, whose ``optimizer_kwargs`` default to ``dict(weight_decay=0.0)``)
     :param verbose: Verbosity level: 0 for no output, 1 for info messages, 2 for debug messages
     :param seed: Seed for the pseudo random generators (it also seeds the generator of the group seeds)
     :param device: Device (cpu, cuda, ...) on which the code should be run.
@@ -258,13 +301,14 @@ class GRPO(EpisodicOnPolicyAlgorithm):
         check_float("max_grad_norm", max_grad_norm, low=0.0, low_inclusive=False, allow_none=True)
         check_bool("verify_group_starts", verify_group_starts)
         check_int("sde_sample_freq", sde_sample_freq, minimum=-1)
-        net_arch = (policy_kwargs or {}).get("net_arch")
-        if isinstance(net_arch, dict) and set(net_arch) - {"pi"}:
-            raise ValueError(
-                f"GRPO's policies have no value network: `net_arch` takes the actor's layers only; got {net_arch}"
+        if ref_update_interval is not None and beta == 0:
+            warnings.warn(
+                f"`ref_update_interval={ref_update_interval}` has no effect with `beta=0`: no reference policy is "
+                "built (set `beta` > 0 for a KL penalty to a refreshed reference, or leave `ref_update_interval=None`)",
+                UserWarning,
+                stacklevel=2,
             )
-        # AdamW by default (SPEC §4); the shared actor-only policies default to Adam.
-        policy_kwargs = {"optimizer_class": th.optim.AdamW, **(policy_kwargs or {})}
+        policy_kwargs = _default_optimizer(policy_kwargs)
 
         super().__init__(
             policy,  # type: ignore[arg-type]
@@ -320,6 +364,8 @@ class GRPO(EpisodicOnPolicyAlgorithm):
         self.verify_group_starts = verify_group_starts
         self._reference_source = reference_policy
         self.ref_policy: ActorPolicy | None = None
+        #: Kept episode (slot) -> whether it ended at the env's length limit (``info["length_limit"]``).
+        self._length_limited: dict[int, bool] = {}
         #: Draws the groups' reset seeds; saved with the model, so a reloaded model continues the sequence.
         self._group_seed_rng: np.random.Generator | None = None
 
@@ -335,16 +381,23 @@ class GRPO(EpisodicOnPolicyAlgorithm):
             self._group_seed_rng = np.random.default_rng(self.seed)
         self.ref_policy = None
         if self.beta > 0:
-            # pi_ref: a frozen copy of the initial policy, or of the weights of the policy the user passed.
-            self.ref_policy = copy.deepcopy(self.policy)
-            if self._reference_source is not None:
-                try:
-                    self.ref_policy.load_state_dict(self._reference_source.state_dict())
-                except RuntimeError as error:
-                    raise ValueError(
-                        "`reference_policy` must have the policy's class and architecture (same `policy_kwargs`): "
-                        f"its weights could not be loaded: {error}"
-                    ) from error
+            # pi_ref: a frozen copy of the initial policy, or of the weights of the policy the user passed. Built
+            # from the policy's constructor and loaded with its weights: copy.deepcopy fails on a gSDE policy (its
+            # sampled exploration matrix is a non-leaf tensor), and a loaded model rebuilds it the same way before
+            # its saved state_dict is loaded into it.
+            self.ref_policy = self.policy_class(  # type: ignore[assignment]
+                self.observation_space, self.action_space, self.lr_schedule, use_sde=self.use_sde, **self.policy_kwargs
+            )
+            assert self.ref_policy is not None
+            self.ref_policy = self.ref_policy.to(self.device)
+            source = self.policy if self._reference_source is None else self._reference_source
+            try:
+                self.ref_policy.load_state_dict(source.state_dict())
+            except RuntimeError as error:
+                raise ValueError(
+                    "`reference_policy` must have the policy's class and architecture (same `policy_kwargs`): "
+                    f"its weights could not be loaded: {error}"
+                ) from error
             self.ref_policy.set_training_mode(False)
             self.ref_policy.requires_grad_(False)
 
@@ -355,7 +408,7 @@ class GRPO(EpisodicOnPolicyAlgorithm):
         return state_dicts, tensors
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "ref_policy", "_reference_source"]
+        return [*super()._excluded_save_params(), "ref_policy", "_reference_source", "_length_limited"]
 
     # ------------------------------------------------------------------------------------------------------------
     # Rollouts: groups of episodes that share a reset seed
@@ -367,16 +420,18 @@ class GRPO(EpisodicOnPolicyAlgorithm):
         raw = self._vec_normalize_env.get_original_obs() if self._vec_normalize_env is not None else obs
         for env_idx in np.flatnonzero(slots >= 0).tolist():
             start = {k: np.array(v[env_idx]) for k, v in raw.items()} if isinstance(raw, dict) else np.array(raw[env_idx])
-            group = int(slots[env_idx]) // self.group_size
+            group, member = divmod(int(slots[env_idx]), self.group_size)
             if group not in firsts:
-                firsts[group] = (env_idx, start)
+                firsts[group] = (member, env_idx, start)
                 continue
-            first_env, first_start = firsts[group]
+            first_member, first_env, first_start = firsts[group]
             if not _same_observation(start, first_start):
+                played_by = f"env {env_idx}: {_env_name(env, env_idx)}"
+                first_played_by = "the same env" if first_env == env_idx else f"env {first_env}"
                 raise GroupStartError(
-                    f"{self.__class__.__name__}: group {group} was reset with seed {seeds[env_idx]} in every env, but "
-                    f"env {env_idx} ({_env_name(env, env_idx)}) started from a different observation than env "
-                    f"{first_env} ({_env_name(env, first_env)}): the environment ignores the seed passed to "
+                    f"{self.__class__.__name__}: every episode of group {group} was reset with seed {seeds[env_idx]}, "
+                    f"but episode {member} of the group ({played_by}) started from a different observation than "
+                    f"its episode {first_member} ({first_played_by}): the environment ignores the seed passed to "
                     "reset(seed=...) (e.g. it draws its initial state from a global or a space's RNG), so the "
                     "episodes of a group do not share their start. Make reset(seed=...) determine the initial state, "
                     "or pass verify_group_starts=False to train on groups with different starts."
@@ -395,6 +450,10 @@ class GRPO(EpisodicOnPolicyAlgorithm):
         Episode k (group-major order: group k // G) is played by env k mod n_envs in wave k // n_envs; each wave
         starts with a reset of the VecEnv with the seeds of its episodes (envs without an episode: no seed).
 
+        The budget of ``learn(total_timesteps)``: no new group is started once ``num_timesteps`` has reached it.
+        The groups already started are finished (a group is never trained on incomplete), so the rollout may hold
+        fewer than ``n_groups`` groups, and ``learn`` may run past its budget by the rest of the started groups.
+
         :param env: The training environment
         :param callback: Callback called at every env step (and at the start and end of the rollout)
         :param rollout_buffer: Buffer to fill with complete episodes
@@ -404,15 +463,22 @@ class GRPO(EpisodicOnPolicyAlgorithm):
         assert self._group_seed_rng is not None
         self.policy.set_training_mode(False)
         rollout_buffer.reset()
+        self._length_limited = {}
         n_envs = env.num_envs
         group_seeds = self._group_seed_rng.integers(0, GROUP_SEED_LIMIT, size=self.n_groups).tolist()
-        first_starts: dict[int, tuple[int, Any]] = {}
+        first_starts: dict[int, tuple[int, int, Any]] = {}
         start_timesteps = self.num_timesteps
+        n_episodes = self.n_episodes  # lowered to the groups started so far once the budget is reached
         callback.on_rollout_start()
 
         for wave_start in range(0, self.n_episodes, n_envs):
+            if self.num_timesteps >= self._total_timesteps:
+                # Budget reached: finish the groups already started, start no new one.
+                n_episodes = min(n_episodes, -(-wave_start // self.group_size) * self.group_size)
+            if wave_start >= n_episodes:
+                break
             slots = np.arange(wave_start, wave_start + n_envs)
-            slots[slots >= self.n_episodes] = -1
+            slots[slots >= n_episodes] = -1
             seeds: list[int | None] = [int(group_seeds[s // self.group_size]) if s >= 0 else None for s in slots]
             _seed_next_reset(env, seeds)
             self._last_obs = env.reset()  # type: ignore[assignment]
@@ -436,6 +502,28 @@ class GRPO(EpisodicOnPolicyAlgorithm):
         callback.on_rollout_end()
         return True
 
+    def _collect_step(
+        self,
+        env: VecEnv,
+        callback: BaseCallback,
+        rollout_buffer: EpisodeRolloutBuffer,
+        slots: np.ndarray,
+        n_steps: int,
+    ) -> np.ndarray | None:
+        """
+        The base class's step, plus the ``info["length_limit"]`` flag of every kept episode that ended (read from
+        the step's ``infos``, which SB3 hands to the callback's ``locals``): ``mask_truncated`` leaves those out.
+        """
+        playing = slots.copy()
+        dones = super()._collect_step(env, callback, rollout_buffer, slots, n_steps)
+        if dones is not None:
+            ended = np.flatnonzero(dones & (playing >= 0)).tolist()
+            if ended:
+                infos = callback.locals["infos"]
+                for env_idx in ended:
+                    self._length_limited[int(playing[env_idx])] = bool(infos[env_idx].get("length_limit", False))
+        return dones
+
     # ------------------------------------------------------------------------------------------------------------
     # Update
     # ------------------------------------------------------------------------------------------------------------
@@ -443,9 +531,14 @@ class GRPO(EpisodicOnPolicyAlgorithm):
     def _prepare_update(self, batch: EpisodeBatch) -> UpdateData:
         """Rewards -> (KL in reward) -> returns -> group-relative advantages, loss weights; logs group statistics."""
         name, update = self.__class__.__name__, self._n_updates + 1
-        if batch.n_episodes != self.n_episodes:
-            raise RuntimeError(f"{name}: the rollout holds {batch.n_episodes} episodes, expected {self.n_episodes}")
-        group_ids = th.arange(self.n_episodes, device=self.device) // self.group_size
+        n_groups, incomplete = divmod(batch.n_episodes, self.group_size)
+        if incomplete or not 0 < n_groups <= self.n_groups:
+            raise RuntimeError(
+                f"{name}: the rollout holds {batch.n_episodes} episodes, expected 1 to {self.n_groups} complete groups "
+                f"of {self.group_size}"
+            )
+        n_episodes = batch.n_episodes
+        group_ids = th.arange(n_episodes, device=self.device) // self.group_size
         rewards = batch.rewards.to(th.float64)
 
         ref_log_prob = None
@@ -469,19 +562,26 @@ class GRPO(EpisodicOnPolicyAlgorithm):
             )
         assert_finite(advantages, "advantages", name, update)
 
-        grouped = returns.view(self.n_groups, self.group_size)
+        grouped = returns.view(n_groups, self.group_size)
         zero_std = grouped.amax(dim=1) == grouped.amin(dim=1)
-        in_loss = th.ones(self.n_episodes, dtype=th.bool, device=self.device)
+        # Episodes cut off, by a time limit (truncated) or at the env's answer-length limit (info["length_limit"],
+        # a terminal state of the token tasks): graded, but not finished answers.
+        length_limited = th.tensor(
+            [self._length_limited.get(k, False) for k in range(n_episodes)], dtype=th.bool, device=self.device
+        )
+        cut_off = batch.episode_truncated.to(self.device) | length_limited
+        in_loss = th.ones(n_episodes, dtype=th.bool, device=self.device)
         if self.drop_zero_std_groups:
             in_loss &= ~zero_std[group_ids]
         if self.mask_truncated:
-            in_loss &= ~batch.episode_truncated.to(self.device)
+            in_loss &= ~cut_off
         weights = loss_aggregation_weights(batch.episode_lengths, self.loss_aggregation, in_loss, self.max_length)
 
         self.logger.record("rollout/group_return_std", grouped.std(dim=1, unbiased=False).mean().item())
         self.logger.record("rollout/zero_std_groups", zero_std.float().mean().item())
         self._record_rollout_stats()
         self.logger.record("rollout/truncated_fraction", batch.episode_truncated.float().mean().item())
+        self.logger.record("rollout/length_limit_fraction", length_limited.float().mean().item())
         self.logger.record("train/episodes_in_loss", int(in_loss.sum().item()))
         return UpdateData(
             observations=batch.observations,
@@ -511,7 +611,10 @@ class GRPO(EpisodicOnPolicyAlgorithm):
             # D_t: the kl_estimator's estimate of KL(pi_theta || pi_ref) (k3 = pi_ref/pi_theta - log(pi_ref/pi_theta) - 1)
             kl = KL_ESTIMATORS[self.kl_estimator](log_prob, data.ref_log_prob[steps])
             if self.kl_ratio_correction:
-                kl = ratio * kl  # E_{pi_old}[grad (r D)] = grad E_{pi_theta}[D] = grad KL(pi_theta || pi_ref)
+                # k1, k3: E_{pi_old}[grad (r D)] = grad E_{pi_theta}[D] = grad KL(pi_theta || pi_ref).
+                # k2: E_{pi_theta}[k2] is not the KL, but E_{pi_theta}[grad k2] is its gradient, so the ratio is a
+                # detached importance weight: E_{pi_old}[sg(r) grad k2] = grad KL(pi_theta || pi_ref).
+                kl = (ratio.detach() if self.kl_estimator == "k2" else ratio) * kl
             objective = objective - self.beta * kl
             stats["kl_ref"] = kl.detach()
         if self.ent_coef > 0:
@@ -520,7 +623,12 @@ class GRPO(EpisodicOnPolicyAlgorithm):
 
     def train(self) -> None:
         """
-        One GRPO update: ``n_epochs`` epochs of minibatch steps on the groups of the last rollout.
+        One GRPO update: ``n_epochs`` epochs of minibatch steps on the groups of the last rollout (none if the
+        budget was reached before a group started).
+
+        Every minibatch step checks the loss (before ``backward``) and the gradients (after it, before gradient
+        clipping and ``optimizer.step()``) and raises ``FloatingPointError`` naming the update and the quantity if
+        one holds NaN/inf, so a non-finite value never reaches the parameters.
         """
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
@@ -528,6 +636,10 @@ class GRPO(EpisodicOnPolicyAlgorithm):
         clip_high = clip_low if self.clip_range_high is None else self.clip_range_high(self._current_progress_remaining)
         name, update = self.__class__.__name__, self._n_updates + 1
 
+        if self.rollout_buffer.n_stored_steps == 0:
+            # The budget was reached before a group started: nothing to train on.
+            self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+            return
         data = self._prepare_update(self.rollout_buffer.get())
         trained = data.trained_steps
         batch_size = self.batch_size or max(len(trained), 1)
@@ -535,9 +647,11 @@ class GRPO(EpisodicOnPolicyAlgorithm):
         for _ in range(self.n_epochs if len(trained) else 0):
             for minibatch in th.randperm(len(trained), device=self.device).split(batch_size):
                 loss, stats = self._loss(data, trained[minibatch], clip_low, clip_high)
+                # Checked before the step, so that a non-finite value never reaches the parameters.
                 assert_finite(loss, "loss", name, update)
                 self.policy.optimizer.zero_grad()
                 loss.backward()
+                assert_finite_gradients(self.policy, name, update)
                 if self.max_grad_norm is not None:
                     th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
                 self.policy.optimizer.step()
