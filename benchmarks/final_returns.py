@@ -16,17 +16,30 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import time
 from pathlib import Path
+
+from stable_baselines3 import PPO
+from stable_baselines3.common.env_util import make_vec_env
 
 import sb3_pg_ext
 from benchmarks.harness import RESULTS_DIR, evaluate, single_thread
 from sb3_pg_ext import GRPO, ISPG, PPOKL, REINFORCE
-from stable_baselines3 import PPO
-from stable_baselines3.common.env_util import make_vec_env
 
 ALGOS = {"reinforce": REINFORCE, "ispg": ISPG, "ppo_kl": PPOKL, "grpo": GRPO, "ppo": PPO}
 OUT_DIR = RESULTS_DIR / "final_returns"
+
+
+def code_version() -> str:
+    """The commit the run used, with ``+dirty`` when the checkout had uncommitted changes (defaults may differ)."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True).stdout
+        dirty = subprocess.run(["git", "status", "--porcelain", "sb3_pg_ext"], cwd=root, capture_output=True, text=True).stdout
+    except OSError:
+        return "unknown"
+    return commit.strip() + ("+dirty" if dirty.strip() else "")
 
 
 def run(algo: str, seed: int, steps: int, env_id: str, n_envs: int, kwargs: dict, tag: str | None) -> Path:
@@ -54,6 +67,7 @@ def run(algo: str, seed: int, steps: int, env_id: str, n_envs: int, kwargs: dict
         "cpu_seconds": cpu,
         "wall_seconds": wall,
         "package_version": sb3_pg_ext.__version__,
+        "commit": code_version(),
         "date": time.strftime("%Y-%m-%d"),
     }
     OUT_DIR.mkdir(parents=True, exist_ok=True)
