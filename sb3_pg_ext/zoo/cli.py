@@ -1,0 +1,158 @@
+"""
+``sb3-pg-zoo`` / ``python -m sb3_pg_ext.zoo``: rl-zoo3's command line with REINFORCE, ISPG, PPOKL and GRPO
+registered (the launcher pattern of rl-zoo3's SBX guide).
+
+    sb3-pg-zoo train --algo grpo --env CartPole-v1 [every rl-zoo3 train flag] [--eval-seeds K] [--eval-aggregate A]
+    sb3-pg-zoo enjoy --algo grpo --env CartPole-v1 -f logs/ [every rl-zoo3 enjoy flag]
+    sb3-pg-zoo plot_train | plot_from_file | all_plots [rl-zoo3's flags]
+
+Each command parses its arguments with rl-zoo3's own parser and runs rl-zoo3's own function; the launcher adds:
+
+- ``train``: :class:`~sb3_pg_ext.zoo.exp_manager.PGExperimentManager` in place of rl-zoo3's ``ExperimentManager``
+  (the package's hyperparameter files by default, ``--trial-id 0``, and the two robust-trial flags below, which
+  rl-zoo3's parser does not know and which are taken out of the arguments before it sees them);
+- ``enjoy``: off-policy algorithms that rl-zoo3's hard-coded list does not name (ISPG) are loaded with
+  ``buffer_size=1``, as rl-zoo3 loads SAC or DQN, so that no replay buffer is allocated to watch an agent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+
+from rl_zoo3.utils import ALGOS
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+
+from sb3_pg_ext.zoo.aggregate import AGGREGATES
+from sb3_pg_ext.zoo.exp_manager import PGExperimentManager
+from sb3_pg_ext.zoo.registry import ZOO_ALGOS, register
+
+PROG = "sb3-pg-zoo"
+COMMANDS = ("train", "enjoy", "plot_train", "plot_from_file", "all_plots")
+#: The off-policy algorithms rl-zoo3 2.9.2's enjoy loads with ``buffer_size=1`` (its hard-coded list).
+RL_ZOO_OFF_POLICY = ("qrdqn", "dqn", "ddpg", "sac", "her", "td3", "tqc")
+
+
+def _robust_trial_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"{PROG} train", add_help=False, allow_abbrev=False)
+    group = parser.add_argument_group("robust trials (sb3-pg-ext; with -optimize)")
+    group.add_argument(
+        "--eval-seeds",
+        type=int,
+        default=None,
+        metavar="K",
+        help="train every trial on K seeds and report an aggregate of their evaluations (default: rl-zoo3's single "
+        "unseeded run and the mean of its last evaluation)",
+    )
+    group.add_argument(
+        "--eval-aggregate",
+        choices=sorted(AGGREGATES),
+        default=None,
+        help="aggregate of the K x --eval-episodes returns at each evaluation point, reported for pruning and, at "
+        "the last point, as the trial's value: iqm (default), mean, bootstrap_lower (lower end of a 95%% "
+        "two-level bootstrap interval of the IQM)",
+    )
+    return parser
+
+
+@functools.cache
+def _rl_zoo_function(module: str, name: str) -> Callable[[], None]:
+    return cast(Callable[[], None], getattr(importlib.import_module(module), name))
+
+
+def train(args: Sequence[str]) -> None:
+    """rl-zoo3's ``train`` with :class:`PGExperimentManager` (and the robust-trial flags) swapped in."""
+    parser = _robust_trial_parser()
+    if "-h" in args or "--help" in args:
+        parser.print_help()
+        print()
+    ours, rest = parser.parse_known_args(list(args))
+    zoo_train = importlib.import_module("rl_zoo3.train")
+    manager = functools.partial(PGExperimentManager, eval_seeds=ours.eval_seeds, eval_aggregate=ours.eval_aggregate)
+    original = zoo_train.ExperimentManager
+    zoo_train.ExperimentManager = manager
+    try:
+        _run(f"{PROG} train", rest, zoo_train.train)
+    finally:
+        zoo_train.ExperimentManager = original
+
+
+class _ReplayFreeLoader:
+    """
+    Stands in for an off-policy class in ``rl_zoo3.ALGOS`` while ``enjoy`` runs: ``load`` passes ``buffer_size=1``
+    (the model is only used to act; rl-zoo3 does the same for the algorithms of its list).
+    """
+
+    def __init__(self, algo_class: type[BaseAlgorithm]):
+        self.algo_class = algo_class
+
+    def load(self, path: Any, **kwargs: Any) -> BaseAlgorithm:
+        kwargs.setdefault("buffer_size", 1)
+        return self.algo_class.load(path, **kwargs)
+
+
+def enjoy(args: Sequence[str]) -> None:
+    """rl-zoo3's ``enjoy``, with off-policy algorithms outside its list loaded without a replay buffer."""
+    replaced = {
+        name: cls
+        for name, cls in ALGOS.items()
+        if name not in RL_ZOO_OFF_POLICY and isinstance(cls, type) and issubclass(cls, OffPolicyAlgorithm)
+    }
+    for name, cls in replaced.items():
+        ALGOS[name] = cast(type[BaseAlgorithm], _ReplayFreeLoader(cls))
+    try:
+        _run(f"{PROG} enjoy", args, _rl_zoo_function("rl_zoo3.enjoy", "enjoy"))
+    finally:
+        ALGOS.update(replaced)
+
+
+def _plots(name: str) -> Callable[[Sequence[str]], None]:
+    def command(args: Sequence[str]) -> None:
+        _run(f"{PROG} {name}", args, _rl_zoo_function(f"rl_zoo3.plots.{name}", name))
+
+    command.__doc__ = f"rl-zoo3's ``{name}``."
+    return command
+
+
+def _run(prog: str, args: Sequence[str], function: Callable[[], None]) -> None:
+    """Run an rl-zoo3 command function (they parse ``sys.argv``) on ``args``."""
+    saved = sys.argv
+    sys.argv = [prog, *args]
+    try:
+        function()
+    finally:
+        sys.argv = saved
+
+
+RUNNERS: dict[str, Callable[[Sequence[str]], None]] = {
+    "train": train,
+    "enjoy": enjoy,
+    "plot_train": _plots("plot_train"),
+    "plot_from_file": _plots("plot_from_file"),
+    "all_plots": _plots("all_plots"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``sb3-pg-zoo`` and ``python -m sb3_pg_ext.zoo``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(f"usage: {PROG} {{{','.join(COMMANDS)}}} [rl-zoo3 arguments]")
+        print(f"algorithms added to rl-zoo3's: {', '.join(ZOO_ALGOS)}")
+        print(f"'{PROG} <command> -h' lists a command's arguments")
+        if not argv:
+            raise SystemExit(2)
+        return
+    command, args = argv[0], argv[1:]
+    if command not in RUNNERS:
+        raise SystemExit(f"{PROG}: unknown command {command!r}; use one of {', '.join(COMMANDS)}")
+    register()
+    RUNNERS[command](args)
+
+
+__all__ = ["COMMANDS", "RUNNERS", "enjoy", "main", "train"]

@@ -1,0 +1,299 @@
+"""
+rl-zoo3's ``ExperimentManager`` with three changes, everything else inherited:
+
+1. Without ``--conf-file``, the four algorithms of this package read ``sb3_pg_ext.HYPERPARAMS_DIR / <algo>.yml``
+   (rl-zoo3 looks for ``hyperparams/<algo>.yml`` inside its own package, where our files are not); stock
+   algorithms keep rl-zoo3's files.
+2. ``--trial-id 0`` reloads trial 0: rl-zoo3 2.9.2 tests ``self.trial_id`` for truth, so the first trial of a study
+   was silently ignored.
+3. Robust trials (``--eval-seeds K``, ``--eval-aggregate``): :meth:`objective` trains the trial's settings on K
+   seeds and reports the aggregate of their evaluations (see :mod:`sb3_pg_ext.zoo.aggregate`). Without either
+   flag, rl-zoo3's own objective runs unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import threading
+from collections.abc import Callable, Sequence
+from pprint import pprint
+from typing import Any
+
+import numpy as np
+import optuna
+from rl_zoo3.exp_manager import ExperimentManager
+from rl_zoo3.hyperparams_opt import HYPERPARAMS_SAMPLER
+from rl_zoo3.utils import ALGOS, get_callback_list
+from stable_baselines3 import HerReplayBuffer
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.vec_env import VecEnv, sync_envs_normalization
+
+from sb3_pg_ext import HYPERPARAMS_DIR
+from sb3_pg_ext.zoo.aggregate import AGGREGATES
+from sb3_pg_ext.zoo.registry import ZOO_ALGOS
+
+
+#: Errors that prune a trial instead of ending the study: rl-zoo3's (AssertionError, ValueError) and the
+#: FloatingPointError that the package's algorithms raise on non-finite losses, gradients or parameters.
+PRUNED_ERRORS = (AssertionError, ValueError, FloatingPointError)
+
+
+class _TrialNumber(int):
+    """A trial number that is true even when it is 0 (rl-zoo3 checks ``if ... and self.trial_id:``)."""
+
+    def __bool__(self) -> bool:
+        return True
+
+
+def trial_seeds(base_seed: int, trial_number: int, n_seeds: int) -> list[int]:
+    """The K training seeds of a robust trial: ``SeedSequence([base_seed, trial_number]).generate_state(K)``."""
+    return [int(s) for s in np.random.SeedSequence([base_seed, trial_number]).generate_state(n_seeds)]
+
+
+class EvaluationBoard:
+    """
+    Where the K runs of one trial meet at each evaluation point: each run posts its episode returns and waits; when
+    the last one arrives, the aggregate is computed, reported to the trial (``trial.report(value, step)``, step =
+    1, 2, ...) and the pruner asked; then all K runs go on, or all stop.
+    """
+
+    def __init__(self, n_runs: int, trial: optuna.Trial, aggregate: Callable[[Sequence[Sequence[float]]], float]):
+        self.n_runs = n_runs
+        self.trial = trial
+        self.aggregate = aggregate
+        self.step = 0
+        self.values: list[float] = []
+        self.pruned = False
+        self._returns: list[list[float]] = [[] for _ in range(n_runs)]
+        self._barrier = threading.Barrier(n_runs, action=self._report)
+
+    def _report(self) -> None:
+        self.step += 1
+        value = self.aggregate(self._returns)
+        self.values.append(value)
+        self.trial.report(value, self.step)
+        self.pruned = self.trial.should_prune()
+
+    def post(self, run: int, episode_returns: Sequence[float]) -> bool:
+        """Post run ``run``'s returns of this evaluation point; wait for the others. Returns whether to go on."""
+        self._returns[run] = [float(r) for r in episode_returns]
+        try:
+            self._barrier.wait()
+        except threading.BrokenBarrierError:
+            return False
+        return not self.pruned
+
+    @property
+    def stopped(self) -> bool:
+        return self.pruned or self._barrier.broken
+
+    def abort(self) -> None:
+        """A run failed: release the others (their next ``post`` returns False)."""
+        self._barrier.abort()
+
+
+class SeedEvaluationCallback(BaseCallback):
+    """
+    Evaluates one run of a robust trial every ``eval_freq`` calls, at most ``n_evaluations`` times, and posts the
+    episode returns to the board. With ``log_path``, writes ``evaluations.npz`` as SB3's ``EvalCallback`` does
+    (``timesteps``, ``results``, ``ep_lengths``), so rl-zoo3's plots can read it.
+    """
+
+    def __init__(
+        self,
+        board: EvaluationBoard,
+        run: int,
+        eval_env: VecEnv,
+        n_eval_episodes: int,
+        eval_freq: int,
+        n_evaluations: int,
+        deterministic: bool,
+        log_path: str | None = None,
+    ):
+        super().__init__()
+        self.board = board
+        self.run = run
+        self.eval_env = eval_env
+        self.n_eval_episodes = n_eval_episodes
+        self.eval_freq = eval_freq
+        self.n_evaluations = n_evaluations
+        self.deterministic = deterministic
+        self.log_path = log_path
+        self.n_done = 0
+        self.timesteps: list[int] = []
+        self.results: list[list[float]] = []
+        self.ep_lengths: list[list[int]] = []
+
+    def evaluate_and_post(self) -> bool:
+        if self.model.get_vec_normalize_env() is not None:
+            sync_envs_normalization(self.model.get_env(), self.eval_env)  # type: ignore[arg-type]
+        returns, lengths = evaluate_policy(
+            self.model,
+            self.eval_env,
+            n_eval_episodes=self.n_eval_episodes,
+            deterministic=self.deterministic,
+            return_episode_rewards=True,
+            warn=False,
+        )
+        self.n_done += 1
+        self.timesteps.append(self.model.num_timesteps)
+        self.results.append([float(r) for r in returns])  # type: ignore[union-attr]
+        self.ep_lengths.append([int(n) for n in lengths])  # type: ignore[union-attr]
+        if self.log_path is not None:
+            os.makedirs(self.log_path, exist_ok=True)
+            np.savez(
+                os.path.join(self.log_path, "evaluations"),
+                timesteps=self.timesteps,
+                results=self.results,
+                ep_lengths=self.ep_lengths,
+            )
+        return self.board.post(self.run, self.results[-1])
+
+    def _on_step(self) -> bool:
+        if self.n_calls % self.eval_freq != 0 or self.n_done >= self.n_evaluations:
+            return True
+        return self.evaluate_and_post()
+
+    def finish(self) -> None:
+        """After ``learn()``: evaluate the final policy for the evaluation points it did not reach (never when the
+        trial stopped), so that the other runs are never left waiting."""
+        while self.n_done < self.n_evaluations and not self.board.stopped:
+            self.evaluate_and_post()
+
+
+class PGExperimentManager(ExperimentManager):
+    """
+    :param eval_seeds: K, training runs per trial (``--eval-seeds``); None: rl-zoo3's objective
+    :param eval_aggregate: how the K runs' evaluations become the trial's value (``--eval-aggregate``:
+        ``iqm``, ``mean`` or ``bootstrap_lower``); None: ``iqm`` when ``eval_seeds`` is given
+    All other arguments are rl-zoo3's (see ``rl_zoo3.train``).
+    """
+
+    def __init__(
+        self, args: argparse.Namespace, algo: str, env_id: str, log_folder: str, *positional: Any, **kwargs: Any
+    ) -> None:
+        eval_seeds = kwargs.pop("eval_seeds", None)
+        eval_aggregate = kwargs.pop("eval_aggregate", None)
+        if algo in ZOO_ALGOS and kwargs.get("config") is None:
+            kwargs["config"] = str(HYPERPARAMS_DIR / f"{algo}.yml")
+        if kwargs.get("trial_id") is not None:
+            kwargs["trial_id"] = _TrialNumber(kwargs["trial_id"])
+        super().__init__(args, algo, env_id, log_folder, *positional, **kwargs)
+        self.robust_trials = eval_seeds is not None or eval_aggregate is not None
+        self.eval_seeds = 1 if eval_seeds is None else int(eval_seeds)
+        self.eval_aggregate = "iqm" if eval_aggregate is None else eval_aggregate
+        if self.eval_seeds < 1:
+            raise ValueError(f"--eval-seeds must be >= 1; got {self.eval_seeds}")
+        if self.eval_aggregate not in AGGREGATES:
+            raise ValueError(f"--eval-aggregate must be one of {sorted(AGGREGATES)}; got {self.eval_aggregate!r}")
+        if self.robust_trials and algo == "ars":
+            raise ValueError("--eval-seeds does not support ARS (its asynchronous evaluation needs rl-zoo3's objective)")
+        # saved in args.yml with the run's other arguments
+        args.eval_seeds = eval_seeds
+        args.eval_aggregate = eval_aggregate
+
+    def objective(self, trial: optuna.Trial) -> float:
+        if not self.robust_trials:
+            try:
+                return super().objective(trial)
+            except FloatingPointError as e:
+                # the package's algorithms raise FloatingPointError on non-finite values, where SB3's assert
+                # (which rl-zoo3 prunes): prune too, rather than end the study
+                print(e)
+                raise optuna.exceptions.TrialPruned() from e
+        kwargs = self._hyperparams.copy()
+        additional_args = {
+            "using_her_replay_buffer": kwargs.get("replay_buffer_class") == HerReplayBuffer,
+            "her_kwargs": kwargs.get("replay_buffer_kwargs", {}),
+        }
+        sampled_hyperparams = HYPERPARAMS_SAMPLER[self.algo](trial, self.n_actions, self.n_envs, additional_args)
+        kwargs.update(sampled_hyperparams)
+
+        seeds = trial_seeds(self.seed, trial.number, self.eval_seeds)
+        trial.set_user_attr("eval_seeds", seeds)
+        trial.set_user_attr("eval_aggregate", self.eval_aggregate)
+        assert self.n_evaluations is not None
+        eval_freq = max(int(self.n_timesteps / self.n_evaluations) // self.n_envs, 1)
+        board = EvaluationBoard(self.eval_seeds, trial, AGGREGATES[self.eval_aggregate])
+        trial_verbosity = self.verbose if self.verbose >= 2 else 0
+
+        models, callbacks, eval_envs = [], [], []
+        try:
+            for run, seed in enumerate(seeds):
+                model = ALGOS[self.algo](
+                    env=self.create_envs(self.n_envs, no_log=True),
+                    tensorboard_log=None,
+                    seed=seed,
+                    verbose=trial_verbosity,
+                    device=self.device,
+                    **copy.deepcopy(kwargs),
+                )
+                models.append(model)
+                eval_env = self.create_envs(n_envs=self.n_eval_envs, eval_env=True)
+                eval_envs.append(eval_env)
+                log_path = None
+                if self.optimization_log_path is not None:
+                    log_path = os.path.join(self.optimization_log_path, f"trial_{trial.number!s}", f"seed_{run}")
+                callbacks.append(
+                    SeedEvaluationCallback(
+                        board,
+                        run,
+                        eval_env,
+                        self.n_eval_episodes,
+                        eval_freq,
+                        self.n_evaluations,
+                        self.deterministic_eval,
+                        log_path,
+                    )
+                )
+        except PRUNED_ERRORS as e:
+            # settings the algorithm refuses at construction: pruned, as rl-zoo3 prunes a failing trial
+            for env in [*(m.env for m in models), *eval_envs]:
+                if env is not None:
+                    env.close()
+            print(e)
+            raise optuna.exceptions.TrialPruned() from e
+
+        errors: list[BaseException | None] = [None] * self.eval_seeds
+
+        def train(run: int) -> None:
+            try:
+                run_callbacks = get_callback_list({"callback": self.specified_callbacks})
+                models[run].learn(self.n_timesteps, callback=[*run_callbacks, callbacks[run]])
+                callbacks[run].finish()
+            except BaseException as e:  # re-raised below, in the study's thread
+                errors[run] = e
+                board.abort()
+
+        threads = [threading.Thread(target=train, args=(run,), name=f"trial-{trial.number}-seed-{run}") for run in range(len(seeds))]
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        finally:
+            for model, eval_env in zip(models, eval_envs, strict=True):
+                assert model.env is not None
+                model.env.close()
+                eval_env.close()
+
+        trial.set_user_attr("seed_returns", [float(np.mean(cb.results[-1])) if cb.results else None for cb in callbacks])
+        error = next((e for e in errors if e is not None), None)
+        if error is not None:
+            if isinstance(error, PRUNED_ERRORS):
+                # as rl-zoo3: sampled settings that diverge (NaN) are pruned
+                print(error)
+                print("============")
+                print("Sampled hyperparams:")
+                pprint(sampled_hyperparams)
+                raise optuna.exceptions.TrialPruned() from error
+            raise error
+        if board.pruned:
+            raise optuna.exceptions.TrialPruned()
+        return board.values[-1]
+
+
+__all__ = ["EvaluationBoard", "PGExperimentManager", "SeedEvaluationCallback", "trial_seeds"]
