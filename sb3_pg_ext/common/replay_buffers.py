@@ -7,7 +7,8 @@ one vectorised step, column ``j`` is env ``j``'s own time series. The buffers he
 - ``behaviour_log_probs[pos, j]`` (float32): log mu(a|s) of the policy that acted, recorded at collection;
 - ``episode_starts[pos, j]`` (bool): True at the first step of an episode;
 
-and an :class:`EpisodeIndex` of the *complete* episodes (env, first row, length). Since every env writes its own
+and an :class:`EpisodeIndex` of the *complete* episodes (env, first row, length); they drop SB3's next observations,
+which the Monte-Carlo estimator never reads. Since every env writes its own
 column, episodes that several envs play at the same time never mix, and an episode is contiguous in its column
 (modulo the ring's wrap-around). :meth:`EpisodeReplayBuffer.sample_episodes` draws whole episodes, each from its
 first step to its last, as an :class:`~sb3_pg_ext.common.buffers.EpisodeBatch`.
@@ -120,22 +121,31 @@ class EpisodeReplayBuffer(ReplayBuffer):
     SB3 ``ReplayBuffer`` that also keeps episode boundaries and each step's behaviour log-probability, and samples
     whole episodes (for off-policy policy gradients with importance sampling, SPEC §2).
 
-    Storage per transition is SB3's ``ReplayBuffer`` (observation, next observation, action, reward, done, timeout)
-    **plus 5 bytes**: the behaviour log-probability log mu(a|s) (float32) and an episode-start flag (bool); plus the
-    :class:`EpisodeIndex`, 24 bytes per complete episode. ``sample`` (single transitions) works as in SB3.
+    **Memory.** Next observations are not stored: the Monte-Carlo estimator never reads them (it needs no
+    bootstrap target), so the buffer keeps only the observation of each step. Storage per transition:
+
+    - the observation (``observation_space``'s shape and dtype, e.g. 16 bytes for CartPole's 4 float32) and the
+      action (``action_dim`` values of the action space's dtype, float64 cast to float32, as in SB3; e.g. 8 bytes for
+      a ``Discrete`` action stored as int64);
+    - 17 bytes: reward, done and timeout flags (float32 each, as in SB3), the behaviour log-probability log mu(a|s)
+      (float32) and an episode-start flag (bool);
+
+    plus the :class:`EpisodeIndex`, 24 bytes per complete episode. On CartPole-v1 that is 41 bytes per transition,
+    where SB3's ``ReplayBuffer`` takes 52 (it stores the next observation too) and its ``optimize_memory_usage``
+    layout 36 (which this buffer cannot use: writing the next observation into the following row would overwrite
+    the first step of the oldest held episode). ``sample`` (single transitions with next observations) is therefore
+    not available; :meth:`sample_episodes` is the sampling method.
 
     Each ``add`` needs the behaviour log-probabilities and episode starts of its step, either as keyword arguments
     or staged just before with :meth:`set_behaviour` (``OffPolicyAlgorithm._store_transition`` calls ``add`` with
     SB3's fixed arguments, so the algorithm stages them).
-
-    ``optimize_memory_usage`` is not supported.
 
     :param buffer_size: Max number of transitions (split evenly between the envs, as in SB3)
     :param observation_space: Observation space
     :param action_space: Action space
     :param device: PyTorch device of the sampled tensors
     :param n_envs: Number of parallel environments
-    :param optimize_memory_usage: Must be False
+    :param optimize_memory_usage: Must be False (next observations are not stored at all, see above)
     :param handle_timeout_termination: As in SB3; here it only fills ``EpisodeBatch.episode_truncated``
     """
 
@@ -150,7 +160,10 @@ class EpisodeReplayBuffer(ReplayBuffer):
         handle_timeout_termination: bool = True,
     ):
         if optimize_memory_usage:
-            raise ValueError(f"{type(self).__name__} does not support `optimize_memory_usage=True`")
+            raise ValueError(
+                f"{type(self).__name__} does not support `optimize_memory_usage=True`; it needs no such layout, since "
+                "it stores no next observations at all"
+            )
         super().__init__(
             buffer_size,
             observation_space,
@@ -160,6 +173,8 @@ class EpisodeReplayBuffer(ReplayBuffer):
             optimize_memory_usage=False,
             handle_timeout_termination=handle_timeout_termination,
         )
+        # SB3 allocates the next observations (np.zeros: no page is touched yet); they are never written or read.
+        del self.next_observations
         self.behaviour_log_probs = np.zeros((self.buffer_size, self.n_envs), dtype=np.float32)
         self.episode_starts = np.zeros((self.buffer_size, self.n_envs), dtype=bool)
         self.episode_index = EpisodeIndex(self.buffer_size, self.n_envs)
@@ -195,7 +210,7 @@ class EpisodeReplayBuffer(ReplayBuffer):
     ) -> None:
         """
         Store one vectorised step: SB3's arguments, plus the behaviour log-probabilities and episode starts
-        (passed here or staged with :meth:`set_behaviour`).
+        (passed here or staged with :meth:`set_behaviour`). ``next_obs`` is not stored.
         """
         if behaviour_log_probs is not None and episode_starts is not None:
             self.set_behaviour(behaviour_log_probs, episode_starts)
@@ -206,11 +221,32 @@ class EpisodeReplayBuffer(ReplayBuffer):
             )
         log_probs, starts = self._staged
         self._staged = None
-        pos = self.pos
-        super().add(obs, next_obs, action, reward, done, infos)
-        self.behaviour_log_probs[pos] = log_probs
-        self.episode_starts[pos] = starts
+        # SB3's ReplayBuffer.add, without the next observation (never read)
+        self._store_observation(obs)
+        # Reshape to handle multi-dim and discrete action spaces, see SB3 GH #970 #1392
+        self.actions[self.pos] = np.array(np.asarray(action).reshape((self.n_envs, self.action_dim)))
+        self.rewards[self.pos] = np.array(reward)
+        self.dones[self.pos] = np.array(done)
+        if self.handle_timeout_termination:
+            self.timeouts[self.pos] = np.array([info.get("TimeLimit.truncated", False) for info in infos])
+        self.behaviour_log_probs[self.pos] = log_probs
+        self.episode_starts[self.pos] = starts
         self.episode_index.add_row(starts, np.asarray(done, dtype=bool))
+        self.pos += 1
+        if self.pos == self.buffer_size:
+            self.full = True
+            self.pos = 0
+
+    def _store_observation(self, obs: np.ndarray) -> None:
+        # Reshape needed when using multiple envs with discrete observations (as in SB3)
+        if isinstance(self.observation_space, spaces.Discrete):
+            obs = obs.reshape((self.n_envs, *self.obs_shape))
+        self.observations[self.pos] = np.array(obs)
+
+    def _get_samples(self, batch_inds: np.ndarray, env: VecNormalize | None = None) -> Any:
+        raise NotImplementedError(
+            f"{type(self).__name__} stores no next observations, so it cannot sample single transitions; use `sample_episodes`"
+        )
 
     @property
     def n_episodes(self) -> int:
@@ -227,11 +263,44 @@ class EpisodeReplayBuffer(ReplayBuffer):
         :return: an :class:`EpisodeBatch` whose ``log_probs`` are the stored behaviour log-probabilities
         :raises RuntimeError: if the buffer holds no complete episode
         """
+        return self.get_episodes(self.choose_episodes(n_episodes), env)
+
+    def choose_episodes(self, n_episodes: int) -> np.ndarray:
+        """
+        The first half of :meth:`sample_episodes`: ``min(n_episodes, held)`` distinct episodes, uniformly.
+
+        :param n_episodes: number of episodes N
+        :return: indices into :meth:`EpisodeIndex.episodes`, for :meth:`get_episodes` and :meth:`describe_episode`
+        :raises RuntimeError: if the buffer holds no complete episode
+        """
         available = self.episode_index.n_episodes
         if available == 0:
             raise RuntimeError("The replay buffer holds no complete episode yet")
         # The global numpy RNG, as SB3's ReplayBuffer.sample: seeded by the algorithm's set_random_seed.
-        chosen = np.random.choice(available, size=min(n_episodes, available), replace=False)  # noqa: NPY002
+        return np.random.choice(available, size=min(n_episodes, available), replace=False)  # noqa: NPY002
+
+    def describe_episode(self, chosen: np.ndarray, k: int) -> str:
+        """
+        Where the ``k``-th episode of a batch drawn by :meth:`choose_episodes` is stored, for error messages.
+
+        :param chosen: the batch's indices from :meth:`choose_episodes`
+        :param k: the episode's position in the batch
+        :return: e.g. ``"env 1, buffer rows 40-47"`` (ring positions in that env's column; ``first-last``)
+        """
+        envs, first_rows, lengths = self.episode_index.episodes()
+        index = int(chosen[k])
+        first = int(first_rows[index]) % self.buffer_size
+        last = (int(first_rows[index]) + int(lengths[index]) - 1) % self.buffer_size
+        return f"env {int(envs[index])}, buffer rows {first}-{last}, {int(lengths[index])} steps"
+
+    def get_episodes(self, chosen: np.ndarray, env: VecNormalize | None = None) -> EpisodeBatch:
+        """
+        The second half of :meth:`sample_episodes`: the chosen episodes as an :class:`EpisodeBatch`.
+
+        :param chosen: indices into :meth:`EpisodeIndex.episodes` (from :meth:`choose_episodes`)
+        :param env: VecNormalize to normalise the observations and rewards with (as SB3's ``sample``)
+        :return: an :class:`EpisodeBatch` whose ``log_probs`` are the stored behaviour log-probabilities
+        """
         episode_envs = self.episode_index.episodes()[0][chosen]
         rows, envs, lengths = self.episode_index.locate(chosen)
 
@@ -268,8 +337,9 @@ class EpisodeReplayBuffer(ReplayBuffer):
 
 class DictEpisodeReplayBuffer(EpisodeReplayBuffer, DictReplayBuffer):
     """
-    :class:`EpisodeReplayBuffer` for ``Dict`` observation spaces (storage as SB3's ``DictReplayBuffer`` plus the
-    same 5 bytes per transition and 24 bytes per complete episode).
+    :class:`EpisodeReplayBuffer` for ``Dict`` observation spaces: storage as SB3's ``DictReplayBuffer`` without the
+    next observations, i.e. per transition every key's observation, the action and the same 17 bytes, plus 24
+    bytes per complete episode.
 
     :param buffer_size: Max number of transitions (split evenly between the envs, as in SB3)
     :param observation_space: Observation space (a ``spaces.Dict``)
@@ -281,6 +351,16 @@ class DictEpisodeReplayBuffer(EpisodeReplayBuffer, DictReplayBuffer):
     """
 
     observations: dict[str, np.ndarray]
+    obs_shape: dict[str, tuple[int, ...]]
+
+    def _store_observation(self, obs: dict[str, np.ndarray]) -> None:  # type: ignore[override]
+        assert isinstance(self.observation_space, spaces.Dict)
+        for key in self.observations:
+            # Reshape needed when using multiple envs with discrete observations (as in SB3's DictReplayBuffer)
+            value = obs[key]
+            if isinstance(self.observation_space.spaces[key], spaces.Discrete):
+                value = value.reshape((self.n_envs, *self.obs_shape[key]))
+            self.observations[key][self.pos] = np.array(value)
 
     def _episode_observations(self, rows: np.ndarray, envs: np.ndarray, env: VecNormalize | None) -> th.Tensor | TensorDict:
         obs = self._normalize_obs({key: value[rows, envs] for key, value in self.observations.items()}, env)

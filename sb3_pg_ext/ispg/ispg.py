@@ -7,14 +7,17 @@ import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import ReplayBuffer
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
-from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, RolloutReturn, Schedule, TrainFreq, TrainFrequencyUnit
+from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_pg_ext.common.buffers import EpisodeBatch
 from sb3_pg_ext.common.checks import (
     assert_finite,
+    assert_finite_gradients,
     check_bool,
     check_choice,
     check_float,
@@ -24,8 +27,10 @@ from sb3_pg_ext.common.checks import (
 )
 from sb3_pg_ext.common.replay_buffers import DictEpisodeReplayBuffer, EpisodeReplayBuffer
 from sb3_pg_ext.estimators import (
+    batch_mean_baseline,
     clipped_log_ratios,
     effective_sample_size,
+    leave_one_out_baseline,
     per_decision_log_weights,
     per_decision_returns,
     reward_to_go,
@@ -36,11 +41,13 @@ from sb3_pg_ext.ispg.policies import ActorCnnPolicy, ActorPolicy, MultiInputActo
 SelfISPG = TypeVar("SelfISPG", bound="ISPG")
 
 IMPORTANCE_WEIGHTS = ("per_decision", "prefix", "one_step")
-BASELINES = ("none", "mean")
+BASELINES = ("none", "mean", "loo")
 TRAIN_FREQ_UNITS = ("step", "episode")
 
 
 def _check_train_freq(train_freq: Any) -> None:
+    if train_freq is None:
+        return
     if isinstance(train_freq, tuple):
         if len(train_freq) != 2:
             raise ValueError(f"`train_freq` must be an int or a tuple (frequency, unit); got {train_freq!r}")
@@ -74,6 +81,16 @@ class ISPG(OffPolicyAlgorithm):
     where Q_t is the discounted reward-to-go of the stored rewards and b the baseline. Episodes that a time limit
     ends use the observed rewards only (there is no critic to bootstrap with).
 
+    Non-finite values: at each gradient step the behaviour and current log-probabilities and psi are checked per
+    episode, the loss before ``backward`` and the gradients after it, before clipping and the optimiser step. An
+    error (``FloatingPointError``) names the update, the quantity and the episodes (position in the sampled batch,
+    env, replay-buffer rows) and leaves the parameters and the optimiser state as they were. Each episode's
+    weights depend on that episode alone (a segmented scan), so one bad episode never reaches another.
+
+    Memory: the replay buffer stores no next observations (never read), i.e. observation + action + 17 bytes per
+    transition (41 bytes on CartPole-v1, against 52 for SB3's ``ReplayBuffer``), plus 24 bytes per complete
+    episode; see :class:`~sb3_pg_ext.common.replay_buffers.EpisodeReplayBuffer`.
+
     :param policy: The policy model to use (MlpPolicy, CnnPolicy, MultiInputPolicy); an actor without a critic
     :param env: The environment to learn from (if registered in Gym, can be str)
     :param learning_rate: The learning rate, it can be a function of the current progress remaining (from 1 to 0)
@@ -85,14 +102,22 @@ class ISPG(OffPolicyAlgorithm):
     :param batch_size: Number of complete **episodes** N per gradient step (drawn uniformly without replacement;
         all held episodes when the buffer holds fewer)
     :param gamma: Discount factor
-    :param train_freq: Update the model every ``train_freq`` steps, or pass a tuple of frequency and unit like
+    :param train_freq: None (default): update the model every ``train_every_episodes`` complete episodes, counted
+        across all envs (works with any number of envs; with one env it is SB3's ``(train_every_episodes,
+        "episode")``). Otherwise SB3's meaning: every ``train_freq`` steps, or a tuple of frequency and unit like
         ``(4, "episode")`` (episode units need a single env, as in SB3)
+    :param train_every_episodes: With ``train_freq=None``: collect until at least this many episodes have ended
+        (in any env) since the last update, then update. Ignored when ``train_freq`` is given
     :param gradient_steps: How many gradient steps to do after each rollout (-1: as many as env steps collected)
     :param importance_weights: ``"per_decision"``, ``"prefix"`` or ``"one_step"`` (see above)
     :param clip_ratio: Truncate each per-step ratio at this level before the product (Retrace/V-trace style:
         bounded variance, biased); None keeps the exact weights
-    :param baseline: ``"none"`` (b = 0) or ``"mean"`` (b = the batch mean of Q_t; includes each episode's own
-        return, so like REINFORCE's ``"mean"`` it slightly shrinks the gradient)
+    :param baseline: ``"loo"`` (default, unbiased): for episode i, b_i = the mean of Q_t over the *steps* of the
+        batch's other N-1 episodes, ``sum_{j != i} sum_t Q_{j,t} / sum_{j != i} T_j`` (the mean reward-to-go per
+        step, not per episode: Q_t is a reward-to-go, and every step's psi carries its own b); b = 0 when the batch
+        holds a single episode. ``"mean"``: the same mean over all the batch's steps, episode i included, which
+        correlates b with episode i's own score and biases the estimate (on the test MDP, 4% of the gradient at
+        N = 16). ``"none"``: b = 0
     :param self_normalize: Weighted importance sampling per step index t: divide rho_{0:t} by its mean over the
         batch's N episodes, an episode that has ended counting with its final weight (for ``"one_step"``: rho_t by
         its mean over the episodes running at t); consistent, slightly biased, far lower variance
@@ -129,11 +154,12 @@ class ISPG(OffPolicyAlgorithm):
         learning_starts: int = 0,
         batch_size: int = 16,
         gamma: float = 0.99,
-        train_freq: int | tuple[int, str] = (4, "episode"),
+        train_freq: int | tuple[int, str] | None = None,
+        train_every_episodes: int = 4,
         gradient_steps: int = 4,
         importance_weights: str = "per_decision",
         clip_ratio: float | None = None,
-        baseline: str = "mean",
+        baseline: str = "loo",
         self_normalize: bool = False,
         ent_coef: float = 0.0,
         max_grad_norm: float | None = 0.5,
@@ -151,6 +177,7 @@ class ISPG(OffPolicyAlgorithm):
         check_int("batch_size", batch_size, minimum=1)
         check_float("gamma", gamma, 0.0, 1.0)
         _check_train_freq(train_freq)
+        check_int("train_every_episodes", train_every_episodes, minimum=1)
         check_int("gradient_steps", gradient_steps, minimum=-1)
         check_choice("importance_weights", importance_weights, IMPORTANCE_WEIGHTS)
         check_float("clip_ratio", clip_ratio, low=0.0, low_inclusive=False, allow_none=True)
@@ -167,7 +194,8 @@ class ISPG(OffPolicyAlgorithm):
             learning_starts=learning_starts,
             batch_size=batch_size,
             gamma=gamma,
-            train_freq=train_freq,
+            # None: SB3's episode unit, counted across all envs by collect_rollouts below
+            train_freq=(train_every_episodes, "episode") if train_freq is None else train_freq,
             gradient_steps=gradient_steps,
             action_noise=None,
             replay_buffer_class=None,
@@ -184,8 +212,12 @@ class ISPG(OffPolicyAlgorithm):
         if self.env is not None and self.n_envs > 1 and isinstance(train_freq, tuple) and train_freq[1] == "episode":
             raise ValueError(
                 f"`train_freq={train_freq!r}` counts episodes, which SB3 supports with a single env only; "
-                f"with n_envs={self.n_envs} give `train_freq` in steps, e.g. `train_freq=(500, 'step')`"
+                f"with n_envs={self.n_envs} keep the default `train_freq=None` (train every `train_every_episodes` "
+                "complete episodes, counted across the envs) or give `train_freq` in steps, e.g. `(500, 'step')`"
             )
+        self.train_every_episodes = train_every_episodes
+        #: True when ``train_freq=None``: the episode unit counts complete episodes across all envs.
+        self.count_episodes_across_envs = train_freq is None
         self.importance_weights = importance_weights
         self.clip_ratio = clip_ratio
         self.baseline = baseline
@@ -269,9 +301,73 @@ class ISPG(OffPolicyAlgorithm):
         super()._store_transition(replay_buffer, buffer_action, new_obs, reward, dones, infos)
         self._last_episode_starts = np.array(dones, dtype=bool)
 
+    def collect_rollouts(
+        self,
+        env: VecEnv,
+        callback: BaseCallback,
+        train_freq: TrainFreq,
+        replay_buffer: ReplayBuffer,
+        action_noise: ActionNoise | None = None,
+        learning_starts: int = 0,
+        log_interval: int | None = None,
+    ) -> RolloutReturn:
+        """
+        SB3's ``collect_rollouts``; with ``train_freq=None`` and several envs, the episode unit counts the episodes
+        that end in any env: collection stops at the first vectorised step after which at least
+        ``train_every_episodes`` episodes have ended since the rollout began (several envs can end an episode at the
+        same step, so a rollout may hold more). Envs are not reset between rollouts (as in SB3): the episodes still
+        running continue in the next rollout. With one env, or ``train_freq`` in steps, this is SB3's method.
+        """
+        if env.num_envs == 1 or train_freq.unit == TrainFrequencyUnit.STEP or not self.count_episodes_across_envs:
+            return super().collect_rollouts(
+                env, callback, train_freq, replay_buffer, action_noise, learning_starts, log_interval
+            )
+        # SB3's loop (no gSDE, no action noise: the actor samples), counting episodes over all envs
+        self.policy.set_training_mode(False)
+        num_collected_steps, num_collected_episodes = 0, 0
+        callback.on_rollout_start()
+        while num_collected_episodes < train_freq.frequency:
+            actions, buffer_actions = self._sample_action(learning_starts, action_noise, env.num_envs)
+            new_obs, rewards, dones, infos = env.step(actions)
+            self.num_timesteps += env.num_envs
+            num_collected_steps += 1
+            # Give access to local variables
+            callback.update_locals(locals())
+            # Only stop training if return value is False, not when it is None.
+            if not callback.on_step():
+                return RolloutReturn(num_collected_steps * env.num_envs, num_collected_episodes, continue_training=False)
+            self._update_info_buffer(infos, dones)
+            self._store_transition(replay_buffer, buffer_actions, new_obs, rewards, dones, infos)  # type: ignore[arg-type]
+            self._update_current_progress_remaining(self.num_timesteps, self._total_timesteps)
+            self._on_step()
+            for done in dones:
+                if done:
+                    num_collected_episodes += 1
+                    self._episode_num += 1
+                    if log_interval is not None and self._episode_num % log_interval == 0:
+                        self.dump_logs()
+        callback.on_rollout_end()
+        return RolloutReturn(num_collected_steps * env.num_envs, num_collected_episodes, continue_training=True)
+
     # -----------------------------------------------------------------------------------------------------------------
     # Training
     # -----------------------------------------------------------------------------------------------------------------
+
+    def _baseline(self, q: th.Tensor, episode_starts: th.Tensor) -> th.Tensor:
+        """
+        The baseline b of every step, from the stored reward-to-go Q_t (see ``baseline`` in the class docstring).
+
+        :param q: ``(T,)`` discounted reward-to-go of the stored rewards
+        :param episode_starts: ``(T,)`` bool episode boundaries
+        :return: ``(T,)`` b (a constant for ``"none"`` and ``"mean"``, constant per episode for ``"loo"``)
+        """
+        n_episodes = int(episode_starts.sum().item())
+        if self.baseline == "mean":
+            return batch_mean_baseline(q, episode_starts, weighting="step")
+        if self.baseline == "loo" and n_episodes >= 2:
+            return leave_one_out_baseline(q, episode_starts, weighting="step")
+        # "none", or "loo" with a single episode in the batch: there is no other episode to average
+        return th.zeros_like(q)
 
     def _importance_weighted_returns(self, log_prob: th.Tensor, batch: EpisodeBatch) -> tuple[th.Tensor, dict[str, float]]:
         """
@@ -295,7 +391,7 @@ class ISPG(OffPolicyAlgorithm):
         w = th.exp(log_w)
 
         q = reward_to_go(rewards, starts, self.gamma)  # Q_t: discounted reward-to-go of the stored rewards
-        b = q.mean() if self.baseline == "mean" else th.zeros((), dtype=q.dtype, device=q.device)
+        b = self._baseline(q, starts)
         if self.importance_weights == "per_decision":
             # psi_t = sum_{t'>=t} gamma^{t'-t} rho_{0:t'} r_{t'} - rho_{0:t} b
             psi = per_decision_returns(rewards, log_w, starts, self.gamma) - w * b
@@ -316,6 +412,30 @@ class ISPG(OffPolicyAlgorithm):
         }
         return psi, diagnostics
 
+    def _check_finite_episodes(
+        self, values: th.Tensor, quantity: str, batch: EpisodeBatch, chosen: np.ndarray, update: int
+    ) -> None:
+        """
+        Raise ``FloatingPointError`` naming the algorithm, the update, the quantity and the episodes (position in
+        the sampled batch, env and replay-buffer rows) where ``values`` ``(T,)`` holds NaN/inf.
+        """
+        finite = th.isfinite(values)
+        if bool(finite.all()):
+            return
+        episode_ids = th.cumsum(batch.episode_starts.long(), 0) - 1
+        bad = th.unique(episode_ids[~finite]).tolist()
+        shown = "; ".join(
+            f"episode {k} of the sampled batch ({self.replay_buffer.describe_episode(chosen, k)})" for k in bad[:3]
+        )
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise FloatingPointError(
+            f"{self.__class__.__name__}: non-finite {quantity} at update {update}, in {len(bad)} of the batch's "
+            f"{batch.n_episodes} episodes: {shown}{more} (the optimiser step was not taken; the parameters are "
+            "unchanged). Each episode's weights depend on that episode alone, so the others are unaffected; check "
+            "the environment's observations and rewards (VecCheckNan helps), or lower the learning rate or set "
+            "`clip_ratio`."
+        )
+
     def train(self, gradient_steps: int, batch_size: int = 16) -> None:
         """
         ``gradient_steps`` gradient steps, each on ``batch_size`` complete episodes drawn from the replay buffer.
@@ -335,14 +455,19 @@ class ISPG(OffPolicyAlgorithm):
         logs.update({key: [] for key in ("is_ess", "is_weight_mean", "is_weight_max", "is_clip_fraction")})
         for _ in range(gradient_steps):
             update = self._n_updates + 1
-            batch = self.replay_buffer.sample_episodes(batch_size, env=self._vec_normalize_env)
+            chosen = self.replay_buffer.choose_episodes(batch_size)
+            batch = self.replay_buffer.get_episodes(chosen, env=self._vec_normalize_env)
+            self._check_finite_episodes(batch.log_probs, "behaviour log-probability log mu(a|s)", batch, chosen, update)
             distribution = self.policy.get_distribution(batch.observations)
             log_prob = distribution.log_prob(batch.actions)
+            self._check_finite_episodes(log_prob, "log-probability log pi(a|s)", batch, chosen, update)
             psi, diagnostics = self._importance_weighted_returns(log_prob.detach(), batch)
-            assert_finite(psi, "importance-weighted returns (psi)", name, update)
+            # checked in the loss's dtype: a weight that float64 holds can overflow float32
+            psi = psi.to(log_prob.dtype)
+            self._check_finite_episodes(psi, "importance-weighted return psi", batch, chosen, update)
 
             # g = (1/N) sum_i sum_t grad log pi(a|s) psi  <=>  loss = -(1/N) sum log pi(a|s) stopgrad(psi)
-            policy_loss = -(log_prob * psi.to(log_prob.dtype)).sum() / batch.n_episodes
+            policy_loss = -(log_prob * psi).sum() / batch.n_episodes
             entropy = distribution.entropy()
             entropy_loss = -th.mean(-log_prob) if entropy is None else -th.mean(entropy)
             loss = policy_loss + self.ent_coef * entropy_loss
@@ -350,6 +475,9 @@ class ISPG(OffPolicyAlgorithm):
 
             self.policy.optimizer.zero_grad()
             loss.backward()
+            # before clipping (which would spread one non-finite entry over every gradient) and before the step:
+            # an error leaves the parameters and the optimiser state as they were
+            assert_finite_gradients(self.policy, name, update)
             if self.max_grad_norm is not None:
                 th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
             self.policy.optimizer.step()
