@@ -4,8 +4,8 @@ GRPO vs SB3 PPO on CartPole-v1 and Acrobot-v1: deterministic evaluation mean at 
 
 Protocol:
 - GRPO: the package defaults (G = 8 episodes per group, 8 groups per update, 4 epochs of minibatches of 256 steps,
-  lr 1e-3, AdamW without weight decay, beta = 0), one env, with the per-env changes in ``GRPO_SETTINGS`` (Acrobot-v1: G = 4, B = 2).
-  No critic.
+  lr 1e-3, AdamW without weight decay, beta = 0), one env, with the per-env changes in ``GRPO_SETTINGS``
+  (Acrobot-v1: G = 4, B = 2). No critic.
 - PPO: SB3's PPO at its rl-zoo3 hyperparameters (``rl_zoo3/hyperparams/ppo.yml``: CartPole-v1 with 8 envs,
   n_steps 32, 20 epochs, linear lr/clip schedules; Acrobot-v1 with 16 envs, n_steps 256, VecNormalize).
 - Both: the same actor (SB3's MlpPolicy [64, 64], Tanh; PPO adds its [64, 64] critic), the same budget counted in env
