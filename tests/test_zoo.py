@@ -1,0 +1,355 @@
+"""
+The rl-zoo3 launcher (sb3_pg_ext.zoo, docs/zoo.md): every command with each of the four algorithms on tiny budgets,
+the hyperparameter files, the samplers, robust trials and the aggregates. The multi-process storage tests (journal
+file, PostgreSQL) are in tests/test_zoo_storage.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import optuna
+import pytest
+import yaml
+from rl_zoo3 import hyperparams_opt
+from rl_zoo3.utils import ALGOS
+
+import sb3_pg_ext
+from sb3_pg_ext import GRPO, ISPG, PPOKL, REINFORCE
+from sb3_pg_ext.zoo import (
+    AGGREGATES,
+    HYPERPARAMS_CONVERTER,
+    ZOO_ALGOS,
+    PGExperimentManager,
+    bootstrap_lower,
+    interquartile_mean,
+    main,
+    pooled_mean,
+    register,
+    trial_seeds,
+)
+
+matplotlib.use("Agg")
+
+ALGO_NAMES = ["reinforce", "ispg", "ppo_kl", "grpo"]
+ENV = "CartPole-v1"
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def run_dir(root: Path, algo: str, env: str = ENV) -> Path:
+    runs = sorted((root / "logs" / algo).glob(f"{env.replace('/', '-')}_*"))
+    assert runs, f"no run folder under {root / 'logs' / algo}"
+    return runs[-1]
+
+
+def load_config(run: Path, env: str = ENV) -> dict:
+    return dict(yaml.load((run / env.replace("/", "-") / "config.yml").read_text(), Loader=yaml.UnsafeLoader))
+
+
+def package_entry(algo: str, env: str) -> dict:
+    return yaml.safe_load((sb3_pg_ext.HYPERPARAMS_DIR / f"{algo}.yml").read_text())[env]
+
+
+# -- registration ----------------------------------------------------------------------------------------------------
+
+
+def test_register_adds_the_four_algorithms_to_rl_zoo_dicts_in_place():
+    import rl_zoo3.exp_manager
+    import rl_zoo3.train
+
+    register()
+    assert {name: ALGOS[name] for name in ALGO_NAMES} == {
+        "reinforce": REINFORCE,
+        "ispg": ISPG,
+        "ppo_kl": PPOKL,
+        "grpo": GRPO,
+    }
+    # the dicts rl-zoo3's modules imported by name are the same objects
+    assert rl_zoo3.train.ALGOS is ALGOS and rl_zoo3.exp_manager.ALGOS is ALGOS
+    assert rl_zoo3.exp_manager.HYPERPARAMS_SAMPLER is hyperparams_opt.HYPERPARAMS_SAMPLER
+    for name in ALGO_NAMES:
+        assert name in hyperparams_opt.HYPERPARAMS_SAMPLER and name in hyperparams_opt.HYPERPARAMS_CONVERTER
+    assert ALGOS["ppo"].__name__ == "PPO"  # stock entries untouched
+
+
+# -- train / enjoy / plots -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("algo", ALGO_NAMES)
+def test_train_saves_model_eval_log_and_config_then_enjoy_loads_it(algo, in_tmp, capsys, monkeypatch):
+    main(["train", "--algo", algo, "--env", ENV, "-n", "256", "--eval-freq", "128", "--eval-episodes", "2"]
+         + ["-f", "logs", "--seed", "0", "--verbose", "0", "--save-freq", "128"])
+    run = run_dir(in_tmp, algo)
+    model_file = run / f"{ENV}.zip"
+    assert model_file.is_file()
+    model = ZOO_ALGOS[algo].load(model_file, buffer_size=1) if algo == "ispg" else ZOO_ALGOS[algo].load(model_file)
+    assert type(model) is ZOO_ALGOS[algo] and model.num_timesteps >= 256
+    evaluations = np.load(run / "evaluations.npz")
+    assert evaluations["results"].shape == (2, 2) and list(evaluations["timesteps"][:1]) in ([128], [256])
+    assert sorted(p.name for p in run.glob("rl_model_*_steps.zip")), "--save-freq wrote no checkpoint"
+    # without --conf-file, the package's own file for the algorithm (not rl-zoo3's, which has none for it)
+    config = load_config(run)
+    entry = package_entry(algo, ENV)
+    assert {key: config[key] for key in entry} == entry
+    args = yaml.load((run / ENV / "args.yml").read_text(), Loader=yaml.UnsafeLoader)
+    assert args["algo"] == algo and args["n_timesteps"] == 256
+
+    loaded_with: dict = {}
+    original_load = ZOO_ALGOS[algo].load.__func__  # type: ignore[attr-defined]
+
+    def spy(cls, path, **kwargs):
+        loaded_with.update(kwargs)
+        return original_load(cls, path, **kwargs)
+
+    monkeypatch.setattr(ZOO_ALGOS[algo], "load", classmethod(spy))
+    capsys.readouterr()
+    main(["enjoy", "--algo", algo, "--env", ENV, "-f", "logs", "-n", "300", "--no-render", "--deterministic"])
+    out = capsys.readouterr().out
+    assert f"Loading logs/{algo}/{run.name}/{ENV}.zip" in out
+    assert re.search(r"Mean reward: \d", out), out[-2000:]
+    # ISPG is off-policy: loaded with a 1-transition buffer, as rl-zoo3 loads SAC; the others as rl-zoo3 does
+    assert ("buffer_size" in loaded_with) == (algo == "ispg")
+    if algo == "ispg":
+        assert loaded_with["buffer_size"] == 1
+    assert ALGOS[algo] is ZOO_ALGOS[algo], "enjoy left its stand-in in rl_zoo3.ALGOS"
+
+
+def test_enjoy_renders_a_token_task_as_text(in_tmp, capsys):
+    env = "sb3_pg_ext/DigitReverse-v0"
+    main(["train", "--algo", "grpo", "--env", env, "-n", "64", "--eval-freq", "-1", "-f", "logs", "--verbose", "0"]
+         + ["-params", "n_envs:2", "group_size:2", "n_groups:2", "batch_size:None", "--seed", "0"])
+    run = run_dir(in_tmp, "grpo", env)
+    assert (run / f"{env.replace('/', '-')}.zip").is_file()
+    capsys.readouterr()
+    main(["enjoy", "--algo", "grpo", "--env", env, "-f", "logs", "-n", "12", "--deterministic"])
+    out = capsys.readouterr().out
+    # "human" rendering prints the prompt and the answer so far: "4321 -> 12", "<eos>" at the end
+    assert re.search(r"^\d{3,4} -> [\d<eos>]*$", out, re.MULTILINE), out[-2000:]
+
+
+def test_stock_ppo_trains_through_the_launcher_with_rl_zoo_file(in_tmp):
+    main(["train", "--algo", "ppo", "--env", ENV, "-n", "256", "--eval-freq", "-1", "-f", "logs", "--verbose", "0"])
+    run = run_dir(in_tmp, "ppo")
+    assert (run / f"{ENV}.zip").is_file()
+    # rl-zoo3's own ppo.yml entry for CartPole-v1 (n_steps 32, 8 envs)
+    config = load_config(run)
+    assert config["n_steps"] == 32 and config["n_envs"] == 8
+
+
+def test_plot_commands_read_the_launcher_logs(in_tmp):
+    import matplotlib.pyplot as plt
+
+    for seed in ("1", "2"):  # plot_from_file needs two runs
+        main(["train", "--algo", "grpo", "--env", ENV, "-n", "200", "--eval-freq", "100", "--eval-episodes", "2"]
+             + ["-f", "logs", "--verbose", "0", "--seed", seed])
+    plt.close("all")
+    main(["plot_train", "-a", "grpo", "-e", ENV, "-f", "logs", "-w", "2"])
+    assert plt.get_fignums(), "plot_train drew no figure"
+    plt.close("all")
+    main(["all_plots", "-a", "grpo", "-e", ENV, "-f", "logs", "-o", "grpo_results", "--no-display", "-max", "200"])
+    assert (in_tmp / "grpo_results.pkl").is_file()
+    plt.close("all")
+    main(["plot_from_file", "-i", "grpo_results.pkl", "-o", "grpo_plot.png", "--format", "png"])
+    assert (in_tmp / "grpo_plot.png").stat().st_size > 0
+    plt.close("all")
+
+
+def test_unknown_command_is_refused():
+    with pytest.raises(SystemExit, match="unknown command"):
+        main(["fly", "--algo", "grpo"])
+
+
+# -- hyperparameter files --------------------------------------------------------------------------------------------
+
+
+def yml_entries() -> list[tuple[str, str]]:
+    return [
+        (algo, env)
+        for algo in ALGO_NAMES
+        for env in yaml.safe_load((sb3_pg_ext.HYPERPARAMS_DIR / f"{algo}.yml").read_text())
+    ]
+
+
+def test_every_file_covers_the_envs_its_algorithm_supports():
+    needed = {"default", "CartPole-v1", "Acrobot-v1", "LunarLander-v3", "Pendulum-v1", "MountainCarContinuous-v0"}
+    needed |= {"LunarLanderContinuous-v3"}
+    token_tasks = {"sb3_pg_ext/DigitReverse-v0", "sb3_pg_ext/DigitAdd-v0"}
+    for algo in ALGO_NAMES:
+        entries = set(yaml.safe_load((sb3_pg_ext.HYPERPARAMS_DIR / f"{algo}.yml").read_text()))
+        assert needed <= entries, (algo, needed - entries)
+        if algo != "ispg":
+            assert token_tasks <= entries, (algo, token_tasks - entries)
+
+
+def test_every_entry_says_how_it_was_obtained():
+    for algo in ALGO_NAMES:
+        lines = (sb3_pg_ext.HYPERPARAMS_DIR / f"{algo}.yml").read_text().splitlines()
+        for index, line in enumerate(lines):
+            if re.match(r"^[^\s#][^:]*:\s*$", line):
+                comments = []
+                for previous in reversed(lines[:index]):
+                    if not previous.startswith("#"):
+                        break
+                    comments.append(previous)
+                assert any("hand-set" in c or "tuned with" in c for c in comments), f"{algo}.yml {line!r}"
+
+
+@pytest.mark.parametrize(("algo", "env"), yml_entries(), ids=[f"{a}:{e}" for a, e in yml_entries()])
+def test_every_yml_entry_builds_its_model(algo, env, tmp_path):
+    """Through rl-zoo3's own pipeline (read, preprocess, make the envs, construct); no training."""
+    import gymnasium as gym
+
+    env_id = "CartPole-v1" if env == "default" else env
+    if "LunarLander" in env_id:
+        pytest.importorskip("Box2D", reason="LunarLander needs the box2d extra")
+    register()
+    manager = PGExperimentManager(argparse.Namespace(), algo, env_id, str(tmp_path), eval_freq=-1, verbose=0)
+    if env == "default":
+        # read the default entry itself, whatever env it would serve
+        config = yaml.safe_load(Path(manager.config).read_text())
+        assert "default" in config
+        manager.config = str(tmp_path / "default_only.yml")
+        Path(manager.config).write_text(yaml.safe_dump({"default": config["default"]}))
+    result = manager.setup_experiment()
+    assert result is not None
+    model, _ = result
+    assert isinstance(model, ZOO_ALGOS[algo])
+    assert model.observation_space == gym.make(env_id).observation_space
+    assert model.env is not None
+    model.env.close()
+
+
+# -- samplers, -optimize, --trial-id ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("algo", ALGO_NAMES)
+def test_sampler_output_builds_the_model_and_converter_reproduces_it(algo):
+    """Many random draws: every sampled combination is accepted by the constructor, and the converter (what
+    --trial-id applies) gives the same settings in the file form."""
+    import gymnasium as gym
+
+    env = gym.make(ENV)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0), direction="maximize")
+    for _ in range(25):
+        trial = study.ask()
+        kwargs = hyperparams_opt.HYPERPARAMS_SAMPLER[algo](trial, 0, 1, {})
+        model = ZOO_ALGOS[algo]("MlpPolicy", env, device="cpu", **kwargs)
+        converted = HYPERPARAMS_CONVERTER[algo](trial.params)
+        assert set(converted) == set(kwargs)
+        for key, value in converted.items():
+            if isinstance(value, str) and value.startswith("lin_"):
+                assert kwargs[key](1.0) == pytest.approx(float(value[4:])) and kwargs[key](0.0) == 0.0
+            elif key in ("learning_rate", "clip_range"):
+                assert kwargs[key](0.5) == pytest.approx(value)
+            else:
+                assert kwargs[key] == value, key
+        assert model is not None
+        study.tell(trial, 0.0)
+
+
+@pytest.mark.parametrize("algo", ALGO_NAMES)
+def test_optimize_runs_two_trials_in_memory(algo, in_tmp):
+    main(["train", "--algo", algo, "--env", ENV, "-n", "200", "-optimize", "--n-trials", "2", "--n-evaluations", "1"]
+         + ["--eval-episodes", "2", "-f", "logs", "--seed", "0", "--no-optim-plots", "--verbose", "0"])
+    reports = list((in_tmp / "logs" / algo).glob("report_*.csv"))
+    assert len(reports) == 1
+    import pandas as pd
+
+    trials = pd.read_csv(reports[0])
+    assert len(trials) == 2
+    assert set(trials["state"]) <= {"COMPLETE", "PRUNED"} and (trials["state"] == "COMPLETE").any()
+    assert trials["value"].notna().any()
+
+
+def test_trial_id_zero_reloads_the_first_trial(in_tmp):
+    storage = str(in_tmp / "study.log")
+    main(["train", "--algo", "grpo", "--env", ENV, "-n", "200", "-optimize", "--n-trials", "2", "--n-evaluations", "1"]
+         + ["--eval-episodes", "2", "-f", "opt", "--seed", "3", "--no-optim-plots", "--verbose", "0"]
+         + ["--storage", storage, "--study-name", "reload"])
+    study = optuna.load_study(
+        study_name="reload",
+        storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage)),
+    )
+    expected = HYPERPARAMS_CONVERTER["grpo"](study.trials[0].params)
+    assert study.trials[0].params != study.trials[1].params
+    main(["train", "--algo", "grpo", "--env", ENV, "-n", "64", "--eval-freq", "-1", "-f", "logs", "--verbose", "0"]
+         + ["--storage", storage, "--study-name", "reload", "--trial-id", "0"])
+    config = load_config(run_dir(in_tmp, "grpo"))
+    for key, value in expected.items():
+        assert config[key] == value, key
+
+
+# -- robust trials -----------------------------------------------------------------------------------------------------
+
+
+def test_eval_seeds_reports_the_iqm_of_all_seeds_at_every_evaluation(in_tmp):
+    storage = str(in_tmp / "robust.log")
+    main(["train", "--algo", "reinforce", "--env", ENV, "-n", "240", "-optimize", "--n-trials", "1"]
+         + ["--n-evaluations", "2", "--eval-episodes", "3", "-f", "logs", "--seed", "5", "--no-optim-plots"]
+         + ["--verbose", "0", "--storage", storage, "--study-name", "robust", "--eval-seeds", "3"]
+         + ["--optimization-log-path", "trials"])
+    study = optuna.load_study(
+        study_name="robust",
+        storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage)),
+    )
+    (trial,) = study.trials
+    assert trial.user_attrs["eval_seeds"] == trial_seeds(5, 0, 3)
+    assert trial.user_attrs["eval_aggregate"] == "iqm"
+    runs = [np.load(in_tmp / "trials" / "trial_0" / f"seed_{k}" / "evaluations.npz") for k in range(3)]
+    assert all(run["results"].shape == (2, 3) for run in runs)
+    # the pruner saw the aggregate of the 3 seeds at each evaluation point; the value is the last one
+    for step in (1, 2):
+        assert trial.intermediate_values[step] == interquartile_mean([run["results"][step - 1] for run in runs])
+    assert trial.value == trial.intermediate_values[2]
+    assert trial.user_attrs["seed_returns"] == [float(np.mean(run["results"][-1])) for run in runs]
+
+
+def test_trial_seeds_are_fixed_by_base_seed_and_trial_number():
+    seeds = trial_seeds(0, 4, 3)
+    assert seeds == trial_seeds(0, 4, 3) and len(set(seeds)) == 3
+    assert seeds != trial_seeds(0, 5, 3) and seeds != trial_seeds(1, 4, 3)
+    assert trial_seeds(0, 4, 5)[:3] == seeds
+
+
+def test_interquartile_mean_matches_hand_values_and_scipy():
+    from scipy.stats import trim_mean
+
+    assert interquartile_mean([[1, 2, 3, 4, 5, 6, 7, 8]]) == 4.5  # middle half: 3, 4, 5, 6
+    assert interquartile_mean([[1, 2, 3, 4], [5, 6, 7, 8]]) == 4.5  # the seeds' returns are pooled
+    assert interquartile_mean([[0, 0, 0, 100]]) == 0.0  # one outlier does not move it
+    assert interquartile_mean([[10, 20, 30]]) == 20.0  # n < 4: nothing is cut
+    assert pooled_mean([[0, 0, 0, 100]]) == 25.0
+    rng = np.random.default_rng(1)
+    for n in range(1, 30):
+        values = rng.normal(size=n)
+        assert interquartile_mean([values]) == pytest.approx(trim_mean(values, 0.25))
+
+
+def test_bootstrap_lower_bound_hand_values():
+    assert bootstrap_lower([[7.0, 7.0], [7.0, 7.0, 7.0]]) == 7.0  # no spread: the bound is the value
+    # seeds scoring 0 and 10: a quarter of the resamples draw the first seed twice (IQM 0), so the 2.5th
+    # percentile is exactly 0 although the IQM is 5
+    assert bootstrap_lower([[0.0] * 4, [10.0] * 4]) == 0.0
+    assert interquartile_mean([[0.0] * 4, [10.0] * 4]) == 5.0
+    rng = np.random.default_rng(2)
+    returns = [rng.normal(100, 20, size=5) for _ in range(3)]
+    low = bootstrap_lower(returns)
+    assert low == bootstrap_lower(returns)  # fixed generator: the same returns, the same number
+    assert low < interquartile_mean(returns)
+    assert set(AGGREGATES) == {"iqm", "mean", "bootstrap_lower"}
+
+
+def test_eval_flags_are_validated():
+    with pytest.raises(ValueError, match="eval-seeds"):
+        PGExperimentManager(argparse.Namespace(), "grpo", ENV, "logs", eval_seeds=0)
+    with pytest.raises(ValueError, match="eval-aggregate"):
+        PGExperimentManager(argparse.Namespace(), "grpo", ENV, "logs", eval_aggregate="median")
