@@ -86,8 +86,29 @@ def test_register_adds_the_four_algorithms_to_rl_zoo_dicts_in_place():
 
 @pytest.mark.parametrize("algo", ALGO_NAMES)
 def test_train_saves_model_eval_log_and_config_then_enjoy_loads_it(algo, in_tmp, capsys, monkeypatch):
-    main(["train", "--algo", algo, "--env", ENV, "-n", "256", "--eval-freq", "128", "--eval-episodes", "2"]
-         + ["-f", "logs", "--seed", "0", "--verbose", "0", "--save-freq", "128"])
+    main(
+        [
+            "train",
+            "--algo",
+            algo,
+            "--env",
+            ENV,
+            "-n",
+            "256",
+            "--eval-freq",
+            "128",
+            "--eval-episodes",
+            "2",
+            "-f",
+            "logs",
+            "--seed",
+            "0",
+            "--verbose",
+            "0",
+            "--save-freq",
+            "128",
+        ]
+    )
     run = run_dir(in_tmp, algo)
     model_file = run / f"{ENV}.zip"
     assert model_file.is_file()
@@ -125,8 +146,30 @@ def test_train_saves_model_eval_log_and_config_then_enjoy_loads_it(algo, in_tmp,
 
 def test_enjoy_renders_a_token_task_as_text(in_tmp, capsys):
     env = "sb3_pg_ext/DigitReverse-v0"
-    main(["train", "--algo", "grpo", "--env", env, "-n", "64", "--eval-freq", "-1", "-f", "logs", "--verbose", "0"]
-         + ["-params", "n_envs:2", "group_size:2", "n_groups:2", "batch_size:None", "--seed", "0"])
+    main(
+        [
+            "train",
+            "--algo",
+            "grpo",
+            "--env",
+            env,
+            "-n",
+            "64",
+            "--eval-freq",
+            "-1",
+            "-f",
+            "logs",
+            "--verbose",
+            "0",
+            "-params",
+            "n_envs:2",
+            "group_size:2",
+            "n_groups:2",
+            "batch_size:None",
+            "--seed",
+            "0",
+        ]
+    )
     run = run_dir(in_tmp, "grpo", env)
     assert (run / f"{env.replace('/', '-')}.zip").is_file()
     capsys.readouterr()
@@ -149,8 +192,27 @@ def test_plot_commands_read_the_launcher_logs(in_tmp):
     import matplotlib.pyplot as plt
 
     for seed in ("1", "2"):  # plot_from_file needs two runs
-        main(["train", "--algo", "grpo", "--env", ENV, "-n", "200", "--eval-freq", "100", "--eval-episodes", "2"]
-             + ["-f", "logs", "--verbose", "0", "--seed", seed])
+        main(
+            [
+                "train",
+                "--algo",
+                "grpo",
+                "--env",
+                ENV,
+                "-n",
+                "200",
+                "--eval-freq",
+                "100",
+                "--eval-episodes",
+                "2",
+                "-f",
+                "logs",
+                "--verbose",
+                "0",
+                "--seed",
+                seed,
+            ]
+        )
     plt.close("all")
     main(["plot_train", "-a", "grpo", "-e", ENV, "-f", "logs", "-w", "2"])
     assert plt.get_fignums(), "plot_train drew no figure"
@@ -173,9 +235,7 @@ def test_unknown_command_is_refused():
 
 def yml_entries() -> list[tuple[str, str]]:
     return [
-        (algo, env)
-        for algo in ALGO_NAMES
-        for env in yaml.safe_load((sb3_pg_ext.HYPERPARAMS_DIR / f"{algo}.yml").read_text())
+        (algo, env) for algo in ALGO_NAMES for env in yaml.safe_load((sb3_pg_ext.HYPERPARAMS_DIR / f"{algo}.yml").read_text())
     ]
 
 
@@ -258,8 +318,31 @@ def test_sampler_output_builds_the_model_and_converter_reproduces_it(algo):
 
 @pytest.mark.parametrize("algo", ALGO_NAMES)
 def test_optimize_runs_two_trials_in_memory(algo, in_tmp):
-    main(["train", "--algo", algo, "--env", ENV, "-n", "200", "-optimize", "--n-trials", "2", "--n-evaluations", "1"]
-         + ["--eval-episodes", "2", "-f", "logs", "--seed", "0", "--no-optim-plots", "--verbose", "0"])
+    main(
+        [
+            "train",
+            "--algo",
+            algo,
+            "--env",
+            ENV,
+            "-n",
+            "200",
+            "-optimize",
+            "--n-trials",
+            "2",
+            "--n-evaluations",
+            "1",
+            "--eval-episodes",
+            "2",
+            "-f",
+            "logs",
+            "--seed",
+            "0",
+            "--no-optim-plots",
+            "--verbose",
+            "0",
+        ]
+    )
     reports = list((in_tmp / "logs" / algo).glob("report_*.csv"))
     assert len(reports) == 1
     import pandas as pd
@@ -272,17 +355,64 @@ def test_optimize_runs_two_trials_in_memory(algo, in_tmp):
 
 def test_trial_id_zero_reloads_the_first_trial(in_tmp):
     storage = str(in_tmp / "study.log")
-    main(["train", "--algo", "grpo", "--env", ENV, "-n", "200", "-optimize", "--n-trials", "2", "--n-evaluations", "1"]
-         + ["--eval-episodes", "2", "-f", "opt", "--seed", "3", "--no-optim-plots", "--verbose", "0"]
-         + ["--storage", storage, "--study-name", "reload"])
+    main(
+        [
+            "train",
+            "--algo",
+            "grpo",
+            "--env",
+            ENV,
+            "-n",
+            "200",
+            "-optimize",
+            "--n-trials",
+            "2",
+            "--n-evaluations",
+            "1",
+            "--eval-episodes",
+            "2",
+            "-f",
+            "opt",
+            "--seed",
+            "3",
+            "--no-optim-plots",
+            "--verbose",
+            "0",
+            "--storage",
+            storage,
+            "--study-name",
+            "reload",
+        ]
+    )
     study = optuna.load_study(
         study_name="reload",
         storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage)),
     )
     expected = HYPERPARAMS_CONVERTER["grpo"](study.trials[0].params)
     assert study.trials[0].params != study.trials[1].params
-    main(["train", "--algo", "grpo", "--env", ENV, "-n", "64", "--eval-freq", "-1", "-f", "logs", "--verbose", "0"]
-         + ["--storage", storage, "--study-name", "reload", "--trial-id", "0"])
+    main(
+        [
+            "train",
+            "--algo",
+            "grpo",
+            "--env",
+            ENV,
+            "-n",
+            "64",
+            "--eval-freq",
+            "-1",
+            "-f",
+            "logs",
+            "--verbose",
+            "0",
+            "--storage",
+            storage,
+            "--study-name",
+            "reload",
+            "--trial-id",
+            "0",
+        ]
+    )
     config = load_config(run_dir(in_tmp, "grpo"))
     for key, value in expected.items():
         assert config[key] == value, key
@@ -293,10 +423,39 @@ def test_trial_id_zero_reloads_the_first_trial(in_tmp):
 
 def test_eval_seeds_reports_the_iqm_of_all_seeds_at_every_evaluation(in_tmp):
     storage = str(in_tmp / "robust.log")
-    main(["train", "--algo", "reinforce", "--env", ENV, "-n", "240", "-optimize", "--n-trials", "1"]
-         + ["--n-evaluations", "2", "--eval-episodes", "3", "-f", "logs", "--seed", "5", "--no-optim-plots"]
-         + ["--verbose", "0", "--storage", storage, "--study-name", "robust", "--eval-seeds", "3"]
-         + ["--optimization-log-path", "trials"])
+    main(
+        [
+            "train",
+            "--algo",
+            "reinforce",
+            "--env",
+            ENV,
+            "-n",
+            "240",
+            "-optimize",
+            "--n-trials",
+            "1",
+            "--n-evaluations",
+            "2",
+            "--eval-episodes",
+            "3",
+            "-f",
+            "logs",
+            "--seed",
+            "5",
+            "--no-optim-plots",
+            "--verbose",
+            "0",
+            "--storage",
+            storage,
+            "--study-name",
+            "robust",
+            "--eval-seeds",
+            "3",
+            "--optimization-log-path",
+            "trials",
+        ]
+    )
     study = optuna.load_study(
         study_name="robust",
         storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage)),

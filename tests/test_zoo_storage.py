@@ -109,8 +109,18 @@ def postgres_url() -> Iterator[str]:
             capture_output=True,
         )
         subprocess.run(
-            [*as_server_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(base / "server.log"), "-w"]
-            + ["start"],
+            [
+                *as_server_user,
+                str(bin_dir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-o",
+                options,
+                "-l",
+                str(base / "server.log"),
+                "-w",
+                "start",
+            ],
             check=True,
             capture_output=True,
         )

@@ -74,12 +74,14 @@ def train(args: Sequence[str]) -> None:
     ours, rest = parser.parse_known_args(list(args))
     zoo_train = importlib.import_module("rl_zoo3.train")
     manager = functools.partial(PGExperimentManager, eval_seeds=ours.eval_seeds, eval_aggregate=ours.eval_aggregate)
+    # rl_zoo3.train.train() looks the name up in its module when it runs: rebinding it there for the call swaps
+    # the manager without copying train()
     original = zoo_train.ExperimentManager
-    zoo_train.ExperimentManager = manager
+    zoo_train.ExperimentManager = manager  # type: ignore[attr-defined]
     try:
         _run(f"{PROG} train", rest, zoo_train.train)
     finally:
-        zoo_train.ExperimentManager = original
+        zoo_train.ExperimentManager = original  # type: ignore[attr-defined]
 
 
 class _ReplayFreeLoader:

@@ -35,7 +35,6 @@ from sb3_pg_ext import HYPERPARAMS_DIR
 from sb3_pg_ext.zoo.aggregate import AGGREGATES
 from sb3_pg_ext.zoo.registry import ZOO_ALGOS
 
-
 #: Errors that prune a trial instead of ending the study: rl-zoo3's (AssertionError, ValueError) and the
 #: FloatingPointError that the package's algorithms raise on non-finite losses, gradients or parameters.
 PRUNED_ERRORS = (AssertionError, ValueError, FloatingPointError)
@@ -268,7 +267,9 @@ class PGExperimentManager(ExperimentManager):
                 errors[run] = e
                 board.abort()
 
-        threads = [threading.Thread(target=train, args=(run,), name=f"trial-{trial.number}-seed-{run}") for run in range(len(seeds))]
+        threads = [
+            threading.Thread(target=train, args=(run,), name=f"trial-{trial.number}-seed-{run}") for run in range(len(seeds))
+        ]
         try:
             for thread in threads:
                 thread.start()

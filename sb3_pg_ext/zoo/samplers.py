@@ -43,7 +43,7 @@ GRAD_NORMS = [None, 0.5, 1.0, 5.0]
 
 
 def _sample_common(trial: optuna.Trial, gamma: bool = True, grad_norms: list[float | None] = GRAD_NORMS) -> dict[str, Any]:
-    params = {
+    params: dict[str, Any] = {
         "learning_rate": trial.suggest_float("learning_rate", 1e-5, 3e-3, log=True),
         "lr_schedule": trial.suggest_categorical("lr_schedule", ["linear", "constant"]),
         "ent_coef": trial.suggest_float("ent_coef", 1e-8, 0.1, log=True),
