@@ -161,6 +161,8 @@ def test_enjoy_renders_a_token_task_as_text(in_tmp, capsys):
             "logs",
             "--verbose",
             "0",
+            "--env-kwargs",
+            "reward_mode:'binary'",
             "-params",
             "n_envs:2",
             "group_size:2",
@@ -172,11 +174,46 @@ def test_enjoy_renders_a_token_task_as_text(in_tmp, capsys):
     )
     run = run_dir(in_tmp, "grpo", env)
     assert (run / f"{env.replace('/', '-')}.zip").is_file()
+    args = yaml.load((run / env.replace("/", "-") / "args.yml").read_text(), Loader=yaml.UnsafeLoader)
+    assert args["env_kwargs"] == {"reward_mode": "binary"}
     capsys.readouterr()
     main(["enjoy", "--algo", "grpo", "--env", env, "-f", "logs", "-n", "12", "--deterministic"])
     out = capsys.readouterr().out
     # "human" rendering prints the prompt and the answer so far: "4321 -> 12", "<eos>" at the end
     assert re.search(r"^\d{3,4} -> [\d<eos>]*$", out, re.MULTILINE), out[-2000:]
+
+
+def test_rl_zoo_flags_keep_their_meaning(in_tmp):
+    """--vec-env subproc, -tb, -P, --device; then --trained-agent continues from the saved model and its replay
+    buffer (--save-replay-buffer), for the off-policy ISPG."""
+    main(
+        [
+            *["train", "--algo", "ispg", "--env", ENV, "-n", "200", "--eval-freq", "-1", "-f", "logs", "--verbose", "0"],
+            *["--vec-env", "subproc", "-params", "n_envs:2", "-tb", "tb", "-P", "--device", "cpu", "--save-replay-buffer"],
+        ]
+    )
+    first = run_dir(in_tmp, "ispg")
+    assert (first / "replay_buffer.pkl").is_file()
+    assert list((in_tmp / "tb" / ENV).glob("ISPG_*/events.out.tfevents.*")), "no tensorboard log"
+    args = yaml.load((first / ENV / "args.yml").read_text(), Loader=yaml.UnsafeLoader)
+    assert args["vec_env"] == "subproc" and args["progress"] is True
+    trained = ISPG.load(first / f"{ENV}.zip", buffer_size=1)
+    main(
+        [
+            *["train", "--algo", "ispg", "--env", ENV, "-n", "100", "--eval-freq", "-1", "-f", "logs", "--verbose", "0"],
+            *["-i", str(first / f"{ENV}.zip"), "-params", "n_envs:2"],
+        ]
+    )
+    second = run_dir(in_tmp, "ispg")
+    assert second != first
+    continued = ISPG.load(second / f"{ENV}.zip", buffer_size=1)
+    # continued from the trained weights, then trained further: parameters differ from a fresh init and moved
+    fresh = ISPG("MlpPolicy", ENV, seed=0)
+
+    def distance(a, b) -> float:
+        return sum(float((x - y).abs().sum()) for x, y in zip(a.policy.parameters(), b.policy.parameters(), strict=True))
+
+    assert 0 < distance(continued, trained) < distance(continued, fresh)
 
 
 def test_stock_ppo_trains_through_the_launcher_with_rl_zoo_file(in_tmp):
