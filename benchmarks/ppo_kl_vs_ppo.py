@@ -15,11 +15,17 @@ Three parts, in one run:
     python -m benchmarks.ppo_kl_vs_ppo --quick    # smoke run
 
 Writes benchmarks/results/ppo_kl_vs_ppo.json and prints README-ready tables.
+
+    python -m benchmarks.ppo_kl_vs_ppo --defaults-throughput [--repetitions 8] [--steps 16384]
+
+measures only the throughput of the two algorithms' defaults (CartPole-v1, 8 envs: one 16,384-step rollout and
+update per timed ``learn``), alternated, and writes benchmarks/results/ppo_kl_defaults_throughput.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -33,6 +39,7 @@ from rl_zoo3.utils import linear_schedule
 from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.policies import ActorCriticPolicy
 
 from benchmarks.harness import evaluate, markdown_throughput_table, measure_throughput, save_results, single_thread
 from sb3_pg_ext import PPOKL
@@ -94,13 +101,14 @@ def old_policy_cost(env_id: str, repetitions: int) -> dict[str, float]:
 
     def store() -> None:  # what PPOKL does: one pass over the rollout, parameters kept
         with th.no_grad():
-            for data in buffer.get(model.batch_size):
+            for data in buffer.get(model._no_grad_batch_size()):
                 distribution_parameters(policy.get_distribution(data.observations))
 
     def frozen_copy() -> None:  # the alternative: copy the policy, run it on every minibatch of every epoch
-        old = model.policy_class(  # type: ignore[call-arg]
+        old = model.policy_class(
             model.observation_space, model.action_space, model.lr_schedule, use_sde=model.use_sde, **model.policy_kwargs
         )
+        assert isinstance(old, ActorCriticPolicy)
         old.load_state_dict(policy.state_dict())
         with th.no_grad():
             for _ in range(model.n_epochs):
@@ -122,11 +130,52 @@ def old_policy_cost(env_id: str, repetitions: int) -> dict[str, float]:
     return costs
 
 
+def defaults_throughput(repetitions: int, steps: int) -> None:
+    """PPO() vs PPOKL() with their defaults on CartPole-v1 with 8 envs, alternated (benchmarks.harness)."""
+    env_id, n_envs = "CartPole-v1", 8
+    contenders: dict[str, Callable[[], BaseAlgorithm]] = {
+        "PPO": lambda: PPO("MlpPolicy", make_vec_env(env_id, n_envs=n_envs, seed=0), seed=0, device="cpu"),
+        "PPOKL": lambda: PPOKL("MlpPolicy", make_vec_env(env_id, n_envs=n_envs, seed=0), seed=0, device="cpu"),
+    }
+    throughput = measure_throughput(contenders, steps, repetitions=repetitions)
+    ppo, ppokl = throughput
+    ratios = [b / a for a, b in zip(ppo.steps_per_cpu_second, ppokl.steps_per_cpu_second, strict=True)]
+    wall_ratios = [b / a for a, b in zip(ppo.steps_per_wall_second, ppokl.steps_per_wall_second, strict=True)]
+    results = {
+        "env_id": env_id,
+        "n_envs": n_envs,
+        "steps_per_learn": steps,
+        "repetitions": repetitions,
+        "throughput": [r.summary() for r in throughput],
+        "raw": throughput,
+        "ppokl_over_ppo_cpu": {
+            "ratio_of_medians": statistics.median(ppokl.steps_per_cpu_second) / statistics.median(ppo.steps_per_cpu_second),
+            "per_repetition": ratios,
+        },
+        "ppokl_over_ppo_wall": {
+            "ratio_of_medians": statistics.median(ppokl.steps_per_wall_second) / statistics.median(ppo.steps_per_wall_second),
+            "per_repetition": wall_ratios,
+        },
+        "load_average_at_end": list(os.getloadavg()),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
+    print(markdown_throughput_table(throughput))
+    print(f"PPOKL / PPO, steps per CPU s: {results['ppokl_over_ppo_cpu']}")
+    print(f"PPOKL / PPO, steps per wall s: {results['ppokl_over_ppo_wall']}")
+    print(f"wrote {save_results('ppo_kl_defaults_throughput', results)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 seed, few steps, 1 repetition")
+    parser.add_argument("--defaults-throughput", action="store_true", help="only the defaults' throughput pairing")
+    parser.add_argument("--repetitions", type=int, default=8, help="with --defaults-throughput")
+    parser.add_argument("--steps", type=int, default=16_384, help="steps per timed learn, with --defaults-throughput")
     args = parser.parse_args()
     single_thread()
+    if args.defaults_throughput:
+        defaults_throughput(args.repetitions, args.steps)
+        return
 
     seeds = [0] if args.quick else [0, 1, 2]
     repetitions = 1 if args.quick else 3

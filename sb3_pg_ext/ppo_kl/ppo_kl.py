@@ -223,6 +223,10 @@ class PPOKL(PPO):
     (:class:`~sb3_pg_ext.ppo_kl.buffers.KLRolloutBuffer`), which costs one no-grad pass over the rollout per update,
     rather than recomputed from a frozen copy of the old policy, which costs one pass per epoch.
 
+    Non-finite values raise ``FloatingPointError`` naming PPOKL, the update and the quantity: advantages and returns
+    before the epochs, the loss before each ``backward()``, the gradients (their total norm, and then the parameter
+    at fault) after it and before the clipping and ``optimizer.step()``, so the parameters are left as they were.
+
     :param policy: The policy model to use (MlpPolicy, CnnPolicy, MultiInputPolicy)
     :param env: The environment to learn from (if registered in Gym, can be str)
     :param learning_rate: The learning rate, it can be a function of the current progress remaining (from 1 to 0)
