@@ -39,6 +39,12 @@ ALGO_NAMES = ["reinforce", "ispg", "ppo_kl", "grpo"]
 ENV = "CartPole-v1"
 
 
+@pytest.fixture(autouse=True)
+def registered():
+    """Tests that use rl-zoo3's dicts directly must not depend on a launcher call earlier in the same process."""
+    register()
+
+
 @pytest.fixture
 def in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
