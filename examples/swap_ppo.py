@@ -51,7 +51,8 @@ def main() -> None:
         loaded = algo_class.load(path, env=env)
         eval_env = make_vec_env(args.env, n_envs=1, seed=args.seed + 10_000)
         mean, std = evaluate_policy(loaded, eval_env, n_eval_episodes=10, deterministic=True)
-        print(f"{name:9s} {args.env}: {mean:8.1f} +/- {std:6.1f} after {model.num_timesteps} steps ({time.perf_counter() - start:.0f} s)")
+        seconds = time.perf_counter() - start
+        print(f"{name:9s} {args.env}: {mean:8.1f} +/- {std:6.1f} after {model.num_timesteps} steps ({seconds:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -268,6 +268,13 @@ def test_plot_commands_read_the_launcher_logs(in_tmp):
     plt.close("all")
 
 
+def test_console_script_is_declared():
+    from importlib.metadata import entry_points
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "sb3-pg-zoo"]
+    assert script.value == "sb3_pg_ext.zoo.cli:main" and script.load() is main
+
+
 def test_unknown_command_is_refused():
     with pytest.raises(SystemExit, match="unknown command"):
         main(["fly", "--algo", "grpo"])
