@@ -522,6 +522,60 @@ def test_eval_seeds_reports_the_iqm_of_all_seeds_at_every_evaluation(in_tmp):
     assert trial.user_attrs["seed_returns"] == [float(np.mean(run["results"][-1])) for run in runs]
 
 
+class FakeTrial:
+    def __init__(self, prune_at: int):
+        self.prune_at = prune_at
+        self.reports: list[tuple[float, int]] = []
+
+    def report(self, value: float, step: int) -> None:
+        self.reports.append((value, step))
+
+    def should_prune(self) -> bool:
+        return len(self.reports) >= self.prune_at
+
+
+def test_evaluation_board_reports_the_running_aggregate_and_stops_every_run_at_once():
+    import threading
+
+    from sb3_pg_ext.zoo.exp_manager import EvaluationBoard
+
+    trial = FakeTrial(prune_at=2)
+    board = EvaluationBoard(2, trial, interquartile_mean)  # type: ignore[arg-type]
+    returns = {0: [[1.0, 2.0], [3.0, 4.0], [9.0, 9.0]], 1: [[5.0, 6.0], [7.0, 8.0], [9.0, 9.0]]}
+    went_on: dict[int, list[bool]] = {0: [], 1: []}
+
+    def run(k: int) -> None:
+        for point in returns[k]:
+            go_on = board.post(k, point)
+            went_on[k].append(go_on)
+            if not go_on:
+                return
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    # point 1: IQM of 1, 2, 5, 6 = 3.5 (the middle 2, 5); point 2: IQM of 3, 4, 7, 8 = 5.5; pruned there: both stop
+    assert trial.reports == [(3.5, 1), (5.5, 2)]
+    assert went_on == {0: [True, False], 1: [True, False]}
+    assert board.pruned and board.stopped and board.values == [3.5, 5.5]
+
+
+def test_evaluation_board_abort_releases_the_waiting_runs():
+    import threading
+
+    from sb3_pg_ext.zoo.exp_manager import EvaluationBoard
+
+    board = EvaluationBoard(2, FakeTrial(prune_at=99), interquartile_mean)  # type: ignore[arg-type]
+    result: list[bool] = []
+    waiting = threading.Thread(target=lambda: result.append(board.post(0, [1.0])))
+    waiting.start()
+    board.abort()  # the other run failed
+    waiting.join(timeout=30)
+    assert result == [False] and board.stopped
+
+
 def test_trial_seeds_are_fixed_by_base_seed_and_trial_number():
     seeds = trial_seeds(0, 4, 3)
     assert seeds == trial_seeds(0, 4, 3) and len(set(seeds)) == 3
