@@ -1,34 +1,44 @@
 """
-REINFORCE with its defaults reaches a deterministic evaluation mean >= 475 on CartPole-v1 within 200k steps, 3 of 3
-seeds. Stops at the first evaluation (every 10k steps) that reaches it: about 20 s per seed on one core, so it runs
-in the default test suite.
+REINFORCE's defaults on CartPole-v1 (one env), with the final-policy protocol of ``tests/learning.py``: train for the
+whole budget, then evaluate the policy that ``learn()`` returns (deterministic, 10 episodes, an env seeded
+10_000 + seed), never the best evaluation on the way.
+
+- Default suite: seed 0, 50k steps (the default learning rate decays to 0 over that budget), final return >= 150:
+  a policy that has learned most of the task (a random one scores about 20). Measured with
+  ``python -m benchmarks.final_returns --algo reinforce --tag lin5e-4-50k --steps 50000 --seeds 0 1 2``:
+  361.8, 252.9, 186.0 for seeds 0, 1, 2 (about 35 CPU s each); the bar leaves room below the weakest seed, since
+  another machine's floating point can change a run's trajectory.
+- ``slow``: 5 seeds x 200k steps, each final policy >= 475. The same runs, measured with
+  ``python -m benchmarks.final_returns --algo reinforce --tag lin5e-4`` (``benchmarks/results/final_returns/``),
+  ended at 500.0, 494.5, 500.0, 500.0, 500.0 (about 125 CPU s each).
 """
 
 from __future__ import annotations
 
 import pytest
-from stable_baselines3.common.callbacks import EvalCallback, StopTrainingOnRewardThreshold
 from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.evaluation import evaluate_policy
 
 from sb3_pg_ext import REINFORCE
+from tests.learning import final_return
+
+CI_BUDGET, CI_THRESHOLD = 50_000, 150.0
 
 
-def train_until_threshold(model, env_id: str, budget: int, threshold: float, seed: int) -> tuple[int, float]:
-    """Learn until a deterministic 10-episode evaluation (every 10k steps) reaches ``threshold`` or the budget ends."""
-    eval_env = make_vec_env(env_id, n_envs=1, seed=10_000 + seed)
-    stop = StopTrainingOnRewardThreshold(reward_threshold=threshold)
-    callback = EvalCallback(eval_env, callback_on_new_best=stop, eval_freq=10_000, n_eval_episodes=10, verbose=0)
-    model.learn(budget, callback=callback)
-    mean_return, _ = evaluate_policy(model, eval_env, n_eval_episodes=10, deterministic=True)
-    return model.num_timesteps, float(max(mean_return, callback.best_mean_reward))
+def defaults_model(seed: int) -> REINFORCE:
+    return REINFORCE("MlpPolicy", make_vec_env("CartPole-v1", n_envs=1, seed=seed), seed=seed, device="cpu")
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_reinforce_defaults_solve_cartpole(seed: int):
-    env = make_vec_env("CartPole-v1", n_envs=1, seed=seed)
-    model = REINFORCE("MlpPolicy", env, seed=seed, device="cpu")
-    steps, best = train_until_threshold(model, "CartPole-v1", 200_000, 475, seed)
-    print(f"REINFORCE seed {seed}: eval {best:.1f} after {steps} steps")
-    assert best >= 475
-    assert steps <= 200_000 + 10_000  # the last rollout may overshoot by part of an episode batch
+def test_reinforce_defaults_learn_cartpole_in_a_short_budget():
+    final = final_return(defaults_model(0), "CartPole-v1", CI_BUDGET, seed=0)
+    print(f"REINFORCE seed 0: final deterministic eval {final:.1f} after {CI_BUDGET} steps")
+    assert final >= CI_THRESHOLD
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(5))
+def test_reinforce_defaults_solve_cartpole_at_the_end_of_200k_steps(seed: int):
+    model = defaults_model(seed)
+    final = final_return(model, "CartPole-v1", 200_000, seed)
+    print(f"REINFORCE seed {seed}: final deterministic eval {final:.1f} after {model.num_timesteps} steps")
+    assert final >= 475
+    assert model.num_timesteps < 200_000 + 500  # no new episode after the budget (CartPole episodes: <= 500 steps)
