@@ -14,10 +14,41 @@ from __future__ import annotations
 import argparse
 
 from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 
-from benchmarks.harness import learning_curve, markdown_throughput_table, measure_throughput, save_results, single_thread
+from benchmarks.harness import evaluate, markdown_throughput_table, measure_throughput, save_results, single_thread
 from sb3_pg_ext import REINFORCE
+
+
+class CheckpointEvaluations(BaseCallback):
+    """Deterministic evaluations (``benchmarks.harness.evaluate``) when ``num_timesteps`` first passes each checkpoint."""
+
+    def __init__(self, checkpoints: list[int], env_id: str, eval_seed: int) -> None:
+        super().__init__()
+        self.pending = sorted(checkpoints)
+        self.env_id, self.eval_seed = env_id, eval_seed
+        self.curve: list[dict[str, float]] = []
+
+    def _on_step(self) -> bool:
+        while self.pending and self.num_timesteps >= self.pending[0]:
+            self.pending.pop(0)
+            self.curve.append(
+                {"timesteps": self.num_timesteps, "eval_mean": evaluate(self.model, self.env_id, 10, self.eval_seed)}
+            )
+        return True
+
+
+def one_run_curve(seed: int, checkpoints: list[int]) -> list[dict[str, float]]:
+    """
+    One ``learn(max(checkpoints))`` with the defaults (so that the default learning-rate decay spans the whole run),
+    evaluated at the earlier checkpoints on the way and, for the last one, on the final policy that ``learn()`` returns.
+    """
+    model = REINFORCE("MlpPolicy", make_vec_env("CartPole-v1", n_envs=1, seed=seed), seed=seed)
+    callback = CheckpointEvaluations(checkpoints[:-1], "CartPole-v1", 10_000 + seed)
+    model.learn(checkpoints[-1], callback=callback)
+    final = {"timesteps": model.num_timesteps, "eval_mean": evaluate(model, "CartPole-v1", 10, 10_000 + seed)}
+    return [*callback.curve, final]
 
 
 def main() -> None:
@@ -30,11 +61,7 @@ def main() -> None:
     seeds = [0] if args.quick else [0, 1, 2]
     curves = {}
     for seed in seeds:
-        curves[seed] = learning_curve(
-            lambda seed=seed: REINFORCE("MlpPolicy", make_vec_env("CartPole-v1", n_envs=1, seed=seed), seed=seed),
-            "CartPole-v1",
-            checkpoints,
-        )
+        curves[seed] = one_run_curve(seed, checkpoints)
         print(f"REINFORCE seed {seed}: {curves[seed]}", flush=True)
 
     throughput = {}
