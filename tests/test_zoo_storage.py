@@ -89,10 +89,13 @@ def free_port() -> int:
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A throw-away PostgreSQL server with an empty database ``optuna``; yields its SQLAlchemy URL."""
-    pytest.importorskip("psycopg2", reason="the postgres extra: pip install sb3-pg-ext[postgres]")
     bin_dir = postgres_bin_dir()
     if bin_dir is None:
         pytest.skip("no PostgreSQL binaries (initdb, pg_ctl); CI installs them: apt-get install -y postgresql")
+    try:
+        import psycopg2
+    except ImportError:
+        pytest.fail("PostgreSQL is installed but its driver is not: pip install -e '.[dev]' (or the postgres extra)")
     base = Path(tempfile.mkdtemp(prefix="sb3-pg-ext-postgres-"))
     as_server_user: list[str] = []
     if os.geteuid() == 0:
@@ -125,8 +128,6 @@ def postgres_url() -> Iterator[str]:
             capture_output=True,
         )
         try:
-            import psycopg2
-
             connection = psycopg2.connect(host="127.0.0.1", port=port, user="zoo", dbname="postgres")
             connection.autocommit = True  # CREATE DATABASE cannot run inside a transaction
             with connection.cursor() as cursor:
