@@ -81,8 +81,9 @@ def test_logged_episode_statistics_describe_the_kept_episodes(algo: str):
     """
     With 8 envs, the envs whose kept episode ends early play further episodes until the rollout's last kept episode
     ends; those are short more often than not (measured before the fix, this test's setting: logged mean length 9.2
-    over 973 episodes, the 664 kept ones 10.8, true mean 10.5). ``ep_info_buffer`` (hence ``rollout/ep_len_mean``, ``rollout/ep_rew_mean``) must hold exactly the
-    kept episodes, whose mean length is the true mean within sampling error.
+    over 973 episodes, the 664 kept ones 10.8, true mean 10.5). ``ep_info_buffer`` (hence ``rollout/ep_len_mean``,
+    ``rollout/ep_rew_mean``) must hold exactly the kept episodes, whose mean length is the true mean within sampling
+    error.
     """
     model = ALGOS[algo]("MlpPolicy", uniform_length_vec_env(8), stats_window_size=100_000, seed=0, device="cpu")
     kept = KeptEpisodeLengths()
