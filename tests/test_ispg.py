@@ -32,6 +32,7 @@ from sb3_pg_ext.estimators import (
     self_normalized_log_weights,
 )
 from tests.conftest import ENV_FACTORIES, flat_parameters
+from tests.learning import final_return
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Weights against slow references
@@ -870,26 +871,43 @@ def test_ispg_learns_identity_env():
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Learning: CartPole-v1, 3 seeds, and against REINFORCE with the same actor network
+# Learning: CartPole-v1, the final policy after the budget; and the speed against REINFORCE
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_ispg_defaults_reach_475_on_cartpole(seed: int):
-    # The bar, in the default suite: a deterministic 10-episode mean >= 475 within 200k env steps for each of
-    # seeds 0, 1, 2. Stops at the first evaluation (every 2,500 steps) that reaches it: with the defaults 7.5k, 17.5k
-    # and 5k steps, about 5-10 CPU s per seed.
-    from benchmarks.ispg_cartpole import steps_to_threshold
+# The protocol of every learning test (tests/learning.py): the policy that learn() returns after the whole budget,
+# deterministic 10-episode evaluation on an env seeded 10_000 + seed, never the best evaluation on the way. Budgets
+# and figures: docs/ispg.md, measured with `python -m benchmarks.final_returns --algo ispg`.
+CARTPOLE_CI_BUDGET = 50_000
 
-    run = steps_to_threshold("ispg", seed, max_steps=200_000, eval_freq=2_500)
-    print(f"\nISPG seed {seed}: env steps to 475 = {run['steps']} ({run['cpu_seconds']:.1f} CPU s)")
-    assert run["steps"] is not None and run["steps"] <= 200_000, run["eval_curve"]
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_ispg_defaults_end_solved_on_cartpole(seed: int):
+    # The CI-sized run (about 35 CPU s per seed). The step size decays to 0 over the budget, so 50k steps is a
+    # shorter schedule, not the first quarter of the 200k one: measured 500.0 / 454.9 / 483.3 on seeds 0 / 1 / 2
+    # (benchmarks/results/final_returns/ispg-lin5e-4-50k-seed*.json). The bar here is 425, below the measured
+    # minimum and far above a failed run (a random policy scores about 20); the 475 bar is the slow test's, at 200k.
+    model = ISPG("MlpPolicy", make_vec_env("CartPole-v1", n_envs=1, seed=seed), seed=seed, device="cpu")
+    final = final_return(model, "CartPole-v1", CARTPOLE_CI_BUDGET, seed)
+    print(f"\nISPG seed {seed}: final deterministic eval {final:.1f} after {model.num_timesteps} steps")
+    assert final >= 425
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
+def test_ispg_defaults_end_solved_on_cartpole_after_200k_steps(seed: int):
+    # The bar: measured 500.0 on each of seeds 0-4 (benchmarks/results/final_returns/ispg-lin5e-4-seed*.json).
+    model = ISPG("MlpPolicy", make_vec_env("CartPole-v1", n_envs=1, seed=seed), seed=seed, device="cpu")
+    final = final_return(model, "CartPole-v1", 200_000, seed)
+    print(f"\nISPG seed {seed}: final deterministic eval {final:.1f} after {model.num_timesteps} steps")
+    assert final >= 475
 
 
 @pytest.mark.slow
 def test_ispg_reaches_475_on_cartpole_in_fewer_steps_than_reinforce():
-    # The protocol of `python -m benchmarks.ispg_cartpole`: defaults of both algorithms (the same actor MLP),
-    # deterministic evaluation on 10 episodes every 2,500 env steps, stop at the first mean >= 475.
+    # Sample efficiency, not the end result (the tests above judge the final policy): the protocol of
+    # `python -m benchmarks.ispg_cartpole`, defaults of both algorithms (the same actor MLP), deterministic
+    # evaluation on 10 episodes every 2,500 env steps, the first mean >= 475 counts.
     from benchmarks.ispg_cartpole import steps_to_threshold
 
     max_steps, eval_freq = 200_000, 2_500
