@@ -90,13 +90,22 @@ ALGO_CASES: list[AlgoCase] = [
         name="ispg",
         algo=ISPG,
         # ent_coef > 0: FakeImageEnv's rewards are all 0, so the policy gradient alone is exactly 0 there.
+        # learning_rate: a constant (the default decays to 0 over the budget, so the save/load test's extra update
+        # after learn() would not move the parameters).
         kwargs=dict(
-            buffer_size=2_000, learning_starts=0, batch_size=2, train_freq=(16, "step"), gradient_steps=1, ent_coef=0.01
+            buffer_size=2_000,
+            learning_starts=0,
+            batch_size=2,
+            train_freq=(16, "step"),
+            gradient_steps=1,
+            ent_coef=0.01,
+            learning_rate=1e-3,
         ),
         logged_keys=("train/is_ess", "train/is_weight_mean", "train/is_weight_max", "train/is_clip_fraction", "train/loss"),
         invalid=[
             ("importance_weights", "full", ("importance_weights", "'per_decision'", "'prefix'", "'one_step'")),
-            ("baseline", "value", ("baseline", "'none'", "'mean'")),
+            ("baseline", "value", ("baseline", "'none'", "'mean'", "'loo'")),
+            ("train_every_episodes", 0, ("train_every_episodes", ">= 1")),
             ("clip_ratio", 0.0, ("clip_ratio", "(0.0, inf]", "or None")),
             ("clip_ratio", "2", ("clip_ratio", "number")),
             ("self_normalize", 1, ("self_normalize", "True or False")),
