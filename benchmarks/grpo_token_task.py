@@ -1,5 +1,5 @@
 """
-GRPO on a token-generation task (SPEC §4.1): greedy success rate vs env steps (= generated tokens) on
+GRPO on a token-generation task: greedy success rate vs env steps (= generated tokens) on
 ``sb3_pg_ext/DigitReverse-v0`` (reverse 3-4 digits; 11,000 distinct prompts), with partial-credit rewards (the
 default) and, for comparison, binary rewards.
 
@@ -38,7 +38,7 @@ from sb3_pg_ext.grpo.grpo import GROUP_SEED_LIMIT
 ENV_ID = "sb3_pg_ext/DigitReverse-v0"
 N_ENVS = 16
 N_EVAL_PROMPTS = 500
-#: G = 16, B = 32, M = 2 as in SPEC §4.1; the entropy bonus keeps rare digits alive (without it, a run sampled
+#: G = 16, B = 32, M = 2; the entropy bonus keeps rare digits alive (without it, a run sampled
 #: the digit 0 ever less often and plateaued at 0.69 greedy success; with it, 0.98 after 400k steps).
 TOKEN_SETTINGS: dict[str, Any] = dict(group_size=16, n_groups=32, n_epochs=2, batch_size=512, ent_coef=0.01)
 

@@ -7,7 +7,7 @@ each episode, as in SB3's rollout buffers). No function loops over time steps in
 use a segmented doubling scan (``O(T log L)`` for episodes of length at most ``L``, with ``log2(L)`` tensor
 operations), segment sums use ``index_add``/``cumsum``.
 
-Notation (SPEC.md): episode i, steps t = 0..T_i-1, reward r_t, discount gamma, log-ratio
+Notation: episode i, steps t = 0..T_i-1, reward r_t, discount gamma, log-ratio
 ``log pi(a_t|s_t) - log mu(a_t|s_t)``.
 
 This module imports torch only; it knows nothing of SB3.
@@ -172,7 +172,7 @@ def reward_to_go(
     bootstrap_values: th.Tensor | None = None,
 ) -> th.Tensor:
     """
-    Discounted reward-to-go of every step (SPEC §1, ``reward_to_go=True``):
+    Discounted reward-to-go of every step (``reward_to_go=True``):
 
         psi_t = sum_{k=t}^{T-1} gamma^{k-t} r_k  +  gamma^{T-t} V(s_T)
 
@@ -196,7 +196,7 @@ def discounted_returns(
     bootstrap_values: th.Tensor | None = None,
 ) -> th.Tensor:
     """
-    Whole-episode discounted return, broadcast to every step of its episode (SPEC §1, ``reward_to_go=False``):
+    Whole-episode discounted return, broadcast to every step of its episode (``reward_to_go=False``):
 
         psi_t = R = sum_{k=0}^{T-1} gamma^k r_k  +  gamma^T V(s_T)
 
@@ -231,11 +231,11 @@ def _episode_means(psi: th.Tensor, episode_starts: th.Tensor) -> tuple[th.Tensor
 
 def batch_mean_baseline(psi: th.Tensor, episode_starts: th.Tensor | None = None, weighting: str = "step") -> th.Tensor:
     """
-    The notes' average-return baseline, the same constant b for every step of the batch:
+    The average-return baseline, the same constant b for every step of the batch:
 
     - ``weighting="episode"``: the mean over the N **episodes** of each episode's mean psi,
       ``b = (1/N) sum_i (1/T_i) sum_t psi_{i,t}``. For whole-episode returns (psi_{i,t} = R_i at every step) this is
-      the notes' ``b = (1/N) sum_i R_i``: every return counts once, whatever its episode's length.
+      ``b = (1/N) sum_i R_i``: every return counts once, whatever its episode's length.
     - ``weighting="step"``: the mean over all T steps of the batch, ``b = (1/T) sum_{i,t} psi_{i,t}``. For
       whole-episode returns this weights R_i by its episode's length T_i (returns 10, 2, 30 of lengths 10, 2, 30
       give b = 23.9 instead of 14.0); for reward-to-go it is the mean reward-to-go of the batch's steps.
@@ -289,7 +289,7 @@ def leave_one_out_baseline(psi: th.Tensor, episode_starts: th.Tensor, weighting:
 
 def optimal_baseline(scores: th.Tensor, returns: th.Tensor, leave_one_out: bool = True) -> th.Tensor:
     """
-    Variance-minimising constant baseline per parameter coordinate k (SPEC §1, ``baseline="optimal"``):
+    Variance-minimising constant baseline per parameter coordinate k (``baseline="optimal"``):
 
         b_k = sum_i g_{i,k}^2 R_i / sum_i g_{i,k}^2
 
@@ -332,7 +332,7 @@ def per_decision_log_weights(
     clip_ratio: float | None = None,
 ) -> th.Tensor:
     """
-    Log of the per-decision importance weight of every step (SPEC §2), accumulated in float64:
+    Log of the per-decision importance weight of every step, accumulated in float64:
 
         log rho_{0:t} = sum_{k=0}^{t} log( min(c, pi(a_k|s_k) / mu(a_k|s_k)) )
 
@@ -432,7 +432,7 @@ def group_advantages(
     min_std: float = 0.0,
 ) -> th.Tensor:
     """
-    Group-relative advantage of every episode (SPEC §4, step 2):
+    Group-relative advantage of every episode (GRPO's step 2):
 
         A_{i,g} = (R_{i,g} - mu_i) / (max(sigma, min_std) + eps)
 
@@ -474,7 +474,7 @@ def group_advantages(
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Importance sampling: pieces of the off-policy returns (ISPG, SPEC §2)
+# Importance sampling: pieces of the off-policy returns (ISPG)
 # ---------------------------------------------------------------------------------------------------------------------
 
 
@@ -562,7 +562,7 @@ def per_decision_returns(
     gamma: float,
 ) -> th.Tensor:
     """
-    Per-decision importance-weighted reward-to-go (Precup et al. 2000; SPEC §2, ``importance_weights="per_decision"``):
+    Per-decision importance-weighted reward-to-go (Precup et al. 2000; ``importance_weights="per_decision"``):
 
         psi_t = sum_{t'=t}^{T-1} gamma^{t'-t} rho_{0:t'} r_{t'}
 
@@ -583,7 +583,7 @@ def per_decision_returns(
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# GRPO: process supervision and loss aggregation (SPEC §4, steps 3 and 5)
+# GRPO: process supervision and loss aggregation
 # ---------------------------------------------------------------------------------------------------------------------
 
 
@@ -596,7 +596,7 @@ def group_process_advantages(
     min_std: float = 0.0,
 ) -> th.Tensor:
     """
-    Process-supervision advantage of every step (DeepSeekMath, SPEC §4 ``advantage="process"``):
+    Process-supervision advantage of every step (DeepSeekMath, ``advantage="process"``):
 
         r~_{i,g,t} = (r_{i,g,t} - mean_i) / (max(sigma, min_std) + eps)        A_{i,g,t} = sum_{t' >= t} r~_{i,g,t'}
 
@@ -629,9 +629,9 @@ def loss_aggregation_weights(
 ) -> th.Tensor:
     """
     Per-step weights w_{e,t} that turn per-step objective terms l_{e,t} into GRPO's objective
-    ``J = sum_{e,t} w_{e,t} l_{e,t}`` (SPEC §4, step 3), over the N' episodes that ``episode_mask`` keeps:
+    ``J = sum_{e,t} w_{e,t} l_{e,t}``, over the N' episodes that ``episode_mask`` keeps:
 
-    - ``"seq_sum"``:    w = 1 / N'                  (J = (1/N') sum_e sum_t l, the notes' formula)
+    - ``"seq_sum"``:    w = 1 / N'                  (J = (1/N') sum_e sum_t l, the DeepSeekMath formula)
     - ``"seq_mean"``:   w = 1 / (N' T_e)            (each episode's mean over its steps; DeepSeekMath)
     - ``"token_mean"``: w = 1 / sum_{e kept} T_e    (mean over every kept step of the batch; DAPO)
     - ``"constant"``:   w = 1 / (N' L)              (L = ``max_length``, a fixed maximum length; Dr. GRPO)

@@ -1,4 +1,4 @@
-"""GRPO (SPEC §4): group advantages, same-seed groups, the KL term and its gradient, loss normalisation, learning."""
+"""GRPO: group advantages, same-seed groups, the KL term and its gradient, loss normalisation, learning."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """
-ISPG (SPEC §2): importance weights, unbiasedness on an enumerable MDP, the episode replay buffer, learning.
+ISPG: importance weights, unbiasedness on an enumerable MDP, the episode replay buffer, learning.
 
 The conformance matrix (tests/test_conformance.py) covers the SB3 contract; these tests cover the estimator and
 the buffer. Statistical tests use fixed seeds and tolerances in units of the estimate's standard error.
@@ -186,7 +186,7 @@ def enumerate_trajectories():
 
 
 def analytic_gradient(model: ISPG, gamma: float = GAMMA) -> th.Tensor:
-    """E_pi[ sum_t grad log pi(a_t|s_t) G_t ] by enumeration, G_t = sum_{t'>=t} gamma^{t'-t} r_{t'} (SPEC §1, §2)."""
+    """E_pi[ sum_t grad log pi(a_t|s_t) G_t ] by enumeration, G_t = sum_{t'>=t} gamma^{t'-t} r_{t'}."""
     surrogate = th.zeros(())
     for traj in enumerate_trajectories():
         states, actions = th.tensor([s for s, _, _ in traj]), th.tensor([a for _, a, _ in traj])
@@ -412,7 +412,7 @@ def test_per_decision_gradient_is_unbiased(bias_table):
 
 
 def test_prefix_weights_are_measurably_biased(bias_table):
-    # The notes' form keeps mu's future in the return: on this MDP its bias is many standard errors wide, so
+    # The textbook prefix form keeps mu's future in the return: on this MDP its bias is many standard errors wide, so
     # the exact default cannot silently regress into it.
     assert bias_table["prefix"]["max_abs_z"] > 10.0
     assert bias_table["prefix"]["relative_bias"] > 5 * bias_table["prefix"]["relative_standard_error"]

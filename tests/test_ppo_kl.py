@@ -1,5 +1,5 @@
 """
-PPOKL (SPEC §3): the adaptive rule, the KL estimators, the stored old distribution, save/load of beta, the
+PPOKL: the adaptive rule, the KL estimators, the stored old distribution, save/load of beta, the
 equivalence with SB3's PPO when the penalty is off, and learning CartPole-v1 (in the default suite): training stops at the
 first evaluation that reaches 475, about 7-10 CPU seconds per seed.
 """

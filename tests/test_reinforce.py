@@ -558,7 +558,7 @@ def step_gradients_of_expected_rewards(model: REINFORCE) -> np.ndarray:
 @pytest.mark.parametrize("discount_weighting", ["return", "gradient"])
 def test_discounting_conventions_exact_expectations(reward_to_go: bool, discount_weighting: str):
     """
-    SPEC §1, exact expectations (enumeration of every action sequence, REINFORCE's own train()), gamma = 0.5, on a
+    exact expectations (enumeration of every action sequence, REINFORCE's own train()), gamma = 0.5, on a
     task whose rewards depend on earlier actions:
 
     - ``"gradient"`` estimates the exact gradient of the discounted objective J = E[sum_k gamma^k r_k] with both

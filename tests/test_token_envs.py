@@ -1,4 +1,4 @@
-"""The token-generation environments (SPEC §4.1) and the token features extractor."""
+"""The token-generation environments and the token features extractor."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """
-Replay buffers that keep episode structure and the behaviour policy's log-probabilities (off-policy PG, SPEC §2).
+Replay buffers that keep episode structure and the behaviour policy's log-probabilities (off-policy policy gradients).
 
 SB3's ``ReplayBuffer`` stores transitions in a ring of shape ``(buffer_size // n_envs, n_envs)``: row ``pos`` holds
 one vectorised step, column ``j`` is env ``j``'s own time series. The buffers here add, per stored transition,
@@ -119,7 +119,7 @@ class EpisodeIndex:
 class EpisodeReplayBuffer(ReplayBuffer):
     """
     SB3 ``ReplayBuffer`` that also keeps episode boundaries and each step's behaviour log-probability, and samples
-    whole episodes (for off-policy policy gradients with importance sampling, SPEC §2).
+    whole episodes (for off-policy policy gradients with importance sampling).
 
     **Memory.** Next observations are not stored: the Monte-Carlo estimator never reads them (it needs no
     bootstrap target), so the buffer keeps only the observation of each step. Storage per transition:

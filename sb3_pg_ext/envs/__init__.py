@@ -1,5 +1,5 @@
 """
-Token-generation environments (SPEC §4.1), registered under the ``sb3_pg_ext/`` gymnasium namespace when
+Token-generation environments, registered under the ``sb3_pg_ext/`` gymnasium namespace when
 ``sb3_pg_ext`` is imported:
 
 - ``sb3_pg_ext/DigitReverse-v0``: reverse a string of 3-4 digits (11,000 distinct prompts);

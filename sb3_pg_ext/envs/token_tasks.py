@@ -1,5 +1,5 @@
 """
-Token-generation environments: the language-model MDP of the notes on digit-string tasks (SPEC §4.1).
+Token-generation environments: the language-model MDP on digit-string tasks.
 
 State = the prompt tokens plus the tokens generated so far; action = the next token, from a vocabulary of the ten
 digits and EOS; transition = append the token (deterministic); reward = a verifier's grade of the finished answer,

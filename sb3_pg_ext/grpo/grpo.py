@@ -81,7 +81,7 @@ def _seed_next_reset(env: VecEnv, seeds: list[int | None]) -> None:
 
 def _default_optimizer(policy_kwargs: dict[str, Any] | None) -> dict[str, Any]:
     """
-    GRPO's optimiser defaults (SPEC §4): AdamW, with ``weight_decay=0`` unless the user sets it (torch's default
+    GRPO's optimiser defaults: AdamW, with ``weight_decay=0`` unless the user sets it (torch's default
     0.01 would shrink every parameter, ``log_std`` and token embeddings included, even when every advantage is 0).
     """
     policy_kwargs = {"optimizer_class": th.optim.AdamW, **(policy_kwargs or {})}
@@ -111,7 +111,7 @@ class GRPO(EpisodicOnPolicyAlgorithm):
 
     Paper: https://arxiv.org/abs/2402.03300
 
-    One update (SPEC §4): draw ``n_groups`` seeds; play ``group_size`` complete episodes from each, every one
+    One update: draw ``n_groups`` seeds; play ``group_size`` complete episodes from each, every one
     reset with its group's seed (so a group shares its initial state, or prompt), with any number of envs; then
     ``n_epochs`` epochs of minibatch steps maximising
 
@@ -119,7 +119,7 @@ class GRPO(EpisodicOnPolicyAlgorithm):
 
     with r_t = pi_theta(a_t|s_t) / pi_old(a_t|s_t), A_t the group-relative advantage
     ``(R_{i,g} - mean_i) / (std_i + eps)`` of the step's episode, D_t an estimate of KL(pi_theta || pi_ref) and
-    w_{e,t} the loss aggregation's weight (``seq_sum``: w = 1/(B G), the notes' formula).
+    w_{e,t} the loss aggregation's weight (``seq_sum``: w = 1/(B G), the DeepSeekMath formula).
 
     Groups are collected in *waves*: the VecEnv is reset with one seed per env (episode k of the rollout, in
     group-major order, is played by env ``k mod n_envs`` in wave ``k // n_envs``), every env plays its episode to

@@ -62,7 +62,7 @@ def _check_train_freq(train_freq: Any) -> None:
 
 class ISPG(OffPolicyAlgorithm):
     """
-    Off-policy policy gradient with importance sampling on a replay buffer of complete episodes (SPEC §2).
+    Off-policy policy gradient with importance sampling on a replay buffer of complete episodes.
 
     Papers: Precup, Sutton & Singh 2000, "Eligibility Traces for Off-Policy Policy Evaluation" (per-decision
     importance sampling), https://scholarworks.umass.edu/cs_faculty_pubs/80/ ; Degris, White & Sutton 2012,
@@ -78,7 +78,7 @@ class ISPG(OffPolicyAlgorithm):
     the ratios pi/mu up to step t (float64 log space) and, by ``importance_weights``:
 
     - ``"per_decision"`` (exact, unbiased): psi_t = sum_{t'>=t} gamma^{t'-t} rho_{0:t'} r_{t'} - rho_{0:t} b
-    - ``"prefix"`` (the notes' form; biased when episodes are longer than one step): psi_t = rho_{0:t} (Q_t - b)
+    - ``"prefix"`` (the textbook form; biased when episodes are longer than one step): psi_t = rho_{0:t} (Q_t - b)
     - ``"one_step"`` (single-ratio approximation): psi_t = rho_t (Q_t - b)
 
     where Q_t is the discounted reward-to-go of the stored rewards and b the baseline. Episodes that a time limit
@@ -378,7 +378,7 @@ class ISPG(OffPolicyAlgorithm):
 
     def _importance_weighted_returns(self, log_prob: th.Tensor, batch: EpisodeBatch) -> tuple[th.Tensor, dict[str, float]]:
         """
-        psi_t of SPEC §2 for the chosen ``importance_weights`` (float64), and the weights' diagnostics.
+        psi_t for the chosen ``importance_weights`` (float64), and the weights' diagnostics.
 
         :param log_prob: ``(T,)`` log pi(a_t|s_t) under the current policy (no gradient needed)
         :param batch: complete episodes, with ``batch.log_probs`` = log mu(a_t|s_t)

@@ -206,7 +206,7 @@ class PPOKL(PPO):
 
     Paper: https://arxiv.org/abs/1707.06347 (Section 4, "Adaptive KL Penalty Coefficient")
 
-    Maximises, over ``n_epochs`` of minibatches of a GAE rollout (SPEC §3),
+    Maximises, over ``n_epochs`` of minibatches of a GAE rollout,
 
         L = E_t[ r_t(theta) A_t ] - beta * KL[pi_old(.|s_t) || pi_theta(.|s_t)] - vf_coef * L_V + ent_coef * H
 
