@@ -112,32 +112,16 @@ def _last_step_mask(episode_starts: th.Tensor) -> th.Tensor:
     return last
 
 
-def _discounted_suffix_sum(x: th.Tensor, episode_ids: th.Tensor, gamma: float) -> th.Tensor:
+def _segmented_scan(x: th.Tensor, episode_ids: th.Tensor, gamma: float = 1.0, reverse: bool = False) -> th.Tensor:
     """
-    ``y_t = sum_{k >= t, same episode} gamma^{k-t} x_k`` by a segmented Hillis-Steele scan.
+    Discounted sums inside each episode by a segmented Hillis-Steele scan:
 
-    After the round with offset d, ``y_t`` covers ``[t, t + 2d)`` restricted to the episode of t; every
-    multiplier is ``gamma^d <= 1``, so there is no overflow and no cancellation however long the episode.
-    """
-    y = x.clone()
-    n = y.shape[0]
-    if n == 0:
-        return y
-    max_len = int(th.bincount(episode_ids).max().item())
-    offset = 1
-    while offset < max_len:
-        same_episode = episode_ids[offset:] == episode_ids[:-offset]
-        shifted = th.zeros_like(y)
-        shifted[:-offset] = th.where(same_episode, y[offset:], th.zeros_like(y[offset:]))
-        y = y + (gamma**offset) * shifted
-        offset *= 2
-    return y
+        reverse=True:   y_t = sum_{k >= t, same episode} gamma^{k-t} x_k     (suffix sums: returns)
+        reverse=False:  y_t = sum_{k <= t, same episode} gamma^{t-k} x_k     (prefix sums: cumulative log-ratios)
 
-
-def _segmented_prefix_sum(x: th.Tensor, episode_ids: th.Tensor) -> th.Tensor:
-    """
-    ``y_t = sum_{k <= t, same episode} x_k`` by a segmented Hillis-Steele scan: each episode's sums depend on that
-    episode's values alone (a non-finite value in one episode never reaches another).
+    After the round with offset d, ``y_t`` covers ``[t, t + 2d)`` (or ``(t - 2d, t]``) restricted to the episode of
+    t; every multiplier is ``gamma^d <= 1``, so there is no overflow and no cancellation however long the episode,
+    and each episode's sums depend on that episode's values alone (a non-finite value never reaches another).
     """
     y = x.clone()
     if y.shape[0] == 0:
@@ -147,8 +131,11 @@ def _segmented_prefix_sum(x: th.Tensor, episode_ids: th.Tensor) -> th.Tensor:
     while offset < max_len:
         same_episode = episode_ids[offset:] == episode_ids[:-offset]
         shifted = th.zeros_like(y)
-        shifted[offset:] = th.where(same_episode, y[:-offset], th.zeros_like(y[offset:]))
-        y = y + shifted
+        if reverse:
+            shifted[:-offset] = th.where(same_episode, y[offset:], th.zeros_like(y[offset:]))
+        else:
+            shifted[offset:] = th.where(same_episode, y[:-offset], th.zeros_like(y[offset:]))
+        y = y + (gamma**offset) * shifted
         offset *= 2
     return y
 
@@ -186,7 +173,7 @@ def reward_to_go(
     :return: ``(T,)`` reward-to-go
     """
     x = _with_bootstrap(rewards, episode_starts, gamma, bootstrap_values)
-    return _discounted_suffix_sum(x, episode_ids_from_starts(episode_starts), gamma)
+    return _segmented_scan(x, episode_ids_from_starts(episode_starts), gamma, reverse=True)
 
 
 def discounted_returns(
@@ -209,7 +196,7 @@ def discounted_returns(
     :return: ``(T,)`` the return of each step's episode
     """
     ids = episode_ids_from_starts(episode_starts)
-    rtg = _discounted_suffix_sum(_with_bootstrap(rewards, episode_starts, gamma, bootstrap_values), ids, gamma)
+    rtg = _segmented_scan(_with_bootstrap(rewards, episode_starts, gamma, bootstrap_values), ids, gamma, reverse=True)
     return rtg[_first_steps(episode_starts)][ids]
 
 
@@ -350,7 +337,7 @@ def per_decision_log_weights(
     _check_flat("episode_starts", episode_starts, log_prob.shape[0])
     # A segmented scan, not a global cumsum minus its value before each episode: with a global cumsum one
     # non-finite ratio would turn every later episode's weights into inf - inf = NaN.
-    return _segmented_prefix_sum(log_ratio, episode_ids_from_starts(episode_starts))
+    return _segmented_scan(log_ratio, episode_ids_from_starts(episode_starts))
 
 
 def effective_sample_size(weights: th.Tensor) -> th.Tensor:

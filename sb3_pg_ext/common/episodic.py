@@ -154,11 +154,21 @@ class EpisodicOnPolicyAlgorithm(OnPolicyAlgorithm):
                     terminal_tensor = self.policy.obs_to_tensor(terminal_obs)[0]
                     bootstrap = float(self.policy.predict_values(terminal_tensor)[0].item())
             rollout_buffer.end_episode(int(slots[env_idx]), env_idx, truncated, bootstrap)
+            self._on_kept_episode_end(int(slots[env_idx]), infos[env_idx])
             slots[env_idx] = -1
 
         self._last_obs = new_obs  # type: ignore[assignment]
         self._last_episode_starts = dones
         return dones
+
+    def _on_kept_episode_end(self, slot: int, info: dict) -> None:
+        """
+        Called by :meth:`_collect_step` when the kept episode ``slot`` ends, with the ``info`` of its last step
+        (e.g. to read an env's own end-of-episode flags). Does nothing here.
+
+        :param slot: the episode's index in start order
+        :param info: the info dict of the episode's last step
+        """
 
     def collect_rollouts(  # type: ignore[override]
         self,

@@ -503,27 +503,10 @@ class GRPO(EpisodicOnPolicyAlgorithm):
         callback.on_rollout_end()
         return True
 
-    def _collect_step(
-        self,
-        env: VecEnv,
-        callback: BaseCallback,
-        rollout_buffer: EpisodeRolloutBuffer,
-        slots: np.ndarray,
-        n_steps: int,
-    ) -> np.ndarray | None:
-        """
-        The base class's step, plus the ``info["length_limit"]`` flag of every kept episode that ended (read from
-        the step's ``infos``, which SB3 hands to the callback's ``locals``): ``mask_truncated`` leaves those out.
-        """
-        playing = slots.copy()
-        dones = super()._collect_step(env, callback, rollout_buffer, slots, n_steps)
-        if dones is not None:
-            ended = np.flatnonzero(dones & (playing >= 0)).tolist()
-            if ended:
-                infos = callback.locals["infos"]
-                for env_idx in ended:
-                    self._length_limited[int(playing[env_idx])] = bool(infos[env_idx].get("length_limit", False))
-        return dones
+    def _on_kept_episode_end(self, slot: int, info: dict) -> None:
+        """Record whether the kept episode ended at the env's length limit (``info["length_limit"]``), which
+        ``mask_truncated`` leaves out."""
+        self._length_limited[slot] = bool(info.get("length_limit", False))
 
     # ------------------------------------------------------------------------------------------------------------
     # Update
