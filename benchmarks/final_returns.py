@@ -4,6 +4,10 @@ Final-policy returns of an algorithm's defaults: train for the whole budget, the
 
     python -m benchmarks.final_returns --algo reinforce --seeds 0 1 2 3 4 --steps 200000
     python -m benchmarks.final_returns --algo grpo --n-envs 8 --tag n8 --kwargs '{"learning_rate": 5e-4}'
+    python -m benchmarks.final_returns --algo grpo --n-envs 8 --tag lin1e-3 --kwargs '{"learning_rate": "lin_1e-3"}'
+
+``"learning_rate": "lin_<x>"`` (rl-zoo3's notation, since JSON cannot hold a schedule) is a linear decay from x to 0
+over ``learn()``'s budget; the result file keeps the string.
 
 Each (algo, tag, seed) is written to ``benchmarks/results/final_returns/<algo>[-<tag>]-seed<k>.json`` the moment it
 ends (atomically: a temporary file, then a rename); a rerun skips the files that exist, so an interrupted sweep
@@ -22,6 +26,7 @@ from pathlib import Path
 
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.utils import LinearSchedule
 
 import sb3_pg_ext
 from benchmarks.harness import RESULTS_DIR, evaluate, single_thread
@@ -42,6 +47,16 @@ def code_version() -> str:
     return commit.strip() + ("+dirty" if dirty.strip() else "")
 
 
+def with_schedules(kwargs: dict) -> dict:
+    """Replace a ``"lin_<x>"`` learning rate by the linear decay from x to 0 (``LinearSchedule(x, 0.0, 1.0)``)."""
+    learning_rate = kwargs.get("learning_rate")
+    if isinstance(learning_rate, str):
+        if not learning_rate.startswith("lin_"):
+            raise ValueError(f"learning_rate strings must be 'lin_<initial value>'; got {learning_rate!r}")
+        return {**kwargs, "learning_rate": LinearSchedule(float(learning_rate[4:]), 0.0, 1.0)}
+    return kwargs
+
+
 def run(algo: str, seed: int, steps: int, env_id: str, n_envs: int, kwargs: dict, tag: str | None) -> Path:
     name = f"{algo}-{tag}-seed{seed}" if tag else f"{algo}-seed{seed}"
     path = OUT_DIR / f"{name}.json"
@@ -49,7 +64,7 @@ def run(algo: str, seed: int, steps: int, env_id: str, n_envs: int, kwargs: dict
         print(f"{name}: done already ({json.loads(path.read_text())['final_eval']:.1f})")
         return path
     env = make_vec_env(env_id, n_envs=n_envs, seed=seed)
-    model = ALGOS[algo]("MlpPolicy", env, seed=seed, device="cpu", **kwargs)
+    model = ALGOS[algo]("MlpPolicy", env, seed=seed, device="cpu", **with_schedules(kwargs))
     cpu0, wall0 = time.process_time(), time.perf_counter()
     model.learn(steps)
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
