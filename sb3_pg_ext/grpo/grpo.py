@@ -161,8 +161,7 @@ class GRPO(EpisodicOnPolicyAlgorithm):
     :param env: The environment to learn from (if registered in Gym, can be str)
     :param learning_rate: The learning rate, it can be a function of the current progress remaining (from 1 to 0)
     :param group_size: G, episodes per group (all reset with the group's seed); G >= 2
-    :param n_groups: B, groups per update (8: with 4, CartPole-v1 ended one seed of five below 475 after 200k
-        steps; see docs/grpo.md)
+    :param n_groups: B, groups per update (why 8: docs/grpo.md)
     :param n_epochs: M, epochs over the rollout per update
     :param batch_size: Minibatch size in steps (None: the whole rollout, one gradient step per epoch)
     :param clip_range: eps_low: the ratio is clipped below at 1 - eps_low (and above at 1 + eps_low unless

@@ -97,10 +97,8 @@ class ISPG(OffPolicyAlgorithm):
     :param policy: The policy model to use (MlpPolicy, CnnPolicy, MultiInputPolicy); an actor without a critic
     :param env: The environment to learn from (if registered in Gym, can be str)
     :param learning_rate: The learning rate, it can be a function of the current progress remaining (from 1 to 0).
-        Default: 5e-4 decayed linearly to 0 over each ``learn`` call (SB3's ``LinearSchedule(5e-4, 0.0, 1.0)``).
-        After 200k CartPole-v1 steps a constant 1e-3 left the final policy below 475 on 1 of 5 seeds (459.7) and a
-        linear 1e-3 on 1 of 4 (419.6), where the steps-to-475 runs had reached 475 on every seed 0-5 within 57.5k
-        steps: a constant step size keeps moving a solved policy (docs/ispg.md, ``benchmarks/results/final_returns/``)
+        Default: 5e-4 decayed linearly to 0 over each ``learn`` call (SB3's ``LinearSchedule(5e-4, 0.0, 1.0)``;
+        why: docs/ispg.md)
     :param buffer_size: Size of the replay buffer in transitions (split between the envs, as in SB3); an episode
         longer than ``buffer_size // n_envs`` steps can never be sampled. Default 5,000: with ``max_grad_norm=0.5``
         it reached 475 on CartPole-v1 for 6 of 6 seeds, 20,000 for 5 of 6 (older episodes carry weights far from 1)

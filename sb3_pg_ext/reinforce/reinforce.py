@@ -70,9 +70,8 @@ class REINFORCE(EpisodicOnPolicyAlgorithm):
     :param policy: The policy model to use (MlpPolicy, CnnPolicy, MultiInputPolicy)
     :param env: The environment to learn from (if registered in Gym, can be str)
     :param learning_rate: The learning rate, it can be a function of the current progress remaining (from 1 to 0).
-        Default: linear decay from 5e-4 to 0 over ``learn()``'s budget. On CartPole-v1 (one env, 200k steps) the
-        final policies of seeds 0-4 scored 500.0, 494.5, 500.0, 500.0, 500.0; with a constant 5e-4 they ended at
-        500.0, 500.0, 479.0, 485.0, 500.0 (closer to a collapse; 473.4 on seed 2 before the end-of-budget rule)
+        Default: linear decay from 5e-4 to 0 over ``learn()``'s budget (``LinearSchedule(5e-4, 0.0, 1.0)``; why:
+        docs/reinforce.md)
     :param n_episodes: Number of complete episodes per gradient step (N >= 2 for ``"loo"`` and ``"optimal"``)
     :param min_steps: Keep starting episodes until the rollout also holds at least this many steps
         (0: exactly ``n_episodes`` episodes)
