@@ -1,0 +1,368 @@
+"""
+The benchmark grid: cells ``(algo, env, seed)``, each trained through the zoo's experiment machinery.
+
+A cell trains ``algo`` on ``env`` with the algorithm's tuned hyperparameters, read as ``sb3-pg-zoo train`` reads
+them (:class:`~sb3_pg_ext.zoo.exp_manager.PGExperimentManager`: the package's ``hyperparams/<algo>.yml`` for its
+four algorithms, rl-zoo3's own files for ``ppo``, ``a2c``, ``sac``, ``trpo``...), for the env's budget of env steps
+(the file's ``n_timesteps`` when no budget is given). It records:
+
+- an evaluation curve: ``n_evaluations`` deterministic evaluations of ``n_eval_episodes`` episodes at fixed step
+  intervals (rl-zoo3's ``EvalCallback``), on an eval env seeded ``seed + EVAL_SEED_OFFSET`` (training envs are
+  seeded ``seed, seed + 1, ...``, one per parallel env, so the two seed sets are disjoint);
+- the final evaluation: ``n_final_episodes`` deterministic episodes after training, on the same eval env;
+- throughput: env steps per CPU second (``time.process_time``, one torch thread) and per wall second of the
+  training, evaluation time excluded;
+- the exact config (hyperparameters, file, budget, seeds) and the package versions.
+
+:func:`run_grid` runs the cells a store does not hold as finished, in this process (``workers <= 1``) or in
+``workers`` spawned processes, and each cell's record is written to the store by the process that ran it, the
+moment it ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import concurrent.futures.process
+import contextlib
+import datetime
+import functools
+import importlib.metadata
+import io
+import multiprocessing
+import platform
+import socket
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rl_zoo3
+import torch as th
+import yaml
+from stable_baselines3.common.callbacks import EvalCallback
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.vec_env import VecEnv, sync_envs_normalization
+
+from sb3_pg_ext import HYPERPARAMS_DIR
+from sb3_pg_ext.benchmark.store import FAILED, FINISHED, ResultStore
+from sb3_pg_ext.zoo.exp_manager import PGExperimentManager
+from sb3_pg_ext.zoo.registry import ZOO_ALGOS, register
+
+#: The eval env of seed s is seeded s + EVAL_SEED_OFFSET (training envs use s, s + 1, ..., s + n_envs - 1).
+EVAL_SEED_OFFSET = 1_000_000
+#: The packages whose versions each record carries.
+VERSIONED_PACKAGES = (
+    "sb3-pg-ext",
+    "stable-baselines3",
+    "sb3-contrib",
+    "rl_zoo3",
+    "gymnasium",
+    "torch",
+    "numpy",
+)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the grid. ``n_timesteps`` None: the hyperparameter file's budget."""
+
+    algo: str
+    env: str
+    seed: int
+    n_timesteps: int | None = None
+    n_evaluations: int = 10
+    n_eval_episodes: int = 5
+    n_final_episodes: int = 10
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.algo, self.env, self.seed)
+
+
+def grid_cells(
+    algos: Sequence[str],
+    envs: Sequence[str],
+    seeds: Sequence[int],
+    budgets: dict[str, int] | None = None,
+    **settings: Any,
+) -> list[Cell]:
+    """The cells of ``algos x envs x seeds``, in that order; ``budgets`` maps an env to its env-step budget."""
+    budgets = budgets or {}
+    return [Cell(a, e, int(s), budgets.get(e), **settings) for a in algos for e in envs for s in seeds]
+
+
+def hyperparams_file(algo: str) -> Path:
+    """The file a cell of ``algo`` reads: the package's for its four algorithms, rl-zoo3's for the others."""
+    if algo in ZOO_ALGOS:
+        return HYPERPARAMS_DIR / f"{algo}.yml"
+    return Path(rl_zoo3.__file__).resolve().parent / "hyperparams" / f"{algo}.yml"
+
+
+@functools.cache
+def tuned_envs(algo: str) -> frozenset[str]:
+    """The envs that ``algo``'s hyperparameter file names (an ``atari`` or ``default`` entry does not count)."""
+    path = hyperparams_file(algo)
+    if not path.is_file():
+        return frozenset()
+    with open(path, encoding="utf-8") as f:
+        entries = yaml.safe_load(f) or {}
+    return frozenset(str(name) for name in entries if name not in ("atari", "default"))
+
+
+def split_untuned(cells: Iterable[Cell]) -> tuple[list[Cell], list[Cell]]:
+    """
+    (cells whose env has an entry in the algorithm's hyperparameter file, the others). The files name an env only
+    where the action space fits (rl-zoo3's ``sac.yml`` has no CartPole-v1), so the second list holds the cells
+    the benchmark does not run.
+    """
+    tuned: list[Cell] = []
+    untuned: list[Cell] = []
+    for cell in cells:
+        (tuned if cell.env in tuned_envs(cell.algo) else untuned).append(cell)
+    return tuned, untuned
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in VERSIONED_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+class BenchmarkExperimentManager(PGExperimentManager):
+    """
+    :class:`PGExperimentManager` for one benchmark cell: ``n_evaluations`` evaluations evenly spread over the
+    budget, and an eval env seeded apart from the training envs.
+    """
+
+    def __init__(self, *args: Any, n_evaluation_points: int = 10, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.n_evaluation_points = n_evaluation_points
+
+    def create_callbacks(self) -> None:
+        # n_timesteps is known here (read from the file or the budget); rl-zoo3 then divides by n_envs
+        self.eval_freq = max(int(self.n_timesteps) // self.n_evaluation_points, 1)
+        super().create_callbacks()
+
+    def create_envs(self, n_envs: int, eval_env: bool = False, no_log: bool = False) -> VecEnv:
+        if not eval_env:
+            return super().create_envs(n_envs, eval_env=eval_env, no_log=no_log)
+        train_seed = self.seed
+        self.seed = train_seed + EVAL_SEED_OFFSET
+        try:
+            return super().create_envs(n_envs, eval_env=eval_env, no_log=no_log)
+        finally:
+            self.seed = train_seed
+
+
+def _timed(function: Any, totals: dict[str, float]) -> Any:
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        cpu, wall = time.process_time(), time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            totals["cpu"] += time.process_time() - cpu
+            totals["wall"] += time.perf_counter() - wall
+
+    return timed
+
+
+def train_cell(cell: Cell) -> dict[str, Any]:
+    """Train one cell and return its (finished) record. Raises whatever training raises."""
+    register()
+    th.set_num_threads(1)
+    with tempfile.TemporaryDirectory(prefix="sb3-pg-benchmark-") as log_folder:
+        args = argparse.Namespace(**asdict(cell))
+        manager = BenchmarkExperimentManager(
+            args,
+            cell.algo,
+            cell.env,
+            log_folder,
+            n_timesteps=cell.n_timesteps or 0,
+            n_eval_episodes=cell.n_eval_episodes,
+            n_evaluation_points=cell.n_evaluations,
+            seed=cell.seed,
+            log_interval=-2,  # rl-zoo3: below -1, no SB3 log output
+            verbose=0,
+            device="cpu",
+        )
+        with contextlib.redirect_stdout(io.StringIO()):  # rl-zoo3 prints the hyperparameters whatever verbose
+            setup = manager.setup_experiment()
+        assert setup is not None
+        model, saved_hyperparams = setup
+        evaluations = [c for c in manager.callbacks if isinstance(c, EvalCallback)]
+        if len(evaluations) != 1:
+            raise RuntimeError(f"expected one EvalCallback in the experiment, found {len(evaluations)}")
+        evaluation = evaluations[0]
+        evaluation.verbose = 0
+        eval_time = {"cpu": 0.0, "wall": 0.0}
+        evaluation._on_step = _timed(evaluation._on_step, eval_time)  # type: ignore[method-assign]
+        cpu, wall = time.process_time(), time.perf_counter()
+        manager.learn(model)
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        train_cpu, train_wall = cpu - eval_time["cpu"], wall - eval_time["wall"]
+        steps = int(model.num_timesteps)
+
+        eval_env = evaluation.eval_env
+        if model.get_vec_normalize_env() is not None:
+            sync_envs_normalization(model.get_env(), eval_env)  # type: ignore[arg-type]
+        final_returns, final_lengths = evaluate_policy(
+            model,
+            eval_env,
+            n_eval_episodes=cell.n_final_episodes,
+            deterministic=True,
+            return_episode_rewards=True,
+            warn=False,
+        )
+        eval_env.close()
+        final = np.asarray(final_returns, dtype=np.float64)
+        return {
+            "algo": cell.algo,
+            "env": cell.env,
+            "seed": cell.seed,
+            "status": FINISHED,
+            "n_timesteps": steps,
+            "curve": {
+                "timesteps": [int(t) for t in evaluation.evaluations_timesteps],
+                "returns": [[float(r) for r in row] for row in evaluation.evaluations_results],
+                "ep_lengths": [[int(n) for n in row] for row in evaluation.evaluations_length],
+            },
+            "final": {
+                "returns": final.tolist(),
+                "ep_lengths": np.asarray(final_lengths, dtype=np.int64).tolist(),
+                "mean": float(final.mean()),
+                "std": float(final.std()),
+            },
+            "throughput": {
+                "steps_per_cpu_second": steps / train_cpu if train_cpu > 0 else None,
+                "steps_per_wall_second": steps / train_wall if train_wall > 0 else None,
+                "train_cpu_seconds": train_cpu,
+                "train_wall_seconds": train_wall,
+                "eval_cpu_seconds": eval_time["cpu"],
+                "eval_wall_seconds": eval_time["wall"],
+                "torch_threads": th.get_num_threads(),
+            },
+            "config": {
+                "cell": asdict(cell),
+                "hyperparams_file": manager.config,
+                "hyperparams": dict(saved_hyperparams),
+                "n_timesteps": int(manager.n_timesteps),
+                "n_envs": int(manager.n_envs),
+                "eval_freq_per_env": int(manager.eval_freq),
+                "train_seeds": [cell.seed + i for i in range(int(manager.n_envs))],
+                "eval_seed": cell.seed + EVAL_SEED_OFFSET,
+                "deterministic_eval": True,
+            },
+        }
+
+
+def run_cell(cell: Cell, store_root: str) -> tuple[tuple[str, str, int], str]:
+    """Run one cell, write its record (finished, or failed with the error) to the store; returns (key, status)."""
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat()
+    try:
+        # looked up in this module at call time, so that tests can replace it
+        record = sys.modules[__name__].train_cell(cell)
+    except Exception as error:  # every error of a cell is recorded, not lost
+        record = {
+            "algo": cell.algo,
+            "env": cell.env,
+            "seed": cell.seed,
+            "status": FAILED,
+            "error": f"{type(error).__name__}: {error}",
+            "traceback": traceback.format_exc(),
+            "config": {"cell": asdict(cell)},
+        }
+    record["started"] = started
+    record["ended"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
+    record["host"] = socket.gethostname()
+    record["versions"] = package_versions()
+    ResultStore(store_root).write(record)
+    return cell.key, str(record["status"])
+
+
+def _init_worker() -> None:
+    th.set_num_threads(1)
+    register()
+
+
+@dataclass
+class GridResult:
+    """
+    What one :func:`run_grid` call did: cells skipped (already finished), finished now, failed now, and interrupted
+    (left without a record because a worker process died; the next call runs them).
+    """
+
+    skipped: list[tuple[str, str, int]] = field(default_factory=list)
+    interrupted: list[tuple[str, str, int]] = field(default_factory=list)
+    finished: list[tuple[str, str, int]] = field(default_factory=list)
+    failed: list[tuple[str, str, int]] = field(default_factory=list)
+
+
+def run_grid(cells: Iterable[Cell], store: ResultStore, workers: int = 1, progress: bool = True) -> GridResult:
+    """
+    Run the cells that ``store`` does not hold as finished (failed and missing ones), ``workers`` at a time
+    (``workers <= 1``: in this process), with a progress bar of cells done, running and failed.
+    """
+    from tqdm.auto import tqdm
+
+    cells = list(cells)
+    store.clean_temporary()
+    pending_keys = set(store.pending(c.key for c in cells))
+    result = GridResult(skipped=[c.key for c in cells if c.key not in pending_keys])
+    todo = [c for c in cells if c.key in pending_keys]
+    bar = tqdm(total=len(todo), desc="cells", unit="cell", disable=not progress)
+
+    def done(key: tuple[str, str, int], status: str, running: int) -> None:
+        (result.finished if status == FINISHED else result.failed).append(key)
+        bar.update(1)
+        bar.set_postfix(running=running, failed=len(result.failed), skipped=len(result.skipped))
+
+    try:
+        if workers <= 1:
+            for index, cell in enumerate(todo):
+                bar.set_postfix(running=1, failed=len(result.failed), skipped=len(result.skipped))
+                done(*run_cell(cell, str(store.root)), running=int(index + 1 < len(todo)))
+        else:
+            context = multiprocessing.get_context("spawn")
+            with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
+                futures = {pool.submit(run_cell, cell, str(store.root)) for cell in todo}
+                bar.set_postfix(running=min(workers, len(futures)), failed=0, skipped=len(result.skipped))
+                for future in concurrent.futures.as_completed(futures):
+                    futures.discard(future)
+                    try:
+                        key, status = future.result()
+                    except concurrent.futures.process.BrokenProcessPool:
+                        # a worker died (killed, out of memory): its cell and the ones in flight have no record
+                        # and run again on the next call
+                        recorded = set(result.finished) | set(result.failed)
+                        result.interrupted = [c.key for c in todo if c.key not in recorded]
+                        break
+                    done(key, status, running=min(workers, len(futures)))
+    finally:
+        bar.close()
+    return result
+
+
+__all__ = [
+    "EVAL_SEED_OFFSET",
+    "BenchmarkExperimentManager",
+    "Cell",
+    "GridResult",
+    "grid_cells",
+    "hyperparams_file",
+    "package_versions",
+    "run_cell",
+    "run_grid",
+    "split_untuned",
+    "train_cell",
+    "tuned_envs",
+]
