@@ -31,6 +31,7 @@ from sb3_pg_ext.estimators import (
     batch_mean_baseline,
     clipped_log_ratios,
     effective_sample_size,
+    episode_ids_from_starts,
     leave_one_out_baseline,
     per_decision_log_weights,
     per_decision_returns,
@@ -427,7 +428,7 @@ class ISPG(OffPolicyAlgorithm):
         finite = th.isfinite(values)
         if bool(finite.all()):
             return
-        episode_ids = th.cumsum(batch.episode_starts.long(), 0) - 1
+        episode_ids = episode_ids_from_starts(batch.episode_starts)
         bad = th.unique(episode_ids[~finite]).tolist()
         shown = "; ".join(
             f"episode {k} of the sampled batch ({self.replay_buffer.describe_episode(chosen, k)})" for k in bad[:3]
