@@ -525,6 +525,58 @@ def test_eval_seeds_reports_the_iqm_of_all_seeds_at_every_evaluation(in_tmp):
     assert trial.user_attrs["seed_returns"] == [float(np.mean(run["results"][-1])) for run in runs]
 
 
+def robust_trial_evaluations(root: Path, folder: str, eval_seeds: int) -> list[np.ndarray]:
+    """One robust REINFORCE trial (--seed 5) with eval-seeds K; each run's evaluation returns."""
+    main(
+        [
+            "train",
+            "--algo",
+            "reinforce",
+            "--env",
+            ENV,
+            "-n",
+            "3000",
+            "-optimize",
+            "--n-trials",
+            "1",
+            "--n-evaluations",
+            "2",
+            "--eval-episodes",
+            "3",
+            "-f",
+            "logs",
+            "--seed",
+            "5",
+            "--no-optim-plots",
+            "--verbose",
+            "0",
+            "--sampler",
+            "random",
+            "--eval-seeds",
+            str(eval_seeds),
+            "--optimization-log-path",
+            folder,
+        ]
+    )
+    return [
+        np.load(root / folder / "trial_0" / f"seed_{k}" / "evaluations.npz")["results"] for k in range(eval_seeds)
+    ]
+
+
+def test_robust_trial_runs_are_reproducible_and_independent_of_each_other(in_tmp):
+    # The runs take turns and each keeps its own global random state: run 0 of a K = 3 trial draws exactly what
+    # the single run of a K = 1 trial with the same first seed draws (trial_seeds(5, 0, 3)[0] ==
+    # trial_seeds(5, 0, 1)[0]), and a rerun reproduces every run bit for bit.
+    three = robust_trial_evaluations(in_tmp, "three", 3)
+    again = robust_trial_evaluations(in_tmp, "again", 3)
+    (one,) = robust_trial_evaluations(in_tmp, "one", 1)
+    for run, rerun in zip(three, again, strict=True):
+        np.testing.assert_array_equal(run, rerun)
+    np.testing.assert_array_equal(three[0], one)
+    # the runs differ from each other (different seeds), so the equalities above are not trivial
+    assert not np.array_equal(three[0], three[1]) or not np.array_equal(three[1], three[2])
+
+
 class FakeTrial:
     def __init__(self, prune_at: int):
         self.prune_at = prune_at

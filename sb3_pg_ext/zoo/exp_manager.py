@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import random
 import threading
 from collections.abc import Callable, Sequence
 from pprint import pprint
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import optuna
+import torch as th
 from rl_zoo3.exp_manager import ExperimentManager
 from rl_zoo3.hyperparams_opt import HYPERPARAMS_SAMPLER
 from rl_zoo3.utils import ALGOS, get_callback_list
@@ -52,11 +54,30 @@ def trial_seeds(base_seed: int, trial_number: int, n_seeds: int) -> list[int]:
     return [int(s) for s in np.random.SeedSequence([base_seed, trial_number]).generate_state(n_seeds)]
 
 
+RandomState = tuple[Any, dict[str, Any], th.Tensor]
+
+
+def get_global_rng_state() -> RandomState:
+    """The global generators that SB3 seeds (``set_random_seed``): Python's ``random``, NumPy's and PyTorch's (CPU)."""
+    return random.getstate(), np.random.get_state(), th.get_rng_state()  # type: ignore[return-value]
+
+
+def set_global_rng_state(state: RandomState) -> None:
+    random.setstate(state[0])
+    np.random.set_state(state[1])  # type: ignore[arg-type]
+    th.set_rng_state(state[2])
+
+
 class EvaluationBoard:
     """
-    Where the K runs of one trial meet at each evaluation point: each run posts its episode returns and waits; when
-    the last one arrives, the aggregate is computed, reported to the trial (``trial.report(value, step)``, step =
-    1, 2, ...) and the pruner asked; then all K runs go on, or all stop.
+    Where the K runs of one trial take turns and meet at each evaluation point.
+
+    The runs train one at a time, in a fixed order: run 0 trains up to its first evaluation point and posts its
+    episode returns, then run 1 does, ..., then run K-1; when the last one has posted, the aggregate is computed,
+    reported to the trial (``trial.report(value, step)``, step = 1, 2, ...) and the pruner asked; then run 0 goes
+    on to the next point, or all stop. At each hand-over the global random generators (Python, NumPy, PyTorch) of
+    the run that stops are saved and those of the run that goes on restored, so each run draws the random numbers
+    it would draw alone: a trial's runs do not depend on each other, on K or on thread scheduling.
     """
 
     def __init__(self, n_runs: int, trial: optuna.Trial, aggregate: Callable[[Sequence[Sequence[float]]], float]):
@@ -66,32 +87,76 @@ class EvaluationBoard:
         self.step = 0
         self.values: list[float] = []
         self.pruned = False
+        self.aborted = False
         self._returns: list[list[float]] = [[] for _ in range(n_runs)]
-        self._barrier = threading.Barrier(n_runs, action=self._report)
-
-    def _report(self) -> None:
-        self.step += 1
-        value = self.aggregate(self._returns)
-        self.values.append(value)
-        self.trial.report(value, self.step)
-        self.pruned = self.trial.should_prune()
-
-    def post(self, run: int, episode_returns: Sequence[float]) -> bool:
-        """Post run ``run``'s returns of this evaluation point; wait for the others. Returns whether to go on."""
-        self._returns[run] = [float(r) for r in episode_returns]
-        try:
-            self._barrier.wait()
-        except threading.BrokenBarrierError:
-            return False
-        return not self.pruned
+        self._posts = [0] * n_runs
+        self._finished = [False] * n_runs
+        self._rng: list[RandomState | None] = [None] * n_runs
+        self._turn = 0
+        self._condition = threading.Condition()
 
     @property
     def stopped(self) -> bool:
-        return self.pruned or self._barrier.broken
+        return self.pruned or self.aborted
+
+    def save_rng(self, run: int) -> None:
+        """Keep the current global random state as run ``run``'s (after its model was built with its seed)."""
+        self._rng[run] = get_global_rng_state()
+
+    def _wait_for_turn(self, run: int) -> bool:
+        """Block until it is ``run``'s turn (restoring its random state) or the trial stopped; returns go on."""
+        self._condition.wait_for(lambda: self._turn == run or self.stopped)
+        if self.stopped:
+            return False
+        state = self._rng[run]
+        if state is not None:
+            set_global_rng_state(state)
+        return True
+
+    def _pass_turn(self, run: int) -> None:
+        self._rng[run] = get_global_rng_state()
+        for offset in range(1, self.n_runs + 1):
+            nxt = (run + offset) % self.n_runs
+            if not self._finished[nxt]:
+                self._turn = nxt
+                break
+        self._condition.notify_all()
+
+    def start(self, run: int) -> bool:
+        """Wait for run ``run``'s first turn. Returns whether to train (False: the trial stopped)."""
+        with self._condition:
+            return self._wait_for_turn(run)
+
+    def post(self, run: int, episode_returns: Sequence[float]) -> bool:
+        """Post run ``run``'s returns of this evaluation point, hand over, wait for the next turn. Returns whether
+        to go on."""
+        with self._condition:
+            if not self._wait_for_turn(run):
+                return False
+            self._returns[run] = [float(r) for r in episode_returns]
+            self._posts[run] += 1
+            if all(n == self._posts[run] for n in self._posts):
+                self.step += 1
+                value = self.aggregate(self._returns)
+                self.values.append(value)
+                self.trial.report(value, self.step)
+                self.pruned = self.trial.should_prune()
+            self._pass_turn(run)
+            return self._wait_for_turn(run)
+
+    def done(self, run: int) -> None:
+        """Run ``run`` ended (trained out, stopped or failed): hand over for good."""
+        with self._condition:
+            self._finished[run] = True
+            if self._turn == run:
+                self._pass_turn(run)
+            self._condition.notify_all()
 
     def abort(self) -> None:
         """A run failed: release the others (their next ``post`` returns False)."""
-        self._barrier.abort()
+        with self._condition:
+            self.aborted = True
+            self._condition.notify_all()
 
 
 class SeedEvaluationCallback(BaseCallback):
@@ -233,6 +298,7 @@ class PGExperimentManager(ExperimentManager):
                 models.append(model)
                 eval_env = self.create_envs(n_envs=self.n_eval_envs, eval_env=True)
                 eval_envs.append(eval_env)
+                board.save_rng(run)
                 log_path = None
                 if self.optimization_log_path is not None:
                     log_path = os.path.join(self.optimization_log_path, f"trial_{trial.number!s}", f"seed_{run}")
@@ -260,12 +326,15 @@ class PGExperimentManager(ExperimentManager):
 
         def train(run: int) -> None:
             try:
-                run_callbacks = get_callback_list({"callback": self.specified_callbacks})
-                models[run].learn(self.n_timesteps, callback=[*run_callbacks, callbacks[run]])
-                callbacks[run].finish()
+                if board.start(run):
+                    run_callbacks = get_callback_list({"callback": self.specified_callbacks})
+                    models[run].learn(self.n_timesteps, callback=[*run_callbacks, callbacks[run]])
+                    callbacks[run].finish()
             except BaseException as e:  # re-raised below, in the study's thread
                 errors[run] = e
                 board.abort()
+            finally:
+                board.done(run)
 
         threads = [
             threading.Thread(target=train, args=(run,), name=f"trial-{trial.number}-seed-{run}") for run in range(len(seeds))
