@@ -558,9 +558,7 @@ def robust_trial_evaluations(root: Path, folder: str, eval_seeds: int) -> list[n
             folder,
         ]
     )
-    return [
-        np.load(root / folder / "trial_0" / f"seed_{k}" / "evaluations.npz")["results"] for k in range(eval_seeds)
-    ]
+    return [np.load(root / folder / "trial_0" / f"seed_{k}" / "evaluations.npz")["results"] for k in range(eval_seeds)]
 
 
 def test_robust_trial_runs_are_reproducible_and_independent_of_each_other(in_tmp):

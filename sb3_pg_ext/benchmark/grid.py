@@ -79,6 +79,12 @@ class Cell:
     n_evaluations: int = 10
     n_eval_episodes: int = 5
     n_final_episodes: int = 10
+    #: another hyperparameter file than the algorithm's (``--conf-file``)
+    config: str | None = None
+    #: settings of an Optuna trial on top of the file's entry (``--storage``, ``--study-name``, ``--trial-id``)
+    storage: str | None = None
+    study_name: str | None = None
+    trial_id: int | None = None
 
     @property
     def key(self) -> tuple[str, str, int]:
@@ -191,6 +197,10 @@ def train_cell(cell: Cell) -> dict[str, Any]:
             n_eval_episodes=cell.n_eval_episodes,
             n_evaluation_points=cell.n_evaluations,
             seed=cell.seed,
+            config=cell.config,
+            storage=cell.storage,
+            study_name=cell.study_name,
+            trial_id=cell.trial_id,
             log_interval=-2,  # rl-zoo3: below -1, no SB3 log output
             verbose=0,
             device="cpu",

@@ -1,0 +1,221 @@
+"""
+The tuning campaign behind ``hyperparams/*.yml``: one Optuna study per (algorithm, env, K), run through the launcher
+(``sb3-pg-zoo train -optimize``) on a journal file that is committed, so that a study interrupted in one session
+continues in the next; then the best trial of a study retrained on fresh seeds.
+
+    python -m benchmarks.tune study --algo reinforce --env CartPole-v1 --eval-seeds 3 -n 50000 --trials 12
+    python -m benchmarks.tune retrain --algo reinforce --env CartPole-v1 --eval-seeds 3 -n 50000 --seeds 100-104
+    python -m benchmarks.tune table
+
+``study`` runs trials until the study holds ``--trials`` finished (complete or pruned) trials and writes
+``results/tuning/<study>.json``: the best trial's number, value, parameters and hyperparameters, the trial counts
+and the tuning budget (env steps trained, CPU seconds of the tuning processes summed over sessions). A trial left
+running by an interrupted session is marked failed and does not count. ``retrain`` trains the best trial's
+settings (``--trial-id``) on each fresh seed through the benchmark's cell runner (deterministic final evaluation of
+10 episodes on an eval env seeded apart) into ``results/tuning/retrain/<study>/``; finished seeds are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import io
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+from sb3_pg_ext.benchmark.grid import Cell, run_grid
+from sb3_pg_ext.benchmark.store import FINISHED, ResultStore
+from sb3_pg_ext.zoo.cli import main as zoo_main
+
+RESULTS = Path(__file__).resolve().parent / "results" / "tuning"
+N_EVALUATIONS = 5
+EVAL_EPISODES = 5
+N_STARTUP_TRIALS = 4
+SAMPLER = "tpe"
+PRUNER = "median"
+
+
+def study_name(algo: str, env: str, eval_seeds: int) -> str:
+    return f"{algo}-{env}-k{eval_seeds}"
+
+
+def journal(name: str) -> optuna.storages.JournalStorage:
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(RESULTS / f"{name}.log")))
+
+
+def _finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+
+
+def run_study(algo: str, env: str, eval_seeds: int, n_timesteps: int, trials: int, seed: int = 0) -> dict[str, Any]:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    name = study_name(algo, env, eval_seeds)
+    summary_path = RESULTS / f"{name}.json"
+    previous = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    cpu_before = float(previous.get("cpu_seconds", 0.0))
+    storage = journal(name)
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)  # left running by a stopped session
+    remaining = trials - len(_finished(study))
+    cpu = time.process_time()
+    if remaining > 0:
+        args = [
+            "train",
+            "--algo",
+            algo,
+            "--env",
+            env,
+            "-n",
+            str(n_timesteps),
+            "-optimize",
+            "--n-trials",
+            str(remaining),
+            "--n-startup-trials",
+            str(N_STARTUP_TRIALS),
+            "--n-evaluations",
+            str(N_EVALUATIONS),
+            "--eval-episodes",
+            str(EVAL_EPISODES),
+            "--sampler",
+            SAMPLER,
+            "--pruner",
+            PRUNER,
+            "--storage",
+            str(RESULTS / f"{name}.log"),
+            "--study-name",
+            name,
+            "--seed",
+            str(seed + len(study.trials)),  # a resumed study does not replay the sampler's first draws
+            "--no-optim-plots",
+            "--verbose",
+            "0",
+            "-f",
+            str(Path(tempfile.gettempdir()) / "sb3-pg-tune-logs"),
+            "--eval-seeds",
+            str(eval_seeds),
+        ]
+        with contextlib.redirect_stdout(io.StringIO()):
+            zoo_main(args)
+    cpu = time.process_time() - cpu
+    study = optuna.load_study(study_name=name, storage=journal(name))
+    finished = _finished(study)
+    complete = [t for t in finished if t.state == TrialState.COMPLETE]
+    best = study.best_trial
+    # env steps trained: every run of a complete trial trains the budget; a pruned trial stops after the
+    # evaluation point of its last report
+    steps = 0
+    for t in finished:
+        points = N_EVALUATIONS if t.state == TrialState.COMPLETE else max(len(t.intermediate_values), 1)
+        steps += eval_seeds * n_timesteps * points // N_EVALUATIONS
+    summary = {
+        "study": name,
+        "algo": algo,
+        "env": env,
+        "eval_seeds": eval_seeds,
+        "eval_aggregate": "iqm",
+        "n_timesteps_per_run": n_timesteps,
+        "n_evaluations": N_EVALUATIONS,
+        "eval_episodes": EVAL_EPISODES,
+        "sampler": SAMPLER,
+        "pruner": PRUNER,
+        "n_startup_trials": N_STARTUP_TRIALS,
+        "trials_complete": len(complete),
+        "trials_pruned": len(finished) - len(complete),
+        "env_steps_trained": steps,
+        "cpu_seconds": cpu_before + cpu,
+        "best": {
+            "number": best.number,
+            "value": best.value,
+            "params": best.params,
+            "seed_returns": best.user_attrs.get("seed_returns"),
+            "n_episodes": best.user_attrs.get("n_episodes"),
+        },
+        "values": {t.number: t.value for t in complete},
+        "date": datetime.date.today().isoformat(),
+    }
+    tmp = summary_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(summary, indent=1, sort_keys=True))
+    tmp.replace(summary_path)
+    return summary
+
+
+def retrain(algo: str, env: str, eval_seeds: int, n_timesteps: int, seeds: list[int]) -> list[float]:
+    name = study_name(algo, env, eval_seeds)
+    best = optuna.load_study(study_name=name, storage=journal(name)).best_trial
+    store = ResultStore(str(RESULTS / "retrain" / name))
+    cells = [
+        Cell(
+            algo,
+            env,
+            s,
+            n_timesteps,
+            n_evaluations=N_EVALUATIONS,
+            storage=str(RESULTS / f"{name}.log"),
+            study_name=name,
+            trial_id=best.number,
+        )
+        for s in seeds
+    ]
+    run_grid(cells, store, workers=1, progress=False)
+    records = [store.read(*c.key) for c in cells]
+    return [r["final"]["mean"] for r in records if r is not None and r["status"] == FINISHED]
+
+
+def table() -> None:
+    """Markdown table of every study summary and its retrained seeds."""
+    print("| study | trials (complete/pruned) | env steps | CPU h | best value | retrained final returns |")
+    print("|---|---|---|---|---|---|")
+    for path in sorted(RESULTS.glob("*.json")):
+        s = json.loads(path.read_text())
+        store = ResultStore(str(RESULTS / "retrain" / s["study"]))
+        finals = [r["final"]["mean"] for r in store.records() if r["status"] == FINISHED]
+        finals_text = ", ".join(f"{v:.1f}" for v in finals)
+        if finals:
+            finals_text += f" (mean {np.mean(finals):.1f}, std {np.std(finals):.1f})"
+        print(
+            f"| {s['study']} | {s['trials_complete']}/{s['trials_pruned']} | {s['env_steps_trained']:,} "
+            f"| {s['cpu_seconds'] / 3600:.2f} | {s['best']['value']:.1f} | {finals_text} |"
+        )
+
+
+def _seeds(text: str) -> list[int]:
+    if "-" in text:
+        lo, hi = text.split("-")
+        return list(range(int(lo), int(hi) + 1))
+    return [int(s) for s in text.split(",")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.tune")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for command in ("study", "retrain"):
+        p = sub.add_parser(command)
+        p.add_argument("--algo", required=True)
+        p.add_argument("--env", required=True)
+        p.add_argument("--eval-seeds", type=int, default=3)
+        p.add_argument("-n", "--n-timesteps", type=int, required=True)
+        if command == "study":
+            p.add_argument("--trials", type=int, required=True)
+        else:
+            p.add_argument("--seeds", type=_seeds, default=_seeds("100-104"))
+    sub.add_parser("table")
+    args = parser.parse_args()
+    if args.command == "study":
+        print(json.dumps(run_study(args.algo, args.env, args.eval_seeds, args.n_timesteps, args.trials), indent=1))
+    elif args.command == "retrain":
+        print(retrain(args.algo, args.env, args.eval_seeds, args.n_timesteps, args.seeds))
+    else:
+        table()
+
+
+if __name__ == "__main__":
+    main()

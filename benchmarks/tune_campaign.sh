@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The tuning campaign of hyperparams/*.yml, in two lanes (one process each: the machine has 2 cores).
+# Every step is resumable (python -m benchmarks.tune skips finished trials and retrained seeds) and commits its
+# files when it ends, so rerunning a lane after an interrupted session continues where it stopped.
+#   bash benchmarks/tune_campaign.sh a > /tmp/lane-a.txt 2>&1 &
+#   bash benchmarks/tune_campaign.sh b > /tmp/lane-b.txt 2>&1 &
+set -u
+cd "$(dirname "$0")/.."
+ALGOS="reinforce ispg ppo_kl grpo"
+
+commit() {  # commit the tuning results of one step (retried: the other lane may hold git's index lock)
+    for _ in 1 2 3 4 5 6 7 8 9 10; do
+        git add benchmarks/results/tuning >/dev/null 2>&1 && \
+            git commit -q -m "Tuning: $1" -- benchmarks/results/tuning >/dev/null 2>&1 && return 0
+        git diff --cached --quiet -- benchmarks/results/tuning && return 0
+        sleep 7
+    done
+}
+
+step() {  # step <description> <python -m benchmarks.tune arguments...>
+    local what=$1
+    shift
+    echo "[$(date -u +%FT%TZ)] start $what"
+    if python -m benchmarks.tune "$@"; then echo "[$(date -u +%FT%TZ)] done $what"; else echo "[$(date -u +%FT%TZ)] FAILED $what"; fi
+    commit "$what"
+}
+
+case "${1:-}" in
+a)  # CartPole-v1 with robust trials (K = 3), then Acrobot-v1
+    for algo in $ALGOS; do step "$algo CartPole-v1 K=3" study --algo "$algo" --env CartPole-v1 --eval-seeds 3 -n 50000 --trials 10; done
+    for algo in $ALGOS; do step "$algo Acrobot-v1 K=3" study --algo "$algo" --env Acrobot-v1 --eval-seeds 3 -n 100000 --trials 8; done
+    ;;
+b)  # CartPole-v1 with rl-zoo3's single seed (K = 1), the stability retraining of both, then Pendulum-v1
+    for algo in $ALGOS; do step "$algo CartPole-v1 K=1" study --algo "$algo" --env CartPole-v1 --eval-seeds 1 -n 50000 --trials 10; done
+    for algo in $ALGOS; do
+        step "$algo CartPole-v1 K=1 retrain" retrain --algo "$algo" --env CartPole-v1 --eval-seeds 1 -n 50000 --seeds 100-104
+        step "$algo CartPole-v1 K=3 retrain" retrain --algo "$algo" --env CartPole-v1 --eval-seeds 3 -n 50000 --seeds 100-104
+    done
+    for algo in $ALGOS; do step "$algo Pendulum-v1 K=3" study --algo "$algo" --env Pendulum-v1 --eval-seeds 3 -n 100000 --trials 8; done
+    ;;
+*)  echo "usage: $0 a|b" >&2; exit 2 ;;
+esac
