@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import optuna
+import optuna.storages.journal
 from optuna.trial import TrialState
 
 from sb3_pg_ext.benchmark.grid import Cell, run_grid

@@ -59,12 +59,12 @@ RandomState = tuple[Any, dict[str, Any], th.Tensor]
 
 def get_global_rng_state() -> RandomState:
     """The global generators that SB3 seeds (``set_random_seed``): Python's ``random``, NumPy's and PyTorch's (CPU)."""
-    return random.getstate(), np.random.get_state(), th.get_rng_state()  # type: ignore[return-value]  # noqa: NPY002 (the legacy global generator is what SB3 seeds)
+    return random.getstate(), np.random.get_state(), th.get_rng_state()  # noqa: NPY002 (SB3 seeds the legacy generator)
 
 
 def set_global_rng_state(state: RandomState) -> None:
     random.setstate(state[0])
-    np.random.set_state(state[1])  # type: ignore[arg-type]  # noqa: NPY002
+    np.random.set_state(state[1])  # noqa: NPY002
     th.set_rng_state(state[2])
 
 
