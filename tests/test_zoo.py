@@ -190,6 +190,10 @@ def test_enjoy_renders_a_token_task_as_text(in_tmp, capsys):
     out = capsys.readouterr().out
     # "human" rendering prints the prompt and the answer so far: "4321 -> 12", "<eos>" at the end
     assert re.search(r"^\d{3,4} -> [\d<eos>]*$", out, re.MULTILINE), out[-2000:]
+    # each state once: step() prints in "human" mode and enjoy's render() after it must not print it again
+    lines = [line for line in out.splitlines() if re.fullmatch(r"\d{3,4} -> [\d<eos>]*", line)]
+    assert len(lines) >= 12
+    assert all(a != b for a, b in zip(lines, lines[1:])), out[-2000:]
 
 
 def test_rl_zoo_flags_keep_their_meaning(in_tmp):

@@ -99,6 +99,8 @@ class DigitTaskEnv(gym.Env[np.ndarray, np.int64]):
         self.max_digits = max_digits
         self.reward_mode = reward_mode
         self.render_mode = render_mode
+        self._version = 0  # counts resets and steps: the state a "human" print shows
+        self._printed_version = -1
         self.prompt_length = self._prompt_length(max_digits)
         #: Room for the longest answer plus its EOS.
         self.answer_length = self._target_length(max_digits) + 1
@@ -142,6 +144,9 @@ class DigitTaskEnv(gym.Env[np.ndarray, np.int64]):
         super().reset(seed=seed)
         self._prompt, self._target = self._sample_task(self.np_random)
         self._answer = []
+        self._version += 1
+        if self.render_mode == "human":
+            self._print_once()
         return self._observation(), {}
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
@@ -166,9 +171,17 @@ class DigitTaskEnv(gym.Env[np.ndarray, np.int64]):
                 "target": list(self._target),
                 "answer": list(self._answer),
             }
+        self._version += 1
         if self.render_mode == "human":
-            print(self._text())
+            self._print_once()
         return self._observation(), reward, terminated, False, info
+
+    def _print_once(self) -> None:
+        """Print the text of the current state unless it was already printed (step() prints it; a render() call
+        after it, as rl-zoo3's enjoy makes, must not print it again)."""
+        if self._printed_version != self._version:
+            print(self._text())
+            self._printed_version = self._version
 
     def _text(self) -> str:
         prompt = "".join(_TOKEN_TEXT.get(t, str(t)) for t in self._prompt)
@@ -188,15 +201,16 @@ class DigitTaskEnv(gym.Env[np.ndarray, np.int64]):
     def render(self) -> str | np.ndarray | None:
         """
         ``"ansi"``: the prompt and the answer as text (``"3 2 1 -> 1 2 3 <eos>"`` without spaces); ``"rgb_array"``:
-        an image of the prompt and answer slots, one colour per token id; ``"human"``: prints the text (also after
-        every step); None: nothing.
+        an image of the prompt and answer slots, one colour per token id; ``"human"``: prints the text, which
+        ``reset()`` and ``step()`` already do in that mode (gymnasium's convention), so a state is printed once
+        however often ``render()`` is called; None: nothing.
         """
         if self.render_mode == "ansi":
             return self._text()
         if self.render_mode == "rgb_array":
             return self._image()
         if self.render_mode == "human":
-            print(self._text())
+            self._print_once()
         return None
 
 
