@@ -5,6 +5,8 @@ continues in the next; then the best trial of a study retrained on fresh seeds.
 
     python -m benchmarks.tune study --algo reinforce --env CartPole-v1 --eval-seeds 3 -n 50000 --trials 12
     python -m benchmarks.tune retrain --algo reinforce --env CartPole-v1 --eval-seeds 3 -n 50000 --seeds 100-104
+    python -m benchmarks.tune apply --algo reinforce --env CartPole-v1 --eval-seeds 3
+    python -m benchmarks.tune compare --algo reinforce --env CartPole-v1 -n 100000 --seeds 200-202
     python -m benchmarks.tune table
 
 ``study`` runs trials until the study holds ``--trials`` finished (complete or pruned) trials and writes
@@ -13,6 +15,9 @@ and the tuning budget (env steps trained, CPU seconds of the tuning processes su
 running by an interrupted session is marked failed and does not count. ``retrain`` trains the best trial's
 settings (``--trial-id``) on each fresh seed through the benchmark's cell runner (deterministic final evaluation of
 10 episodes on an eval env seeded apart) into ``results/tuning/retrain/<study>/``; finished seeds are skipped.
+``apply`` writes the best trial into ``hyperparams/<algo>.yml`` (on top of the env's hand-set entry, with a
+comment saying how it was obtained). ``compare`` trains the file's entry (tuned) and the untuned defaults (the
+file's ``default`` entry) on the same fresh seeds and budget into ``results/tuning/compare/{tuned,default}/``.
 """
 
 from __future__ import annotations
@@ -171,6 +176,114 @@ def retrain(algo: str, env: str, eval_seeds: int, n_timesteps: int, seeds: list[
     return [r["final"]["mean"] for r in records if r is not None and r["status"] == FINISHED]
 
 
+def _yaml_value(value: Any) -> str:
+    if isinstance(value, dict):
+        # rl-zoo3 evaluates a policy_kwargs string with torch.nn imported as nn
+        items = ", ".join(f"{k}={_python_value(v)}" for k, v in value.items())
+        return f'"dict({items})"'
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if isinstance(value, str):
+        return f"'{value}'"
+    if isinstance(value, float):
+        return f"{value:.6g}" if "e" not in f"{value:.6g}" else f"!!float {value:.6g}"
+    return str(value)
+
+
+def _python_value(value: Any) -> str:
+    if isinstance(value, type):
+        return f"nn.{value.__name__}"
+    if isinstance(value, dict):
+        return "dict(" + ", ".join(f"{k}={_python_value(v)}" for k, v in value.items()) + ")"
+    return repr(value)
+
+
+def tuned_entry(summary: dict[str, Any], base: dict[str, Any]) -> list[str]:
+    """The yml lines (comment and entry) of a study's best trial on top of the file's current entry ``base``."""
+    from sb3_pg_ext.zoo.samplers import HYPERPARAMS_CONVERTER
+
+    best = summary["best"]
+    hyperparams = dict(base)
+    tuned = HYPERPARAMS_CONVERTER[summary["algo"]](dict(best["params"]))
+    hyperparams.update(tuned)
+    if isinstance(hyperparams.get("learning_rate"), str) and hyperparams["learning_rate"].startswith("lin_"):
+        hyperparams["learning_rate"] = "lin_" + f"{float(hyperparams['learning_rate'][4:]):.6g}"
+    trials = summary["trials_complete"] + summary["trials_pruned"]
+    comment = (
+        f"# tuned with `sb3-pg-zoo train -optimize` ({summary['sampler']} sampler, {summary['pruner']} pruner, "
+        f"{summary['n_startup_trials']} startup trials): {trials} trials ({summary['trials_complete']} complete, "
+        f"{summary['trials_pruned']} pruned), {summary['n_timesteps_per_run']:,} steps per run, "
+        f"{summary['eval_seeds']} seeds per trial (--eval-seeds {summary['eval_seeds']}, IQM of "
+        f"{summary['eval_seeds']} x {summary['eval_episodes']} returns at {summary['n_evaluations']} points); best "
+        f"trial {best['number']} (value {best['value']:.1f}); {summary['date']}; "
+        f"study benchmarks/results/tuning/{summary['study']}.log; keys not tuned kept from the hand-set entry: "
+        + ", ".join(sorted(k for k in base if k not in tuned))
+    )
+    lines = _wrap_comment(comment)
+    lines.append(f"{summary['env']}:")
+    lines += [f"  {key}: {_yaml_value(value)}" for key, value in hyperparams.items()]
+    return lines
+
+
+def _wrap_comment(text: str, width: int = 118) -> list[str]:
+    words, lines, line = text[2:].split(" "), [], "#"
+    for word in words:
+        if len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = "#"
+        line += " " + word
+    return [*lines, line]
+
+
+def apply(algo: str, env: str, eval_seeds: int) -> Path:
+    """Write a study's best trial into ``hyperparams/<algo>.yml`` in place of the env's entry (and its comment)."""
+    import yaml
+
+    from sb3_pg_ext import HYPERPARAMS_DIR
+
+    summary = json.loads((RESULTS / f"{study_name(algo, env, eval_seeds)}.json").read_text())
+    path = HYPERPARAMS_DIR / f"{algo}.yml"
+    text = path.read_text()
+    base = yaml.safe_load(text)[env]
+    lines = text.splitlines()
+    start = lines.index(f"{env}:")
+    while start > 0 and lines[start - 1].startswith("#"):
+        start -= 1
+    end = lines.index(f"{env}:") + 1
+    while end < len(lines) and lines[end].startswith("  "):
+        end += 1
+    lines[start:end] = tuned_entry(summary, base)
+    path.write_text("\n".join(lines) + "\n")
+    assert yaml.safe_load(path.read_text())[env] is not None
+    return path
+
+
+def compare(algo: str, env: str, n_timesteps: int, seeds: list[int]) -> dict[str, list[float]]:
+    """
+    The tuned entry of ``hyperparams/<algo>.yml`` against the untuned defaults (the file's ``default`` entry: the
+    constructor's defaults, one env) on the same fresh seeds and budget; results in
+    ``results/tuning/compare/{tuned,default}/``.
+    """
+    import yaml
+
+    from sb3_pg_ext import HYPERPARAMS_DIR
+
+    defaults = yaml.safe_load((HYPERPARAMS_DIR / f"{algo}.yml").read_text())["default"]
+    defaults_file = RESULTS / "compare" / "default" / f"{algo}-{env.replace('/', '-')}.yml"
+    defaults_file.parent.mkdir(parents=True, exist_ok=True)
+    defaults_file.write_text(yaml.safe_dump({env: defaults}))
+    finals: dict[str, list[float]] = {}
+    for variant, config in (("tuned", None), ("default", str(defaults_file))):
+        store = ResultStore(str(RESULTS / "compare" / variant))
+        cells = [Cell(algo, env, s, n_timesteps, n_evaluations=N_EVALUATIONS, config=config) for s in seeds]
+        run_grid(cells, store, workers=1, progress=False)
+        records = [store.read(*c.key) for c in cells]
+        finals[variant] = [r["final"]["mean"] for r in records if r is not None and r["status"] == FINISHED]
+    return finals
+
+
 def table() -> None:
     """Markdown table of every study summary and its retrained seeds."""
     print("| study | trials (complete/pruned) | env steps | CPU h | best value | retrained final returns |")
@@ -188,6 +301,27 @@ def table() -> None:
         )
 
 
+def compare_table() -> None:
+    """Markdown table of the tuned-versus-default comparisons that were run."""
+    stores = {v: ResultStore(str(RESULTS / "compare" / v)) for v in ("tuned", "default")}
+    rows: dict[tuple[str, str], dict[str, list[float]]] = {}
+    budgets: dict[tuple[str, str], int] = {}
+    for variant, store in stores.items():
+        for r in store.records():
+            if r["status"] == FINISHED:
+                rows.setdefault((r["algo"], r["env"]), {}).setdefault(variant, []).append(r["final"]["mean"])
+                budgets[(r["algo"], r["env"])] = r["config"]["cell"]["n_timesteps"]
+    print("| algo | env | steps | tuned (final return per seed) | default (final return per seed) |")
+    print("|---|---|---|---|---|")
+    for (algo, env), finals in sorted(rows.items()):
+        cells = []
+        for variant in ("tuned", "default"):
+            values = finals.get(variant, [])
+            text = ", ".join(f"{v:.1f}" for v in values)
+            cells.append(f"{text} (mean {np.mean(values):.1f})" if values else "-")
+        print(f"| {algo} | {env} | {budgets[(algo, env)]:,} | {cells[0]} | {cells[1]} |")
+
+
 def _seeds(text: str) -> list[int]:
     if "-" in text:
         lo, hi = text.split("-")
@@ -198,24 +332,34 @@ def _seeds(text: str) -> list[int]:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.tune")
     sub = parser.add_subparsers(dest="command", required=True)
-    for command in ("study", "retrain"):
+    for command in ("study", "retrain", "apply", "compare"):
         p = sub.add_parser(command)
         p.add_argument("--algo", required=True)
         p.add_argument("--env", required=True)
         p.add_argument("--eval-seeds", type=int, default=3)
+        if command == "apply":
+            continue
         p.add_argument("-n", "--n-timesteps", type=int, required=True)
         if command == "study":
             p.add_argument("--trials", type=int, required=True)
+        elif command == "compare":
+            p.add_argument("--seeds", type=_seeds, default=_seeds("200-202"))
         else:
             p.add_argument("--seeds", type=_seeds, default=_seeds("100-104"))
     sub.add_parser("table")
     args = parser.parse_args()
     if args.command == "study":
         print(json.dumps(run_study(args.algo, args.env, args.eval_seeds, args.n_timesteps, args.trials), indent=1))
+    elif args.command == "apply":
+        print(apply(args.algo, args.env, args.eval_seeds))
+    elif args.command == "compare":
+        print(json.dumps(compare(args.algo, args.env, args.n_timesteps, args.seeds)))
     elif args.command == "retrain":
         print(retrain(args.algo, args.env, args.eval_seeds, args.n_timesteps, args.seeds))
     else:
         table()
+        print()
+        compare_table()
 
 
 if __name__ == "__main__":
