@@ -13,7 +13,8 @@ continues in the next; then the best trial of a study retrained on fresh seeds.
 ``results/tuning/<study>.json``: the best trial's number, value, parameters and hyperparameters, the trial counts
 and the tuning budget (env steps trained, CPU seconds of the tuning processes summed over sessions). A trial left
 running by an interrupted session is marked failed and does not count. ``retrain`` trains the best trial's
-settings (``--trial-id``) on each fresh seed through the benchmark's cell runner (deterministic final evaluation of
+settings (``--trial-id``; it waits for the study's summary, so a study running elsewhere is not retrained
+half-way) on each fresh seed through the benchmark's cell runner (deterministic final evaluation of
 10 episodes on an eval env seeded apart) into ``results/tuning/retrain/<study>/``; finished seeds are skipped.
 ``apply`` writes the best trial into ``hyperparams/<algo>.yml`` (on top of the env's hand-set entry, with a
 comment saying how it was obtained). ``compare`` trains the file's entry (tuned) and the untuned defaults (the
@@ -156,6 +157,8 @@ def run_study(algo: str, env: str, eval_seeds: int, n_timesteps: int, trials: in
 
 def retrain(algo: str, env: str, eval_seeds: int, n_timesteps: int, seeds: list[int]) -> list[float]:
     name = study_name(algo, env, eval_seeds)
+    while not (RESULTS / f"{name}.json").is_file():  # the study still runs (in the other lane): wait for its end
+        time.sleep(60)
     best = optuna.load_study(study_name=name, storage=journal(name)).best_trial
     store = ResultStore(str(RESULTS / "retrain" / name))
     cells = [
