@@ -7,6 +7,7 @@ file, PostgreSQL) are in tests/test_zoo_storage.py.
 from __future__ import annotations
 
 import argparse
+import itertools
 import re
 from pathlib import Path
 
@@ -193,7 +194,7 @@ def test_enjoy_renders_a_token_task_as_text(in_tmp, capsys):
     # each state once: step() prints in "human" mode and enjoy's render() after it must not print it again
     lines = [line for line in out.splitlines() if re.fullmatch(r"\d{3,4} -> [\d<eos>]*", line)]
     assert len(lines) >= 12
-    assert all(a != b for a, b in zip(lines, lines[1:])), out[-2000:]
+    assert all(a != b for a, b in itertools.pairwise(lines)), out[-2000:]
 
 
 def test_rl_zoo_flags_keep_their_meaning(in_tmp):
@@ -478,8 +479,8 @@ def test_trial_id_zero_reloads_the_first_trial(in_tmp):
 # -- robust trials -----------------------------------------------------------------------------------------------------
 
 
-def test_eval_seeds_reports_the_iqm_of_all_seeds_at_every_evaluation(in_tmp):
-    storage = str(in_tmp / "robust.log")
+def robust_trial(n_timesteps: int, eval_seeds: int, log_path: str, *extra: str) -> None:
+    """One REINFORCE trial (--seed 5, 2 evaluation points of 3 episodes) with --eval-seeds K."""
     main(
         [
             "train",
@@ -488,7 +489,7 @@ def test_eval_seeds_reports_the_iqm_of_all_seeds_at_every_evaluation(in_tmp):
             "--env",
             ENV,
             "-n",
-            "240",
+            str(n_timesteps),
             "-optimize",
             "--n-trials",
             "1",
@@ -503,16 +504,18 @@ def test_eval_seeds_reports_the_iqm_of_all_seeds_at_every_evaluation(in_tmp):
             "--no-optim-plots",
             "--verbose",
             "0",
-            "--storage",
-            storage,
-            "--study-name",
-            "robust",
             "--eval-seeds",
-            "3",
+            str(eval_seeds),
             "--optimization-log-path",
-            "trials",
+            log_path,
+            *extra,
         ]
     )
+
+
+def test_eval_seeds_reports_the_iqm_of_all_seeds_at_every_evaluation(in_tmp):
+    storage = str(in_tmp / "robust.log")
+    robust_trial(240, 3, "trials", "--storage", storage, "--study-name", "robust")
     study = optuna.load_study(
         study_name="robust",
         storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage)),
@@ -529,49 +532,17 @@ def test_eval_seeds_reports_the_iqm_of_all_seeds_at_every_evaluation(in_tmp):
     assert trial.user_attrs["seed_returns"] == [float(np.mean(run["results"][-1])) for run in runs]
 
 
-def robust_trial_evaluations(root: Path, folder: str, eval_seeds: int) -> list[np.ndarray]:
-    """One robust REINFORCE trial (--seed 5) with eval-seeds K; each run's evaluation returns."""
-    main(
-        [
-            "train",
-            "--algo",
-            "reinforce",
-            "--env",
-            ENV,
-            "-n",
-            "3000",
-            "-optimize",
-            "--n-trials",
-            "1",
-            "--n-evaluations",
-            "2",
-            "--eval-episodes",
-            "3",
-            "-f",
-            "logs",
-            "--seed",
-            "5",
-            "--no-optim-plots",
-            "--verbose",
-            "0",
-            "--sampler",
-            "random",
-            "--eval-seeds",
-            str(eval_seeds),
-            "--optimization-log-path",
-            folder,
-        ]
-    )
-    return [np.load(root / folder / "trial_0" / f"seed_{k}" / "evaluations.npz")["results"] for k in range(eval_seeds)]
-
-
 def test_robust_trial_runs_are_reproducible_and_independent_of_each_other(in_tmp):
     # The runs take turns and each keeps its own global random state: run 0 of a K = 3 trial draws exactly what
     # the single run of a K = 1 trial with the same first seed draws (trial_seeds(5, 0, 3)[0] ==
     # trial_seeds(5, 0, 1)[0]), and a rerun reproduces every run bit for bit.
-    three = robust_trial_evaluations(in_tmp, "three", 3)
-    again = robust_trial_evaluations(in_tmp, "again", 3)
-    (one,) = robust_trial_evaluations(in_tmp, "one", 1)
+    def evaluations(folder: str, eval_seeds: int) -> list[np.ndarray]:
+        robust_trial(3000, eval_seeds, folder, "--sampler", "random")
+        return [np.load(in_tmp / folder / "trial_0" / f"seed_{k}" / "evaluations.npz")["results"] for k in range(eval_seeds)]
+
+    three = evaluations("three", 3)
+    again = evaluations("again", 3)
+    (one,) = evaluations("one", 1)
     for run, rerun in zip(three, again, strict=True):
         np.testing.assert_array_equal(run, rerun)
     np.testing.assert_array_equal(three[0], one)
