@@ -3,8 +3,11 @@
 
     python -m sb3_pg_ext.benchmark run --algos reinforce ppo --envs CartPole-v1 --seeds 0 1 2 \\
         --budget CartPole-v1=100000 --store benchmarks/results/grid --workers 2
+    python -m sb3_pg_ext.benchmark run ... --ray-address auto      # the same grid as Ray tasks (pip install "sb3-pg-ext[ray]")
     python -m sb3_pg_ext.benchmark status --algos ... --envs ... --seeds ... --store DIR
-    python -m sb3_pg_ext.benchmark report --store DIR
+    python -m sb3_pg_ext.benchmark report --store DIR [--out DIR]
+
+The launcher runs the same commands: ``sb3-pg-zoo benchmark run|status|report ...``.
 """
 
 from __future__ import annotations
@@ -47,27 +50,64 @@ def _grid_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--final-episodes", type=int, default=10, help="episodes of the final evaluation")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="Benchmark grid of algorithms x envs x seeds")
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """
+    The parser of the benchmark's command line.
+
+    :param prog: the program name of the usage lines (``sb3-pg-zoo benchmark`` from the launcher)
+    :return: the parser, with the ``run``, ``status`` and ``report`` subcommands
+    """
+    parser = argparse.ArgumentParser(prog=prog, description="Benchmark grid of algorithms x envs x seeds")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the cells of the grid the store does not hold as finished")
     _grid_arguments(run)
-    run.add_argument("--workers", type=int, default=1, help="worker processes (1: in this process)")
+    backend = run.add_mutually_exclusive_group()
+    backend.add_argument("--workers", type=int, default=1, help="local worker processes (1: in this process)")
+    backend.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="run the cells as Ray tasks, one CPU each, on the cluster at ADDR as ray.init(address=ADDR) reads it: "
+        "auto (a running cluster), local (start a local instance), ray://HOST:PORT, HOST:PORT; this process writes "
+        'the records, so the store needs no shared filesystem (needs Ray: pip install "sb3-pg-ext[ray]")',
+    )
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     status = commands.add_parser("status", help="finished, failed and missing cells of the grid")
     _grid_arguments(status)
-    report = commands.add_parser("report", help="per-env IQM of the final returns with 95%% bootstrap CIs")
-    report.add_argument("--store", required=True)
+    report = commands.add_parser(
+        "report",
+        help="the report from the store alone: markdown tables (IQM with 95%% stratified-bootstrap CIs, normalised "
+        "aggregate, probability of improvement over PPO, throughput relative to PPO) and PNG plots",
+    )
+    report.add_argument("--store", required=True, help="results directory")
+    report.add_argument("--out", default=None, help="where report.md and the PNGs go (default: STORE/report)")
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
+    """
+    Run a command of the benchmark's command line.
+
+    :param argv: the arguments (default: ``sys.argv[1:]``)
+    :param prog: the program name of the usage lines and error messages
+    :return: the exit status: 0, 1 when cells failed or were interrupted, 2 when Ray is missing for ``--ray-address``
+    """
+    args = build_parser(prog).parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.command == "run" and args.ray_address is not None:
+        from sb3_pg_ext.benchmark.ray_backend import import_ray
+
+        try:
+            import_ray()
+        except ImportError as missing:
+            print(f"{prog}: error: {missing}", file=sys.stderr)
+            return 2
     store = ResultStore(args.store)
     if args.command == "report":
-        from sb3_pg_ext.benchmark.report import markdown_table
+        from sb3_pg_ext.benchmark.report import write_report
 
-        print(markdown_table(store))
+        written = write_report(store, args.out)
+        print(written.markdown)
+        print(f"written: {', '.join(str(path) for path in written.paths)}")
         return 0
     cells = grid_cells(
         args.algos,
@@ -91,13 +131,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 error = f"  {record['error']}" if record is not None and record["status"] == FAILED else ""
                 print(f"  {key[0]} {key[1]} seed {key[2]}{error}")
         return 0
-    result = run_grid(cells, store, workers=args.workers, progress=not args.no_progress)
+    result = run_grid(cells, store, workers=args.workers, progress=not args.no_progress, ray_address=args.ray_address)
     print(f"skipped {len(result.skipped)} finished, finished {len(result.finished)}, failed {len(result.failed)}")
     for key in result.failed:
         record = store.read(*key)
         print(f"failed: {key[0]} {key[1]} seed {key[2]}: {record['error'] if record else '?'}")
     if result.interrupted:
         print(f"interrupted: {len(result.interrupted)} cells (a worker process died); rerun the command to run them")
+        for key in result.interrupted:
+            print(f"interrupted: {key[0]} {key[1]} seed {key[2]}")
     return 1 if result.failed or result.interrupted else 0
 
 

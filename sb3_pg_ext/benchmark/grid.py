@@ -14,9 +14,10 @@ four algorithms, rl-zoo3's own files for ``ppo``, ``a2c``, ``sac``, ``trpo``...)
   training, evaluation time excluded;
 - the exact config (hyperparameters, file, budget, seeds) and the package versions.
 
-:func:`run_grid` runs the cells a store does not hold as finished, in this process (``workers <= 1``) or in
-``workers`` spawned processes, and each cell's record is written to the store by the process that ran it, the
-moment it ends.
+:func:`run_grid` runs the cells a store does not hold as finished, in this process (``workers <= 1``), in
+``workers`` spawned processes (each cell's record written to the store by the process that ran it, the moment it
+ends), or as Ray tasks (``ray_address``; each record returned to the calling process, which writes it the moment
+the task ends, so that a cluster needs no shared filesystem: :mod:`sb3_pg_ext.benchmark.ray_backend`).
 """
 
 from __future__ import annotations
@@ -275,8 +276,14 @@ def train_cell(cell: Cell) -> dict[str, Any]:
         }
 
 
-def run_cell(cell: Cell, store_root: str) -> tuple[tuple[str, str, int], str]:
-    """Run one cell, write its record (finished, or failed with the error) to the store; returns (key, status)."""
+def cell_record(cell: Cell) -> dict[str, Any]:
+    """
+    Run one cell and return its record: finished (:func:`train_cell`'s record), or failed with the error and its
+    traceback when training raises, with the start and end times, the host and the package versions added.
+
+    :param cell: the cell to run
+    :return: the record to write to the store
+    """
     started = datetime.datetime.now(datetime.timezone.utc).isoformat()
     try:
         # looked up in this module at call time, so that tests can replace it
@@ -295,6 +302,18 @@ def run_cell(cell: Cell, store_root: str) -> tuple[tuple[str, str, int], str]:
     record["ended"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
     record["host"] = socket.gethostname()
     record["versions"] = package_versions()
+    return record
+
+
+def run_cell(cell: Cell, store_root: str) -> tuple[tuple[str, str, int], str]:
+    """
+    Run one cell and write its record (finished, or failed with the error) to the store, from the process that ran it.
+
+    :param cell: the cell to run
+    :param store_root: directory of the :class:`ResultStore`
+    :return: (the cell's key, the record's status)
+    """
+    record = cell_record(cell)
     ResultStore(store_root).write(record)
     return cell.key, str(record["status"])
 
@@ -317,35 +336,81 @@ class GridResult:
     failed: list[tuple[str, str, int]] = field(default_factory=list)
 
 
-def run_grid(cells: Iterable[Cell], store: ResultStore, workers: int = 1, progress: bool = True) -> GridResult:
+class GridProgress:
     """
-    Run the cells that ``store`` does not hold as finished (failed and missing ones), ``workers`` at a time
-    (``workers <= 1``: in this process), with a progress bar of cells done, running and failed.
-    """
-    from tqdm.auto import tqdm
+    The progress bar of a grid, the same for every backend: cells done out of those to run, with tqdm's elapsed
+    and remaining time (``[elapsed<left]``), and the cells running, failed and skipped as a postfix.
 
+    :param total: the cells to run
+    :param result: the :class:`GridResult` that :meth:`done` fills in
+    :param enabled: False: no bar (the counts are still kept)
+    """
+
+    def __init__(self, total: int, result: GridResult, enabled: bool = True):
+        from tqdm.auto import tqdm
+
+        self.result = result
+        self.bar = tqdm(total=total, desc="cells", unit="cell", disable=not enabled)
+
+    def running(self, running: int) -> None:
+        """Show ``running`` cells in flight."""
+        self.bar.set_postfix(running=running, failed=len(self.result.failed), skipped=len(self.result.skipped))
+
+    def done(self, key: tuple[str, str, int], status: str, running: int) -> None:
+        """Count the cell ``key`` as ended with ``status``, ``running`` cells still in flight."""
+        (self.result.finished if status == FINISHED else self.result.failed).append(key)
+        self.bar.update(1)
+        self.running(running)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run_grid(
+    cells: Iterable[Cell],
+    store: ResultStore,
+    workers: int = 1,
+    progress: bool = True,
+    ray_address: str | None = None,
+) -> GridResult:
+    """
+    Run the cells that ``store`` does not hold as finished (failed and missing ones), with a progress bar of cells
+    done, running, failed and the time left.
+
+    :param cells: the grid
+    :param store: the results store; finished cells in it are skipped
+    :param workers: local backend: ``<= 1`` runs the cells in this process, ``N`` in N spawned worker processes
+        (one torch thread each); each record is written by the process that ran the cell, the moment it ends
+    :param progress: show the progress bar
+    :param ray_address: run the cells as Ray tasks instead (``ray.init(address=...)``: ``"auto"``, ``"local"``,
+        ``"ray://host:port"``, ``"host:port"``); the records come back to this process, which writes them
+        (:func:`sb3_pg_ext.benchmark.ray_backend.run_cells_on_ray`). ``workers`` must then be 1: the cluster's
+        CPUs set the parallelism
+    :return: what the call did
+    """
+    if ray_address is not None and workers > 1:
+        raise ValueError(f"workers={workers} and ray_address={ray_address!r} are exclusive: Ray schedules the cells")
     cells = list(cells)
     store.clean_temporary()
     pending_keys = set(store.pending(c.key for c in cells))
     result = GridResult(skipped=[c.key for c in cells if c.key not in pending_keys])
     todo = [c for c in cells if c.key in pending_keys]
-    bar = tqdm(total=len(todo), desc="cells", unit="cell", disable=not progress)
+    if ray_address is not None:
+        from sb3_pg_ext.benchmark.ray_backend import run_cells_on_ray
 
-    def done(key: tuple[str, str, int], status: str, running: int) -> None:
-        (result.finished if status == FINISHED else result.failed).append(key)
-        bar.update(1)
-        bar.set_postfix(running=running, failed=len(result.failed), skipped=len(result.skipped))
-
+        run_cells_on_ray(todo, store, result, address=ray_address, progress=progress)
+        return result
+    bar = GridProgress(len(todo), result, enabled=progress)
     try:
         if workers <= 1:
             for index, cell in enumerate(todo):
-                bar.set_postfix(running=1, failed=len(result.failed), skipped=len(result.skipped))
-                done(*run_cell(cell, str(store.root)), running=int(index + 1 < len(todo)))
+                bar.running(1)
+                bar.done(*run_cell(cell, str(store.root)), running=int(index + 1 < len(todo)))
         else:
             context = multiprocessing.get_context("spawn")
             with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
                 futures = {pool.submit(run_cell, cell, str(store.root)) for cell in todo}
-                bar.set_postfix(running=min(workers, len(futures)), failed=0, skipped=len(result.skipped))
+                bar.running(min(workers, len(futures)))
                 for future in concurrent.futures.as_completed(futures):
                     futures.discard(future)
                     try:
@@ -356,7 +421,7 @@ def run_grid(cells: Iterable[Cell], store: ResultStore, workers: int = 1, progre
                         recorded = set(result.finished) | set(result.failed)
                         result.interrupted = [c.key for c in todo if c.key not in recorded]
                         break
-                    done(key, status, running=min(workers, len(futures)))
+                    bar.done(key, status, running=min(workers, len(futures)))
     finally:
         bar.close()
     return result
@@ -366,7 +431,9 @@ __all__ = [
     "EVAL_SEED_OFFSET",
     "BenchmarkExperimentManager",
     "Cell",
+    "GridProgress",
     "GridResult",
+    "cell_record",
     "grid_cells",
     "hyperparams_file",
     "package_versions",

@@ -33,7 +33,7 @@ from sb3_pg_ext.zoo.exp_manager import PGExperimentManager
 from sb3_pg_ext.zoo.registry import ZOO_ALGOS, register
 
 PROG = "sb3-pg-zoo"
-COMMANDS = ("train", "enjoy", "plot_train", "plot_from_file", "all_plots")
+COMMANDS = ("train", "enjoy", "plot_train", "plot_from_file", "all_plots", "benchmark")
 #: The off-policy algorithms rl-zoo3 2.9.2's enjoy loads with ``buffer_size=1`` (its hard-coded list).
 RL_ZOO_OFF_POLICY = ("qrdqn", "dqn", "ddpg", "sac", "her", "td3", "tqc")
 
@@ -131,12 +131,22 @@ def _run(prog: str, args: Sequence[str], function: Callable[[], None]) -> None:
         sys.argv = saved
 
 
+def benchmark(args: Sequence[str]) -> None:
+    """The benchmark grid's command line (``python -m sb3_pg_ext.benchmark run|status|report ...``)."""
+    from sb3_pg_ext.benchmark.cli import main as benchmark_main
+
+    status = benchmark_main(args, prog=f"{PROG} benchmark")
+    if status:
+        raise SystemExit(status)
+
+
 RUNNERS: dict[str, Callable[[Sequence[str]], None]] = {
     "train": train,
     "enjoy": enjoy,
     "plot_train": _plots("plot_train"),
     "plot_from_file": _plots("plot_from_file"),
     "all_plots": _plots("all_plots"),
+    "benchmark": benchmark,
 }
 
 
