@@ -1,9 +1,14 @@
-"""The benchmark grid: its durable results store, its runner and its command line (sb3_pg_ext.benchmark)."""
+"""
+The benchmark grid (sb3_pg_ext.benchmark): its durable results store, its local and Ray runners, its command line
+(also as the launcher's ``benchmark`` subcommand) and its report (statistics against direct rliable calls, the
+markdown tables and the PNGs).
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,10 +20,22 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from sb3_pg_ext.benchmark import cli, grid
-from sb3_pg_ext.benchmark.grid import EVAL_SEED_OFFSET, Cell, grid_cells, hyperparams_file, run_grid, split_untuned
+from sb3_pg_ext.benchmark import cli, grid, report
+from sb3_pg_ext.benchmark.grid import (
+    EVAL_SEED_OFFSET,
+    Cell,
+    GridResult,
+    grid_cells,
+    hyperparams_file,
+    run_grid,
+    split_untuned,
+)
+from sb3_pg_ext.benchmark.normalisation import SCORE_RANGES, normalise
 from sb3_pg_ext.benchmark.report import iqm_intervals, markdown_table
 from sb3_pg_ext.benchmark.store import FAILED, FINISHED, ResultStore
+from sb3_pg_ext.zoo import cli as zoo_cli
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def fake_record(cell: Cell, final_mean: float = 1.0) -> dict[str, Any]:
@@ -173,6 +190,28 @@ def test_tiny_grid_of_two_algorithms_stores_curves_and_throughput(tmp_path: Path
     assert all(path == hyperparams_file(algo) for algo, path in files.items())
     assert "| reinforce | 2 |" in markdown_table(store)
 
+    # the report, from the store alone: the markdown file and the PNGs
+    out = tmp_path / "report"
+    assert cli.main(["report", "--store", str(tmp_path), "--out", str(out)]) == 0
+    markdown = (out / report.REPORT_FILE).read_text()
+    for algo in ("reinforce", "ppo"):
+        finals = np.array([r["final"]["mean"] for r in records if r["algo"] == algo])
+        # two seeds: the IQM is their mean; mean +- population std over the seeds
+        row = f"| {algo} | 2 | {finals.mean():.1f} ["
+        assert row in markdown, (row, markdown)
+        assert f"| {finals.mean():.1f} +- {finals.std():.1f} |" in markdown.split(f"| {algo} | 2 |")[1].split("\n")[0]
+        normalised = normalise("CartPole-v1", finals)
+        assert f"| {algo} | 2 | {stats.trim_mean(normalised, 0.25):.3f} [" in markdown, "aggregate of normalised scores"
+        assert f"| CartPole-v1 | {algo} |" in markdown, "throughput row"
+    assert "| CartPole-v1 | ppo | " in markdown and "| 1.00 |" in markdown, "PPO's throughput is 1.00 x PPO's"
+    improvement = markdown.split("## Probability of improvement")[1].split("\n## ")[0]
+    assert re.search(r"\| CartPole-v1 \| \d\.\d\d \[\d\.\d\d, \d\.\d\d\] \| - \| - \| - \|", improvement), improvement
+    pngs = [out / "curves_CartPole-v1.png", out / report.PROFILE_FILE]
+    for png in pngs:
+        assert png.stat().st_size > 1000 and png.read_bytes()[:8] == PNG_SIGNATURE, png
+        assert f"]({png.name})" in markdown
+    assert sorted(out.iterdir()) == sorted([out / report.REPORT_FILE, *pngs])
+
 
 def test_grid_killed_midway_completes_on_rerun_without_recomputing(tmp_path: Path) -> None:
     store = ResultStore(tmp_path)
@@ -270,3 +309,209 @@ def test_sigkill_of_a_worker_process_interrupts_the_grid_and_the_rerun_completes
     assert store.status(cells)[FINISHED] == cells
     assert {name: (tmp_path / name).stat().st_mtime_ns for name in survivors} == survivors
     assert list(tmp_path.glob("*.tmp")) == []
+
+
+def _direct_rliable(score_dict: dict[str, Any], func: Any, reps: int = report.REPS) -> tuple[dict, dict]:
+    """rliable's get_interval_estimates called directly, numpy's global generator seeded as the report seeds it."""
+    from rliable import library as rly
+
+    state = np.random.get_state()  # noqa: NPY002
+    np.random.seed(report.SEED)  # noqa: NPY002
+    try:
+        return rly.get_interval_estimates(
+            score_dict, func, reps=reps, confidence_interval_size=0.95, random_state=np.random.RandomState(report.SEED)
+        )
+    finally:
+        np.random.set_state(state)  # noqa: NPY002
+
+
+@pytest.mark.filterwarnings("ignore:random_state is deprecated:FutureWarning")  # arch, under the direct rliable calls
+def test_report_statistics_equal_direct_rliable_calls_on_fixed_scores() -> None:
+    from rliable import metrics
+
+    a = [10.0, 12.0, 15.0, 30.0, 31.0]
+    b = [11.0, 9.0, 14.0, 8.0]
+    np.random.seed(123)  # noqa: NPY002
+    state = np.random.get_state()  # noqa: NPY002
+
+    # IQM and its interval
+    ours = iqm_intervals({"a": a, "b": b})
+    points, intervals = _direct_rliable(
+        {"a": np.array(a).reshape(-1, 1), "b": np.array(b).reshape(-1, 1)},
+        lambda x: np.array([metrics.aggregate_iqm(x)]),
+    )
+    for algo in ("a", "b"):
+        assert ours[algo]["iqm"] == points[algo][0]
+        assert (ours[algo]["low"], ours[algo]["high"]) == (intervals[algo][0][0], intervals[algo][1][0])
+    assert ours["a"]["iqm"] == pytest.approx(stats.trim_mean(a, 0.25))
+
+    # probability of improvement over ppo: by hand, 16 of the 20 pairs (x, y) have x > y, one is tied (counts 1/2)
+    ppo = [9.0, 10.0, 14.0, 30.0]
+    poi = report.probability_of_improvement({"reinforce": a, "ppo": ppo, "grpo": b})
+    assert set(poi) == {"reinforce", "grpo"}
+    wins = sum((x > y) + 0.5 * (x == y) for x in a for y in ppo)
+    assert poi["reinforce"]["p"] == pytest.approx(wins / 20)
+    pairs = {name: [np.array(x).reshape(-1, 1), np.array(ppo).reshape(-1, 1)] for name, x in (("reinforce", a), ("grpo", b))}
+    points, intervals = _direct_rliable(pairs, metrics.probability_of_improvement)
+    for algo in ("reinforce", "grpo"):
+        assert poi[algo]["p"] == pytest.approx(float(points[algo]))
+        assert (poi[algo]["low"], poi[algo]["high"]) == (intervals[algo][0], intervals[algo][1])
+    assert (poi["grpo"]["n"], poi["grpo"]["n_baseline"]) == (4, 4)
+    with pytest.raises(ValueError, match="baseline 'ppo'"):
+        report.probability_of_improvement({"reinforce": a})
+
+    # normalised aggregate: CartPole and Acrobot, algo "x" on both (seed 3 on CartPole only), "y" on CartPole only
+    scores = {
+        "CartPole-v1": {"x": {0: 500.0, 1: 261.0, 2: 22.0, 3: 400.0}, "y": {0: 100.0}},
+        "Acrobot-v1": {"x": {0: -100.0, 1: -300.0, 2: -80.0}},
+        "NoNormalisation-v0": {"x": {0: 1.0}},
+    }
+    aggregate = report.normalised_aggregate(scores)
+    assert aggregate.envs == ["Acrobot-v1", "CartPole-v1"] and aggregate.unnormalised == ["NoNormalisation-v0"]
+    assert list(aggregate.scores) == ["x"] and "Acrobot-v1" in aggregate.left_out["y"]
+    assert aggregate.seeds["x"] == [0, 1, 2]
+    by_hand = np.array([[1.0, 1.0], [0.5, 0.5], [1.05, 0.0]])  # rows: seeds 0-2; columns: Acrobot, CartPole
+    np.testing.assert_allclose(aggregate.scores["x"], by_hand)
+    points, intervals = _direct_rliable({"x": by_hand}, lambda x: np.array([metrics.aggregate_iqm(x)]))
+    assert aggregate.stats["x"]["iqm"] == pytest.approx(points["x"][0]) == pytest.approx(stats.trim_mean(by_hand, 0.25, None))
+    assert aggregate.stats["x"]["low"] == pytest.approx(intervals["x"][0][0])
+    assert aggregate.stats["x"]["high"] == pytest.approx(intervals["x"][1][0])
+    assert SCORE_RANGES["CartPole-v1"] == (22.0, 500.0) and SCORE_RANGES["Acrobot-v1"] == (-500.0, -100.0)
+    with pytest.raises(ValueError, match="no normalisation"):
+        normalise("NoNormalisation-v0", 1.0)
+
+    # learning-curve bands: rliable's IQM at each point, with its per-point stratified-bootstrap interval
+    curve = np.array([[0.0, 1.0, 5.0], [2.0, 3.0, 4.0], [4.0, 9.0, 1.0], [1.0, 1.0, 1.0], [7.0, 0.0, 2.0]])
+    band = report.curve_intervals({"x": curve})["x"]
+    points, intervals = _direct_rliable(
+        {"x": curve[:, None, :]},
+        lambda s: np.array([metrics.aggregate_iqm(s[..., k]) for k in range(s.shape[-1])]),
+    )
+    np.testing.assert_allclose(band, np.vstack([points["x"], intervals["x"]]))
+
+    after = np.random.get_state()  # noqa: NPY002
+    assert all(np.array_equal(x, y) for x, y in zip(after, state, strict=True)), "the global generator was changed"
+
+
+def test_throughput_relative_to_ppo_is_the_ratio_of_medians(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path)
+    for algo, cpu in (("ppo", [100.0, 300.0, 200.0]), ("grpo", [50.0, 150.0, 60.0])):
+        for seed, value in enumerate(cpu):
+            record = fake_record(Cell(algo, "CartPole-v1", seed))
+            record["throughput"] = {"steps_per_cpu_second": value, "steps_per_wall_second": 2 * value if seed else None}
+            store.write(record)
+    ratios = report.throughput_ratios(store)["CartPole-v1"]
+    assert ratios["ppo"]["cpu"] == 200.0 and ratios["grpo"]["cpu"] == 60.0
+    assert ratios["grpo"]["cpu_ratio"] == pytest.approx(0.3) and ratios["ppo"]["cpu_ratio"] == 1.0
+    assert ratios["grpo"]["wall_ratio"] == pytest.approx(np.median([300.0, 120.0]) / np.median([600.0, 400.0]))
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Any:
+    """A local Ray instance of 2 CPUs for the module's Ray tests, shut down after them."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_backend_gives_the_cells_of_the_local_backend_and_the_driver_writes_them(
+    tmp_path: Path, local_ray: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cells = grid_cells(
+        ["reinforce", "ppo"],
+        ["CartPole-v1"],
+        [0, 1],
+        {"CartPole-v1": 300},
+        n_evaluations=2,
+        n_eval_episodes=2,
+        n_final_episodes=2,
+    )
+    cells.append(Cell("reinforce", "NoSuchEnv-v0", 0, 300))  # training raises: recorded as failed by both backends
+    local = ResultStore(tmp_path / "local")
+    local_result = run_grid(cells, local, workers=1, progress=False)
+
+    written: list[tuple[int, tuple[str, str, int]]] = []
+    write = ResultStore.write
+
+    def recording_write(self: ResultStore, record: dict[str, Any]) -> Path:
+        written.append((os.getpid(), (record["algo"], record["env"], record["seed"])))
+        return write(self, record)
+
+    monkeypatch.setattr(ResultStore, "write", recording_write)  # only in this (the driver's) process
+    on_ray = ResultStore(tmp_path / "ray")
+    ray_result = run_grid(cells, on_ray, progress=False, ray_address="auto")
+
+    failed = ("reinforce", "NoSuchEnv-v0", 0)
+    for result in (local_result, ray_result):
+        assert sorted(result.finished) == sorted(c.key for c in cells[:-1]) and result.failed == [failed]
+    assert sorted(key for _, key in written) == sorted(c.key for c in cells)
+    assert {pid for pid, _ in written} == {os.getpid()}, "the driver writes every record"
+
+    def essentials(store: ResultStore) -> dict[tuple[str, str, int], Any]:
+        return {
+            (r["algo"], r["env"], r["seed"]): tuple(r.get(k) for k in ("status", "final", "curve", "n_timesteps", "error"))
+            for r in store.records()
+        }
+
+    assert essentials(on_ray) == essentials(local)
+    assert len(essentials(on_ray)) == 5 and essentials(on_ray)[failed][-1].startswith("KeyError")
+    worker_records = [r for r in on_ray.records() if r["status"] == FINISHED]
+    assert all(r["throughput"]["torch_threads"] == 1 for r in worker_records)
+
+    second = run_grid(cells, on_ray, progress=False, ray_address="auto")
+    assert sorted(second.skipped) == sorted(c.key for c in cells[:-1]) and second.failed == [failed]
+
+
+def test_ray_task_that_raises_is_recorded_and_a_dead_worker_leaves_no_record(tmp_path: Path, local_ray: Any) -> None:
+    from sb3_pg_ext.benchmark.ray_backend import run_cells_on_ray
+
+    def record_or_die(cell: Cell) -> dict[str, Any]:  # pickled by value to the Ray workers
+        if cell.seed == 1:
+            os._exit(1)  # the worker process dies
+        if cell.seed == 2:
+            raise RuntimeError("raised outside cell_record")
+        return {"algo": cell.algo, "env": cell.env, "seed": cell.seed, "status": "finished", "final": {"mean": 1.0}}
+
+    store = ResultStore(tmp_path)
+    cells = grid_cells(["ppo"], ["CartPole-v1"], [0, 1, 2])
+    result = run_cells_on_ray(cells, store, GridResult(), address="auto", progress=False, record_function=record_or_die)
+    assert result.finished == [("ppo", "CartPole-v1", 0)] and result.failed == [("ppo", "CartPole-v1", 2)]
+    assert result.interrupted == [("ppo", "CartPole-v1", 1)]
+    assert store.read("ppo", "CartPole-v1", 1) is None, "a dead worker leaves no record"
+    failed = store.read("ppo", "CartPole-v1", 2)
+    assert failed is not None and failed["status"] == FAILED
+    assert failed["error"] == "RuntimeError: raised outside cell_record" and "record_or_die" in failed["traceback"]
+    assert store.pending(c.key for c in cells) == [("ppo", "CartPole-v1", 1), ("ppo", "CartPole-v1", 2)]
+
+
+def test_ray_address_without_ray_names_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    argv = ["run", "--algos", "ppo", "--envs", "CartPole-v1", "--seeds", "0", "--store", str(tmp_path)]
+    assert cli.main([*argv, "--ray-address", "auto"]) == 2
+    assert 'pip install "sb3-pg-ext[ray]"' in capsys.readouterr().err
+    assert list(tmp_path.glob("*.json")) == []
+    with pytest.raises(SystemExit):
+        cli.main([*argv, "--ray-address", "auto", "--workers", "2"])
+    with pytest.raises(ValueError, match="exclusive"):
+        run_grid(grid_cells(["ppo"], ["CartPole-v1"], [0]), ResultStore(tmp_path), workers=2, ray_address="auto")
+
+
+def test_launcher_benchmark_subcommand_reaches_the_benchmark_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = ResultStore(tmp_path)
+    store.write(fake_record(Cell("ppo", "CartPole-v1", 0)))
+    store.write({**fake_record(Cell("ppo", "CartPole-v1", 1)), "status": FAILED, "error": "RuntimeError: diverged"})
+    assert "benchmark" in zoo_cli.COMMANDS
+    argv = ["--algos", "ppo", "--envs", "CartPole-v1", "--seeds", "0", "1", "2", "--store", str(tmp_path)]
+    zoo_cli.main(["benchmark", "status", *argv])
+    out = capsys.readouterr().out
+    assert "finished: 1" in out and "failed: 1" in out and "missing: 1" in out
+    assert "ppo CartPole-v1 seed 1  RuntimeError: diverged" in out
+    with pytest.raises(SystemExit) as error:
+        zoo_cli.main(["benchmark", "status"])
+    assert error.value.code == 2 and "sb3-pg-zoo benchmark status" in capsys.readouterr().err
