@@ -329,8 +329,9 @@ def _direct_rliable(score_dict: dict[str, Any], func: Any, reps: int = report.RE
 def test_report_statistics_equal_direct_rliable_calls_on_fixed_scores() -> None:
     from rliable import metrics
 
-    a = [10.0, 12.0, 15.0, 30.0, 31.0]
-    b = [11.0, 9.0, 14.0, 8.0]
+    # continuous scores, so that the interval ends move with the bootstrap's draws (the seeding is tested too)
+    a = [10.3, 12.9, 15.1, 30.7, 31.2, 7.7, 22.4, 18.8]
+    b = [11.4, 9.2, 14.0, 8.1, 16.6, 12.5]
     np.random.seed(123)  # noqa: NPY002
     state = np.random.get_state()  # noqa: NPY002
 
@@ -345,18 +346,18 @@ def test_report_statistics_equal_direct_rliable_calls_on_fixed_scores() -> None:
         assert (ours[algo]["low"], ours[algo]["high"]) == (intervals[algo][0][0], intervals[algo][1][0])
     assert ours["a"]["iqm"] == pytest.approx(stats.trim_mean(a, 0.25))
 
-    # probability of improvement over ppo: by hand, 16 of the 20 pairs (x, y) have x > y, one is tied (counts 1/2)
-    ppo = [9.0, 10.0, 14.0, 30.0]
+    # probability of improvement over ppo: by hand, the fraction of pairs (x, y) with x > y, a tie counting 1/2
+    ppo = [9.2, 10.0, 14.0, 30.7, 13.3, 21.9, 8.8]
     poi = report.probability_of_improvement({"reinforce": a, "ppo": ppo, "grpo": b})
     assert set(poi) == {"reinforce", "grpo"}
     wins = sum((x > y) + 0.5 * (x == y) for x in a for y in ppo)
-    assert poi["reinforce"]["p"] == pytest.approx(wins / 20)
+    assert poi["reinforce"]["p"] == pytest.approx(wins / (len(a) * len(ppo)))
     pairs = {name: [np.array(x).reshape(-1, 1), np.array(ppo).reshape(-1, 1)] for name, x in (("reinforce", a), ("grpo", b))}
     points, intervals = _direct_rliable(pairs, metrics.probability_of_improvement)
     for algo in ("reinforce", "grpo"):
         assert poi[algo]["p"] == pytest.approx(float(points[algo]))
         assert (poi[algo]["low"], poi[algo]["high"]) == (intervals[algo][0], intervals[algo][1])
-    assert (poi["grpo"]["n"], poi["grpo"]["n_baseline"]) == (4, 4)
+    assert (poi["grpo"]["n"], poi["grpo"]["n_baseline"]) == (6, 7)
     with pytest.raises(ValueError, match="baseline 'ppo'"):
         report.probability_of_improvement({"reinforce": a})
 
@@ -467,9 +468,12 @@ def test_ray_backend_gives_the_cells_of_the_local_backend_and_the_driver_writes_
 def test_ray_task_that_raises_is_recorded_and_a_dead_worker_leaves_no_record(tmp_path: Path, local_ray: Any) -> None:
     from sb3_pg_ext.benchmark.ray_backend import run_cells_on_ray
 
+    died = str(tmp_path / "died")
+
     def record_or_die(cell: Cell) -> dict[str, Any]:  # pickled by value to the Ray workers
-        if cell.seed == 1:
-            os._exit(1)  # the worker process dies
+        if cell.seed == 1 and not os.path.exists(died):
+            Path(died).touch()
+            os._exit(1)  # the worker process dies (only the first time: a retry by Ray would succeed)
         if cell.seed == 2:
             raise RuntimeError("raised outside cell_record")
         return {"algo": cell.algo, "env": cell.env, "seed": cell.seed, "status": "finished", "final": {"mean": 1.0}}
@@ -484,6 +488,11 @@ def test_ray_task_that_raises_is_recorded_and_a_dead_worker_leaves_no_record(tmp
     assert failed is not None and failed["status"] == FAILED
     assert failed["error"] == "RuntimeError: raised outside cell_record" and "record_or_die" in failed["traceback"]
     assert store.pending(c.key for c in cells) == [("ppo", "CartPole-v1", 1), ("ppo", "CartPole-v1", 2)]
+    assert os.path.exists(died)
+
+    # the next run retries the interrupted cell (and the failed one)
+    rerun = run_cells_on_ray(cells[1:2], store, GridResult(), address="auto", progress=False, record_function=record_or_die)
+    assert rerun.finished == [("ppo", "CartPole-v1", 1)] and rerun.interrupted == []
 
 
 def test_ray_address_without_ray_names_the_extra(
@@ -515,3 +524,7 @@ def test_launcher_benchmark_subcommand_reaches_the_benchmark_command_line(
     with pytest.raises(SystemExit) as error:
         zoo_cli.main(["benchmark", "status"])
     assert error.value.code == 2 and "sb3-pg-zoo benchmark status" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as error:
+        zoo_cli.main(["benchmark", "report", "--store", str(tmp_path / "no-store")])
+    assert error.value.code == 2 and "no results store" in capsys.readouterr().err
+    assert not (tmp_path / "no-store").exists()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from sb3_pg_ext.benchmark.grid import grid_cells, run_grid, split_untuned
 from sb3_pg_ext.benchmark.store import FAILED, ResultStore
@@ -90,7 +91,8 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
 
     :param argv: the arguments (default: ``sys.argv[1:]``)
     :param prog: the program name of the usage lines and error messages
-    :return: the exit status: 0, 1 when cells failed or were interrupted, 2 when Ray is missing for ``--ray-address``
+    :return: the exit status: 0; 1 when cells failed or were interrupted; 2 when Ray is missing for ``--ray-address``
+        or the store of ``report`` does not exist
     """
     args = build_parser(prog).parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.command == "run" and args.ray_address is not None:
@@ -101,6 +103,9 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
         except ImportError as missing:
             print(f"{prog}: error: {missing}", file=sys.stderr)
             return 2
+    if args.command == "report" and not Path(args.store).is_dir():
+        print(f"{prog} report: error: no results store at {args.store!r}", file=sys.stderr)
+        return 2
     store = ResultStore(args.store)
     if args.command == "report":
         from sb3_pg_ext.benchmark.report import write_report
