@@ -50,8 +50,9 @@ SAMPLER = "tpe"
 PRUNER = "median"
 
 
-def study_name(algo: str, env: str, eval_seeds: int) -> str:
-    return f"{algo}-{env}-k{eval_seeds}"
+def study_name(algo: str, env: str, eval_seeds: int, repeat: int | None = None) -> str:
+    """``<algo>-<env>-k<K>``, with ``-r<R>`` for the R-th repetition of a study (stability measurements)."""
+    return f"{algo}-{env}-k{eval_seeds}" + ("" if repeat is None else f"-r{repeat}")
 
 
 def journal(name: str) -> optuna.storages.JournalStorage:
@@ -62,9 +63,14 @@ def _finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
 
 
-def run_study(algo: str, env: str, eval_seeds: int, n_timesteps: int, trials: int, seed: int = 0) -> dict[str, Any]:
+def run_study(
+    algo: str, env: str, eval_seeds: int, n_timesteps: int, trials: int, repeat: int | None = None
+) -> dict[str, Any]:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    name = study_name(algo, env, eval_seeds)
+    name = study_name(algo, env, eval_seeds, repeat)
+    # the sampler's (and the trial seeds') base seed: a K = 1 and a K = 3 study of the same repetition draw the
+    # same first trials, so they differ by their objective only
+    seed = 0 if repeat is None else 1000 * repeat
     summary_path = RESULTS / f"{name}.json"
     previous = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     cpu_before = float(previous.get("cpu_seconds", 0.0))
@@ -125,6 +131,7 @@ def run_study(algo: str, env: str, eval_seeds: int, n_timesteps: int, trials: in
         steps += eval_seeds * n_timesteps * points // N_EVALUATIONS
     summary = {
         "study": name,
+        "repeat": repeat,
         "algo": algo,
         "env": env,
         "eval_seeds": eval_seeds,
@@ -155,8 +162,10 @@ def run_study(algo: str, env: str, eval_seeds: int, n_timesteps: int, trials: in
     return summary
 
 
-def retrain(algo: str, env: str, eval_seeds: int, n_timesteps: int, seeds: list[int]) -> list[float]:
-    name = study_name(algo, env, eval_seeds)
+def retrain(
+    algo: str, env: str, eval_seeds: int, n_timesteps: int, seeds: list[int], repeat: int | None = None
+) -> list[float]:
+    name = study_name(algo, env, eval_seeds, repeat)
     while not (RESULTS / f"{name}.json").is_file():  # the study still runs (in the other lane): wait for its end
         time.sleep(60)
     best = optuna.load_study(study_name=name, storage=journal(name)).best_trial
@@ -304,6 +313,30 @@ def table() -> None:
         )
 
 
+def stability_table() -> None:
+    """
+    K = 1 against K = 3: for every repeated study, the best trial's value (what the study promised) next to the mean
+    and std of its retraining on fresh seeds (what a user gets), and their gap (the optimism of the pick).
+    """
+    rows: dict[tuple[str, str, int], list[tuple[float, list[float]]]] = {}
+    for path in sorted(RESULTS.glob("*-r*.json")):
+        s = json.loads(path.read_text())
+        store = ResultStore(str(RESULTS / "retrain" / s["study"]))
+        finals = [r["final"]["mean"] for r in store.records() if r["status"] == FINISHED]
+        if finals:
+            rows.setdefault((s["algo"], s["env"], s["eval_seeds"]), []).append((s["best"]["value"], finals))
+    print("| algo | env | K | studies | promised (best value) | retrained mean | retrained std over seeds | gap |")
+    print("|---|---|---|---|---|---|---|---|")
+    for (algo, env, k), studies in sorted(rows.items()):
+        promised = np.array([p for p, _ in studies])
+        means = np.array([np.mean(f) for _, f in studies])
+        stds = np.array([np.std(f) for _, f in studies])
+        print(
+            f"| {algo} | {env} | {k} | {len(studies)} | {promised.mean():.1f} | {means.mean():.1f} "
+            f"(per study: {', '.join(f'{m:.0f}' for m in means)}) | {stds.mean():.1f} | {(promised - means).mean():.1f} |"
+        )
+
+
 def compare_table() -> None:
     """Markdown table of the tuned-versus-default comparisons that were run."""
     stores = {v: ResultStore(str(RESULTS / "compare" / v)) for v in ("tuned", "default")}
@@ -343,6 +376,8 @@ def main() -> None:
         if command == "apply":
             continue
         p.add_argument("-n", "--n-timesteps", type=int, required=True)
+        if command in ("study", "retrain"):
+            p.add_argument("--repeat", type=int, default=None, help="the R-th repetition of the study (-r<R>)")
         if command == "study":
             p.add_argument("--trials", type=int, required=True)
         elif command == "compare":
@@ -352,15 +387,18 @@ def main() -> None:
     sub.add_parser("table")
     args = parser.parse_args()
     if args.command == "study":
-        print(json.dumps(run_study(args.algo, args.env, args.eval_seeds, args.n_timesteps, args.trials), indent=1))
+        summary = run_study(args.algo, args.env, args.eval_seeds, args.n_timesteps, args.trials, args.repeat)
+        print(json.dumps(summary, indent=1))
     elif args.command == "apply":
         print(apply(args.algo, args.env, args.eval_seeds))
     elif args.command == "compare":
         print(json.dumps(compare(args.algo, args.env, args.n_timesteps, args.seeds)))
     elif args.command == "retrain":
-        print(retrain(args.algo, args.env, args.eval_seeds, args.n_timesteps, args.seeds))
+        print(retrain(args.algo, args.env, args.eval_seeds, args.n_timesteps, args.seeds, args.repeat))
     else:
         table()
+        print()
+        stability_table()
         print()
         compare_table()
 
