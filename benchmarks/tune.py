@@ -212,7 +212,7 @@ def _python_value(value: Any) -> str:
     return repr(value)
 
 
-def tuned_entry(summary: dict[str, Any], base: dict[str, Any]) -> list[str]:
+def tuned_entry(summary: dict[str, Any], base: dict[str, Any], n_timesteps: int | None = None) -> list[str]:
     """The yml lines (comment and entry) of a study's best trial on top of the file's current entry ``base``."""
     from sb3_pg_ext.zoo.samplers import HYPERPARAMS_CONVERTER
 
@@ -220,6 +220,10 @@ def tuned_entry(summary: dict[str, Any], base: dict[str, Any]) -> list[str]:
     hyperparams = dict(base)
     tuned = HYPERPARAMS_CONVERTER[summary["algo"]](dict(best["params"]))
     hyperparams.update(tuned)
+    budget = ""
+    if n_timesteps is not None:
+        hyperparams["n_timesteps"] = float(n_timesteps)
+        budget = f"n_timesteps {n_timesteps:.0e} (the benchmark's budget for the env); "
     if isinstance(hyperparams.get("learning_rate"), str) and hyperparams["learning_rate"].startswith("lin_"):
         hyperparams["learning_rate"] = "lin_" + f"{float(hyperparams['learning_rate'][4:]):.6g}"
     trials = summary["trials_complete"] + summary["trials_pruned"]
@@ -229,9 +233,9 @@ def tuned_entry(summary: dict[str, Any], base: dict[str, Any]) -> list[str]:
         f"{summary['trials_pruned']} pruned), {summary['n_timesteps_per_run']:,} steps per run, "
         f"{summary['eval_seeds']} seeds per trial (--eval-seeds {summary['eval_seeds']}, IQM of "
         f"{summary['eval_seeds']} x {summary['eval_episodes']} returns at {summary['n_evaluations']} points); best "
-        f"trial {best['number']} (value {best['value']:.1f}); {summary['date']}; "
+        f"trial {best['number']} (value {best['value']:.1f}); {summary['date']}; {budget}"
         f"study benchmarks/results/tuning/{summary['study']}.log; keys not tuned kept from the hand-set entry: "
-        + ", ".join(sorted(k for k in base if k not in tuned))
+        + ", ".join(sorted(k for k in base if k not in tuned and not (n_timesteps and k == "n_timesteps")))
     )
     lines = _wrap_comment(comment)
     lines.append(f"{summary['env']}:")
@@ -249,7 +253,7 @@ def _wrap_comment(text: str, width: int = 118) -> list[str]:
     return [*lines, line]
 
 
-def apply(algo: str, env: str, eval_seeds: int) -> Path:
+def apply(algo: str, env: str, eval_seeds: int, n_timesteps: int | None = None) -> Path:
     """Write a study's best trial into ``hyperparams/<algo>.yml`` in place of the env's entry (and its comment)."""
     import yaml
 
@@ -266,7 +270,7 @@ def apply(algo: str, env: str, eval_seeds: int) -> Path:
     end = lines.index(f"{env}:") + 1
     while end < len(lines) and lines[end].startswith("  "):
         end += 1
-    lines[start:end] = tuned_entry(summary, base)
+    lines[start:end] = tuned_entry(summary, base, n_timesteps)
     path.write_text("\n".join(lines) + "\n")
     assert yaml.safe_load(path.read_text())[env] is not None
     return path
@@ -374,6 +378,7 @@ def main() -> None:
         p.add_argument("--env", required=True)
         p.add_argument("--eval-seeds", type=int, default=3)
         if command == "apply":
+            p.add_argument("-n", "--n-timesteps", type=int, default=None, help="the entry's n_timesteps (default: kept)")
             continue
         p.add_argument("-n", "--n-timesteps", type=int, required=True)
         if command in ("study", "retrain"):
@@ -390,7 +395,7 @@ def main() -> None:
         summary = run_study(args.algo, args.env, args.eval_seeds, args.n_timesteps, args.trials, args.repeat)
         print(json.dumps(summary, indent=1))
     elif args.command == "apply":
-        print(apply(args.algo, args.env, args.eval_seeds))
+        print(apply(args.algo, args.env, args.eval_seeds, args.n_timesteps))
     elif args.command == "compare":
         print(json.dumps(compare(args.algo, args.env, args.n_timesteps, args.seeds)))
     elif args.command == "retrain":
