@@ -162,6 +162,26 @@ def run_study(
     return summary
 
 
+def _reuse_identical_retraining(store: ResultStore, name: str, params: dict[str, Any], seeds: list[int]) -> None:
+    """
+    Where another study of the same algorithm and env picked exactly the same settings (e.g. a K = 1 and a K = 3
+    study whose samplers drew the same trial), its retraining on the same seeds is the same deterministic training:
+    copy those records (marked ``copied_from``) instead of training them again.
+    """
+    this = json.loads((RESULTS / f"{name}.json").read_text())
+    for path in sorted(RESULTS.glob("*.json")):
+        other = json.loads(path.read_text())
+        if other["study"] == name or (other["algo"], other["env"]) != (this["algo"], this["env"]):
+            continue
+        if other["best"]["params"] != params:
+            continue
+        source = ResultStore(str(RESULTS / "retrain" / other["study"]))
+        for seed in seeds:
+            record = source.read(this["algo"], this["env"], seed)
+            if record is not None and record["status"] == FINISHED and store.read(this["algo"], this["env"], seed) is None:
+                store.write({**record, "copied_from": other["study"]})
+
+
 def retrain(
     algo: str, env: str, eval_seeds: int, n_timesteps: int, seeds: list[int], repeat: int | None = None
 ) -> list[float]:
@@ -170,6 +190,7 @@ def retrain(
         time.sleep(60)
     best = optuna.load_study(study_name=name, storage=journal(name)).best_trial
     store = ResultStore(str(RESULTS / "retrain" / name))
+    _reuse_identical_retraining(store, name, best.params, seeds)
     cells = [
         Cell(
             algo,
