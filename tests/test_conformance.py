@@ -119,6 +119,30 @@ def one_more_update(model: BaseAlgorithm, data: KeepLastRollout, data_from: Base
 
 
 @algo_cases
+def test_updates_past_the_budget_use_the_schedule_at_its_end(case: AlgoCase):
+    # Complete episodes, groups or rollouts end past the budget, so the last update runs at a negative progress
+    # remaining (1 - num_timesteps / total_timesteps). rl-zoo3's "lin_" schedules (progress * initial) are not
+    # clamped: that update would run with a negative learning rate, an ascent that undid the training.
+    model = make_model(case, "discrete", learning_rate=lambda progress: 1e-3 * progress)
+    rates: list[float] = []
+    progress: list[float] = []
+    train = model.train
+
+    def recording_train(*args, **kwargs):
+        train(*args, **kwargs)
+        rates.append(model.policy.optimizer.param_groups[0]["lr"])
+        progress.append(model._current_progress_remaining)
+
+    model.train = recording_train  # type: ignore[method-assign]
+    budget = case.budget + 1
+    model.learn(budget)
+    assert model.num_timesteps > budget, "the case must end past the budget for this test to mean anything"
+    assert len(rates) >= 2 and rates[0] > 0.0
+    assert min(progress) >= 0.0 and min(rates) >= 0.0, (progress, rates)
+    assert rates[-1] == 0.0  # the last update ran past the budget: the schedule's end
+
+
+@algo_cases
 def test_predict_deterministic_and_stochastic(case: AlgoCase):
     model = make_model(case, "discrete")
     env = model.get_env()

@@ -12,9 +12,10 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_pg_ext.common.buffers import EpisodeRolloutBuffer
 from sb3_pg_ext.common.checks import check_rewards
+from sb3_pg_ext.common.progress import BoundedProgressMixin
 
 
-class EpisodicOnPolicyAlgorithm(OnPolicyAlgorithm):
+class EpisodicOnPolicyAlgorithm(BoundedProgressMixin, OnPolicyAlgorithm):
     """
     An ``OnPolicyAlgorithm`` whose rollouts are *complete episodes* instead of ``n_steps`` per env.
 

@@ -26,6 +26,7 @@ from sb3_pg_ext.common.checks import (
     check_learning_rate,
     check_rewards,
 )
+from sb3_pg_ext.common.progress import BoundedProgressMixin
 from sb3_pg_ext.common.replay_buffers import DictEpisodeReplayBuffer, EpisodeReplayBuffer
 from sb3_pg_ext.estimators import (
     batch_mean_baseline,
@@ -61,7 +62,7 @@ def _check_train_freq(train_freq: Any) -> None:
         check_int("train_freq", train_freq, minimum=1)
 
 
-class ISPG(OffPolicyAlgorithm):
+class ISPG(BoundedProgressMixin, OffPolicyAlgorithm):
     """
     Off-policy policy gradient with importance sampling on a replay buffer of complete episodes.
 

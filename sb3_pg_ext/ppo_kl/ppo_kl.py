@@ -23,6 +23,7 @@ from torch.distributions import Bernoulli, Categorical, Normal
 from torch.nn import functional as F
 
 from sb3_pg_ext.common.checks import assert_finite, assert_finite_gradients, check_bool, check_choice, check_float
+from sb3_pg_ext.common.progress import BoundedProgressMixin
 from sb3_pg_ext.estimators import kl_k1, kl_k3
 from sb3_pg_ext.ppo_kl.buffers import (
     KLDictRolloutBuffer,
@@ -200,7 +201,7 @@ def adapted_kl_coef(kl_coef: float, kl: float, kl_target: float, factor: float =
     return kl_coef
 
 
-class PPOKL(PPO):
+class PPOKL(BoundedProgressMixin, PPO):
     """
     Proximal Policy Optimization with a KL penalty (PPO-Penalty), fixed or adaptive coefficient.
 
