@@ -233,7 +233,7 @@ def _python_value(value: Any) -> str:
     return repr(value)
 
 
-def tuned_entry(summary: dict[str, Any], base: dict[str, Any], n_timesteps: int | None = None) -> list[str]:
+def tuned_entry(summary: dict[str, Any], base: dict[str, Any], n_timesteps: int | None = None, note: str = "") -> list[str]:
     """The yml lines (comment and entry) of a study's best trial on top of the file's current entry ``base``."""
     from sb3_pg_ext.zoo.samplers import HYPERPARAMS_CONVERTER
 
@@ -248,15 +248,17 @@ def tuned_entry(summary: dict[str, Any], base: dict[str, Any], n_timesteps: int 
     if isinstance(hyperparams.get("learning_rate"), str) and hyperparams["learning_rate"].startswith("lin_"):
         hyperparams["learning_rate"] = "lin_" + f"{float(hyperparams['learning_rate'][4:]):.6g}"
     trials = summary["trials_complete"] + summary["trials_pruned"]
+    plural = "s" if summary["eval_seeds"] > 1 else ""
     comment = (
         f"# tuned with `sb3-pg-zoo train -optimize` ({summary['sampler']} sampler, {summary['pruner']} pruner, "
         f"{summary['n_startup_trials']} startup trials): {trials} trials ({summary['trials_complete']} complete, "
         f"{summary['trials_pruned']} pruned), {summary['n_timesteps_per_run']:,} steps per run, "
-        f"{summary['eval_seeds']} seeds per trial (--eval-seeds {summary['eval_seeds']}, IQM of "
+        f"{summary['eval_seeds']} seed{plural} per trial (--eval-seeds {summary['eval_seeds']}, IQM of "
         f"{summary['eval_seeds']} x {summary['eval_episodes']} returns at {summary['n_evaluations']} points); best "
         f"trial {best['number']} (value {best['value']:.1f}); {summary['date']}; {budget}"
         f"study benchmarks/results/tuning/{summary['study']}.log; keys not tuned kept from the hand-set entry: "
         + ", ".join(sorted(k for k in base if k not in tuned and not (n_timesteps and k == "n_timesteps")))
+        + (f"; {note}" if note else "")
     )
     lines = _wrap_comment(comment)
     lines.append(f"{summary['env']}:")
@@ -274,13 +276,15 @@ def _wrap_comment(text: str, width: int = 118) -> list[str]:
     return [*lines, line]
 
 
-def apply(algo: str, env: str, eval_seeds: int, n_timesteps: int | None = None) -> Path:
+def apply(
+    algo: str, env: str, eval_seeds: int, n_timesteps: int | None = None, repeat: int | None = None, note: str = ""
+) -> Path:
     """Write a study's best trial into ``hyperparams/<algo>.yml`` in place of the env's entry (and its comment)."""
     import yaml
 
     from sb3_pg_ext import HYPERPARAMS_DIR
 
-    summary = json.loads((RESULTS / f"{study_name(algo, env, eval_seeds)}.json").read_text())
+    summary = json.loads((RESULTS / f"{study_name(algo, env, eval_seeds, repeat)}.json").read_text())
     path = HYPERPARAMS_DIR / f"{algo}.yml"
     text = path.read_text()
     base = yaml.safe_load(text)[env]
@@ -291,7 +295,7 @@ def apply(algo: str, env: str, eval_seeds: int, n_timesteps: int | None = None) 
     end = lines.index(f"{env}:") + 1
     while end < len(lines) and lines[end].startswith("  "):
         end += 1
-    lines[start:end] = tuned_entry(summary, base, n_timesteps)
+    lines[start:end] = tuned_entry(summary, base, n_timesteps, note)
     path.write_text("\n".join(lines) + "\n")
     assert yaml.safe_load(path.read_text())[env] is not None
     return path
@@ -400,6 +404,8 @@ def main() -> None:
         p.add_argument("--eval-seeds", type=int, default=3)
         if command == "apply":
             p.add_argument("-n", "--n-timesteps", type=int, default=None, help="the entry's n_timesteps (default: kept)")
+            p.add_argument("--repeat", type=int, default=None, help="the R-th repetition of the study (-r<R>)")
+            p.add_argument("--note", default="", help="appended to the entry's comment (e.g. how the study was chosen)")
             continue
         p.add_argument("-n", "--n-timesteps", type=int, required=True)
         if command in ("study", "retrain"):
@@ -416,7 +422,7 @@ def main() -> None:
         summary = run_study(args.algo, args.env, args.eval_seeds, args.n_timesteps, args.trials, args.repeat)
         print(json.dumps(summary, indent=1))
     elif args.command == "apply":
-        print(apply(args.algo, args.env, args.eval_seeds, args.n_timesteps))
+        print(apply(args.algo, args.env, args.eval_seeds, args.n_timesteps, args.repeat, args.note))
     elif args.command == "compare":
         print(json.dumps(compare(args.algo, args.env, args.n_timesteps, args.seeds)))
     elif args.command == "retrain":
