@@ -162,6 +162,12 @@ def run_study(
     return summary
 
 
+def _final_means(store: ResultStore, cells: list[Cell] | None = None) -> list[float]:
+    """The final mean returns of the store's finished records (of ``cells``, in their order, when given)."""
+    records = store.records() if cells is None else (store.read(*c.key) for c in cells)
+    return [r["final"]["mean"] for r in records if r is not None and r["status"] == FINISHED]
+
+
 def _reuse_identical_retraining(store: ResultStore, name: str, params: dict[str, Any], seeds: list[int]) -> None:
     """
     Where another study of the same algorithm and env picked exactly the same settings (e.g. a K = 1 and a K = 3
@@ -205,8 +211,7 @@ def retrain(
         for s in seeds
     ]
     run_grid(cells, store, workers=1, progress=False)
-    records = [store.read(*c.key) for c in cells]
-    return [r["final"]["mean"] for r in records if r is not None and r["status"] == FINISHED]
+    return _final_means(store, cells)
 
 
 def _yaml_value(value: Any) -> str:
@@ -320,8 +325,7 @@ def compare(algo: str, env: str, n_timesteps: int, seeds: list[int]) -> dict[str
         store = ResultStore(str(RESULTS / "compare" / variant))
         cells = [Cell(algo, env, s, n_timesteps, n_evaluations=N_EVALUATIONS, config=config) for s in seeds]
         run_grid(cells, store, workers=1, progress=False)
-        records = [store.read(*c.key) for c in cells]
-        finals[variant] = [r["final"]["mean"] for r in records if r is not None and r["status"] == FINISHED]
+        finals[variant] = _final_means(store, cells)
     return finals
 
 
@@ -332,7 +336,7 @@ def table() -> None:
     for path in sorted(RESULTS.glob("*.json")):
         s = json.loads(path.read_text())
         store = ResultStore(str(RESULTS / "retrain" / s["study"]))
-        finals = [r["final"]["mean"] for r in store.records() if r["status"] == FINISHED]
+        finals = _final_means(store)
         finals_text = ", ".join(f"{v:.1f}" for v in finals)
         if finals:
             finals_text += f" (mean {np.mean(finals):.1f}, std {np.std(finals):.1f})"
@@ -351,7 +355,7 @@ def stability_table() -> None:
     for path in sorted(RESULTS.glob("*-r*.json")):
         s = json.loads(path.read_text())
         store = ResultStore(str(RESULTS / "retrain" / s["study"]))
-        finals = [r["final"]["mean"] for r in store.records() if r["status"] == FINISHED]
+        finals = _final_means(store)
         if finals:
             rows.setdefault((s["algo"], s["env"], s["eval_seeds"]), []).append((s["best"]["value"], finals))
     print("| algo | env | K | studies | promised (best value) | retrained mean | retrained std over seeds | gap |")
