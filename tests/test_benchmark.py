@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 from scipy import stats
 
 from sb3_pg_ext.benchmark import cli, grid, report
@@ -100,6 +101,40 @@ def test_rerun_skips_finished_cells_without_rewriting_them(tmp_path: Path, monke
     assert len(trainer.calls) == 4, "the rerun trained a finished cell again"
     assert sorted(second.skipped) == sorted(c.key for c in cells) and second.finished == []
     assert {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.json")} == mtimes
+
+
+def test_a_finished_cell_runs_again_when_its_entry_or_budget_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trainer = CountingTrainer()
+    monkeypatch.setattr(grid, "train_cell", trainer)
+    conf = tmp_path / "reinforce.yml"
+    entries = yaml.safe_load(hyperparams_file("reinforce").read_text())
+    conf.write_text(yaml.safe_dump({env: entries[env] for env in ("CartPole-v1", "Acrobot-v1")}))
+    store = ResultStore(tmp_path / "store")
+    budgets = {"CartPole-v1": 500, "Acrobot-v1": 500}
+    cells = grid_cells(["reinforce"], ["CartPole-v1", "Acrobot-v1"], [0], budgets, config=str(conf))
+    run_grid(cells, store, workers=1, progress=False)
+    assert run_grid(cells, store, workers=1, progress=False).stale == [] and len(trainer.calls) == 2
+
+    # re-tuning the Acrobot-v1 entry makes its cell stale; the CartPole-v1 cell stays finished
+    entries["Acrobot-v1"]["learning_rate"] = 1.234e-4
+    conf.write_text(yaml.safe_dump({env: entries[env] for env in ("CartPole-v1", "Acrobot-v1")}))
+    argv = ["--algos", "reinforce", "--envs", "CartPole-v1", "Acrobot-v1", "--seeds", "0"]
+    monkeypatch.setattr(grid, "grid_cells", lambda *a, **k: cells)  # the command line, on this grid's file
+    monkeypatch.setattr(cli, "grid_cells", lambda *a, **k: cells)
+    assert cli.main(["status", *argv, "--store", str(store.root)]) == 0
+    assert "stale: 1\n  reinforce Acrobot-v1 seed 0" in capsys.readouterr().out
+    again = run_grid(cells, store, workers=1, progress=False)
+    assert again.stale == [("reinforce", "Acrobot-v1", 0)] and again.finished == again.stale
+    assert again.skipped == [("reinforce", "CartPole-v1", 0)] and len(trainer.calls) == 3
+    record = store.read("reinforce", "Acrobot-v1", 0)
+    assert record is not None and record["fingerprint"]["entry"]["learning_rate"] == 1.234e-4
+
+    # another budget is another experiment
+    longer = grid_cells(["reinforce"], ["CartPole-v1"], [0], {"CartPole-v1": 1000}, config=str(conf))
+    assert run_grid(longer, store, workers=1, progress=False).stale == [("reinforce", "CartPole-v1", 0)]
+    assert len(trainer.calls) == 4
 
 
 def test_a_cell_that_raises_is_recorded_as_failed_and_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

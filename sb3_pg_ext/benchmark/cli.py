@@ -17,8 +17,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from sb3_pg_ext.benchmark.grid import grid_cells, run_grid, split_untuned
-from sb3_pg_ext.benchmark.store import FAILED, ResultStore
+from sb3_pg_ext.benchmark.grid import grid_cells, is_stale, run_grid, split_untuned
+from sb3_pg_ext.benchmark.store import FAILED, FINISHED, ResultStore
 
 PROG = "python -m sb3_pg_ext.benchmark"
 
@@ -129,14 +129,18 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
         print("not in the grid (no entry in the hyperparameter file): " + ", ".join(f"{a} on {e}" for a, e in skipped))
     if args.command == "status":
         states = store.status(c.key for c in cells)
+        by_key = {c.key: c for c in cells}
+        states["stale"] = [k for k in states[FINISHED] if is_stale(store.read(*k) or {}, by_key[k])]
         for state, keys in states.items():
             print(f"{state}: {len(keys)}")
-            for key in keys if state != "finished" else []:
+            for key in keys if state != FINISHED else []:
                 record = store.read(*key)
                 error = f"  {record['error']}" if record is not None and record["status"] == FAILED else ""
                 print(f"  {key[0]} {key[1]} seed {key[2]}{error}")
         return 0
     result = run_grid(cells, store, workers=args.workers, progress=not args.no_progress, ray_address=args.ray_address)
+    if result.stale:
+        print("run again, settings changed since they ran: " + ", ".join(f"{a} {e} seed {s}" for a, e, s in result.stale))
     print(f"skipped {len(result.skipped)} finished, finished {len(result.finished)}, failed {len(result.failed)}")
     for key in result.failed:
         record = store.read(*key)

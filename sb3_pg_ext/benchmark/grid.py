@@ -14,7 +14,9 @@ four algorithms, rl-zoo3's own files for ``ppo``, ``a2c``, ``sac``, ``trpo``...)
   training, evaluation time excluded;
 - the exact config (hyperparameters, file, budget, seeds) and the package versions.
 
-:func:`run_grid` runs the cells a store does not hold as finished, in this process (``workers <= 1``), in
+:func:`run_grid` runs the cells a store does not hold as finished, and reruns a finished cell whose settings have
+changed since it ran (its fingerprint, :func:`cell_fingerprint`: the cell's budget and options and the
+hyperparameter file's entry for its env), in this process (``workers <= 1``), in
 ``workers`` spawned processes (each cell's record written to the store by the process that ran it, the moment it
 ends), or as Ray tasks (``ray_address``; each record returned to the calling process, which writes it the moment
 the task ends, so that a cluster needs no shared filesystem: :mod:`sb3_pg_ext.benchmark.ray_backend`).
@@ -30,6 +32,7 @@ import datetime
 import functools
 import importlib.metadata
 import io
+import json
 import multiprocessing
 import platform
 import socket
@@ -120,6 +123,30 @@ def tuned_envs(algo: str) -> frozenset[str]:
     with open(path, encoding="utf-8") as f:
         entries = yaml.safe_load(f) or {}
     return frozenset(str(name) for name in entries if name not in ("atari", "default"))
+
+
+def file_entry(cell: Cell) -> Any:
+    """The raw entry for ``cell.env`` in the hyperparameter file the cell reads (``--conf-file`` or the algorithm's)."""
+    path = Path(cell.config) if cell.config is not None else hyperparams_file(cell.algo)
+    if not path.is_file():
+        return None
+    with open(path, encoding="utf-8") as f:
+        entries = yaml.safe_load(f) or {}
+    return entries.get(cell.env)
+
+
+def cell_fingerprint(cell: Cell) -> dict[str, Any]:
+    """
+    What a cell's result depends on besides the code: the cell (budget, evaluation protocol, trial) and its
+    hyperparameter entry as the file holds it. A finished record with another fingerprint is stale: re-tuning an
+    entry after its cells ran makes them run again instead of mixing old settings into the table.
+    """
+    return json.loads(json.dumps({"cell": asdict(cell), "entry": file_entry(cell)}))
+
+
+def is_stale(record: dict[str, Any], cell: Cell) -> bool:
+    """True when a finished ``record`` was produced for other settings than ``cell``'s current ones."""
+    return bool(record.get("fingerprint") != cell_fingerprint(cell))
 
 
 def split_untuned(cells: Iterable[Cell]) -> tuple[list[Cell], list[Cell]]:
@@ -298,6 +325,7 @@ def cell_record(cell: Cell) -> dict[str, Any]:
             "traceback": traceback.format_exc(),
             "config": {"cell": asdict(cell)},
         }
+    record["fingerprint"] = cell_fingerprint(cell)
     record["started"] = started
     record["ended"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
     record["host"] = socket.gethostname()
@@ -326,11 +354,13 @@ def _init_worker() -> None:
 @dataclass
 class GridResult:
     """
-    What one :func:`run_grid` call did: cells skipped (already finished), finished now, failed now, and interrupted
-    (left without a record because a worker process died; the next call runs them).
+    What one :func:`run_grid` call did: cells skipped (already finished), stale (finished for other settings, so run
+    again), finished now, failed now, and interrupted (left without a record because a worker process died; the
+    next call runs them).
     """
 
     skipped: list[tuple[str, str, int]] = field(default_factory=list)
+    stale: list[tuple[str, str, int]] = field(default_factory=list)
     interrupted: list[tuple[str, str, int]] = field(default_factory=list)
     finished: list[tuple[str, str, int]] = field(default_factory=list)
     failed: list[tuple[str, str, int]] = field(default_factory=list)
@@ -374,11 +404,11 @@ def run_grid(
     ray_address: str | None = None,
 ) -> GridResult:
     """
-    Run the cells that ``store`` does not hold as finished (failed and missing ones), with a progress bar of cells
-    done, running, failed and the time left.
+    Run the cells that ``store`` does not hold as finished (failed and missing ones) and the finished ones whose
+    fingerprint has changed (:func:`is_stale`), with a progress bar of cells done, running, failed and the time left.
 
     :param cells: the grid
-    :param store: the results store; finished cells in it are skipped
+    :param store: the results store; finished cells in it are skipped unless stale
     :param workers: local backend: ``<= 1`` runs the cells in this process, ``N`` in N spawned worker processes
         (one torch thread each); each record is written by the process that ran the cell, the moment it ends
     :param progress: show the progress bar
@@ -393,7 +423,9 @@ def run_grid(
     cells = list(cells)
     store.clean_temporary()
     pending_keys = set(store.pending(c.key for c in cells))
-    result = GridResult(skipped=[c.key for c in cells if c.key not in pending_keys])
+    stale = [c.key for c in cells if c.key not in pending_keys and is_stale(store.read(*c.key) or {}, c)]
+    pending_keys.update(stale)
+    result = GridResult(skipped=[c.key for c in cells if c.key not in pending_keys], stale=stale)
     todo = [c for c in cells if c.key in pending_keys]
     if ray_address is not None:
         from sb3_pg_ext.benchmark.ray_backend import run_cells_on_ray
@@ -433,9 +465,12 @@ __all__ = [
     "Cell",
     "GridProgress",
     "GridResult",
+    "cell_fingerprint",
     "cell_record",
+    "file_entry",
     "grid_cells",
     "hyperparams_file",
+    "is_stale",
     "package_versions",
     "run_cell",
     "run_grid",
