@@ -178,10 +178,21 @@ def test_cells_without_a_hyperparameter_entry_are_left_out_of_the_grid() -> None
     tuned, untuned = split_untuned(cells)
     assert [c.key for c in untuned] == [("sac", "CartPole-v1", 0)], "SAC has no discrete-action entry"
     assert [c.key for c in tuned] == [
-        ("sac", "Pendulum-v1", 0),
         ("reinforce", "CartPole-v1", 0),
+        ("sac", "Pendulum-v1", 0),
         ("reinforce", "Pendulum-v1", 0),
     ]
+
+
+def test_grid_order_alternates_the_algorithms_seed_by_seed() -> None:
+    cells = grid_cells(["reinforce", "ppo"], ["CartPole-v1", "Acrobot-v1"], [0, 1])
+    assert [c.key for c in cells[:4]] == [
+        ("reinforce", "CartPole-v1", 0),
+        ("ppo", "CartPole-v1", 0),
+        ("reinforce", "Acrobot-v1", 0),
+        ("ppo", "Acrobot-v1", 0),
+    ]
+    assert {c.seed for c in cells[4:]} == {1} and len(cells) == 8
 
 
 def test_iqm_and_interval_are_rliables_on_fixed_scores() -> None:

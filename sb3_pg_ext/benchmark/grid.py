@@ -102,9 +102,13 @@ def grid_cells(
     budgets: dict[str, int] | None = None,
     **settings: Any,
 ) -> list[Cell]:
-    """The cells of ``algos x envs x seeds``, in that order; ``budgets`` maps an env to its env-step budget."""
+    """
+    The cells of ``algos x envs x seeds``, seed by seed, then env by env, the algorithms alternating: a grid stopped
+    partway holds the same seeds for every algorithm, and the contenders take turns as the load of a shared machine
+    drifts. ``budgets`` maps an env to its env-step budget.
+    """
     budgets = budgets or {}
-    return [Cell(a, e, int(s), budgets.get(e), **settings) for a in algos for e in envs for s in seeds]
+    return [Cell(a, e, int(s), budgets.get(e), **settings) for s in seeds for e in envs for a in algos]
 
 
 def hyperparams_file(algo: str) -> Path:
