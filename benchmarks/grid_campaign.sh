@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The README's benchmark grid (issue 10), one seed at a time, committing the store after each chunk so that an
+# interrupted session continues from what is committed (finished cells are skipped, stale ones rerun).
+# Run with the venv active:
+#   nohup bash benchmarks/grid_campaign.sh stock > /tmp/grid.txt 2>&1 &    # cells whose entries are final
+#   nohup bash benchmarks/grid_campaign.sh all > /tmp/grid.txt 2>&1 &      # the whole grid
+set -u
+cd "$(dirname "$0")/.."
+STORE=benchmarks/results/grid
+OURS="reinforce ispg ppo_kl grpo"
+STOCK="ppo a2c sac trpo"
+BUDGET="CartPole-v1=100000 Acrobot-v1=300000 Pendulum-v1=100000 LunarLander-v3=500000"
+
+chunk() {  # chunk <description> <algos> <envs> <seeds>
+    echo "[$(date -u +%FT%TZ)] start $1"
+    # shellcheck disable=SC2086
+    python -m sb3_pg_ext.benchmark run --algos $2 --envs $3 --seeds $4 --budget $BUDGET --store "$STORE" \
+        --workers 1 --no-progress
+    echo "[$(date -u +%FT%TZ)] end $1"
+    for _ in 1 2 3 4 5 6 7 8 9 10; do
+        git add "$STORE" >/dev/null 2>&1 && git commit -q -m "Benchmark grid: $1" -- "$STORE" >/dev/null 2>&1 && return 0
+        git diff --cached --quiet -- "$STORE" && return 0
+        sleep 7
+    done
+}
+
+case "${1:-}" in
+stock)  # CartPole-v1 for all eight (every CartPole entry is tuned), the stock four on Acrobot-v1 and Pendulum-v1
+    for seed in 0 1 2 3 4; do
+        chunk "CartPole-v1 seed $seed" "$OURS $STOCK" CartPole-v1 "$seed"
+        chunk "stock Acrobot-v1 Pendulum-v1 seed $seed" "$STOCK" "Acrobot-v1 Pendulum-v1" "$seed"
+    done
+    ;;
+all)
+    for seed in 0 1 2 3 4; do
+        chunk "CartPole-v1 Acrobot-v1 Pendulum-v1 seed $seed" "$OURS $STOCK" "CartPole-v1 Acrobot-v1 Pendulum-v1" "$seed"
+    done
+    for seed in 0 1 2; do
+        chunk "LunarLander-v3 seed $seed" "$OURS $STOCK" LunarLander-v3 "$seed"
+    done
+    ;;
+*)  echo "usage: $0 stock|all" >&2; exit 2 ;;
+esac
