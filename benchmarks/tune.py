@@ -30,6 +30,7 @@ import io
 import json
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -168,11 +169,12 @@ def _final_means(store: ResultStore, cells: list[Cell] | None = None) -> list[fl
     return [r["final"]["mean"] for r in records if r is not None and r["status"] == FINISHED]
 
 
-def _reuse_identical_retraining(store: ResultStore, name: str, params: dict[str, Any], seeds: list[int]) -> None:
+def _reuse_identical_retraining(store: ResultStore, name: str, params: dict[str, Any], cells: list[Cell]) -> None:
     """
     Where another study of the same algorithm and env picked exactly the same settings (e.g. a K = 1 and a K = 3
     study whose samplers drew the same trial), its retraining on the same seeds is the same deterministic training:
-    copy those records (marked ``copied_from``) instead of training them again.
+    copy those records (marked ``copied_from``, with this study's cell, so that the grid does not take them for
+    stale) instead of training them again.
     """
     this = json.loads((RESULTS / f"{name}.json").read_text())
     for path in sorted(RESULTS.glob("*.json")):
@@ -182,10 +184,11 @@ def _reuse_identical_retraining(store: ResultStore, name: str, params: dict[str,
         if other["best"]["params"] != params:
             continue
         source = ResultStore(str(RESULTS / "retrain" / other["study"]))
-        for seed in seeds:
-            record = source.read(this["algo"], this["env"], seed)
-            if record is not None and record["status"] == FINISHED and store.read(this["algo"], this["env"], seed) is None:
-                store.write({**record, "copied_from": other["study"]})
+        for cell in cells:
+            record = source.read(*cell.key)
+            if record is not None and record["status"] == FINISHED and store.read(*cell.key) is None:
+                config = {**record["config"], "cell": asdict(cell)}
+                store.write({**record, "config": config, "copied_from": other["study"]})
 
 
 def retrain(
@@ -196,7 +199,6 @@ def retrain(
         time.sleep(60)
     best = optuna.load_study(study_name=name, storage=journal(name)).best_trial
     store = ResultStore(str(RESULTS / "retrain" / name))
-    _reuse_identical_retraining(store, name, best.params, seeds)
     cells = [
         Cell(
             algo,
@@ -210,6 +212,7 @@ def retrain(
         )
         for s in seeds
     ]
+    _reuse_identical_retraining(store, name, best.params, cells)
     run_grid(cells, store, workers=1, progress=False)
     return _final_means(store, cells)
 

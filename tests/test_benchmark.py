@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from sb3_pg_ext.benchmark.grid import (
     EVAL_SEED_OFFSET,
     Cell,
     GridResult,
+    effective_hyperparams,
     grid_cells,
     hyperparams_file,
     run_grid,
@@ -46,6 +48,7 @@ def fake_record(cell: Cell, final_mean: float = 1.0) -> dict[str, Any]:
         "seed": cell.seed,
         "status": FINISHED,
         "final": {"returns": [final_mean], "mean": final_mean, "std": 0.0},
+        "config": {"cell": asdict(cell), "hyperparams": effective_hyperparams(cell)},
     }
 
 
@@ -129,7 +132,12 @@ def test_a_finished_cell_runs_again_when_its_entry_or_budget_changes(
     assert again.stale == [("reinforce", "Acrobot-v1", 0)] and again.finished == again.stale
     assert again.skipped == [("reinforce", "CartPole-v1", 0)] and len(trainer.calls) == 3
     record = store.read("reinforce", "Acrobot-v1", 0)
-    assert record is not None and record["fingerprint"]["entry"]["learning_rate"] == 1.234e-4
+    assert record is not None and record["config"]["hyperparams"]["learning_rate"] == 1.234e-4
+
+    # the file's n_timesteps is not a setting of a cell that sets its own budget
+    entries["CartPole-v1"]["n_timesteps"] = 12345
+    conf.write_text(yaml.safe_dump({env: entries[env] for env in ("CartPole-v1", "Acrobot-v1")}))
+    assert run_grid(cells, store, workers=1, progress=False).stale == [] and len(trainer.calls) == 3
 
     # another budget is another experiment
     longer = grid_cells(["reinforce"], ["CartPole-v1"], [0], {"CartPole-v1": 1000}, config=str(conf))

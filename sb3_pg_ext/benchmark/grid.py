@@ -15,8 +15,8 @@ four algorithms, rl-zoo3's own files for ``ppo``, ``a2c``, ``sac``, ``trpo``...)
 - the exact config (hyperparameters, file, budget, seeds) and the package versions.
 
 :func:`run_grid` runs the cells a store does not hold as finished, and reruns a finished cell whose settings have
-changed since it ran (its fingerprint, :func:`cell_fingerprint`: the cell's budget and options and the
-hyperparameter file's entry for its env), in this process (``workers <= 1``), in
+changed since it ran (:func:`is_stale`: its budget and options, or the hyperparameters it trains with), in this
+process (``workers <= 1``), in
 ``workers`` spawned processes (each cell's record written to the store by the process that ran it, the moment it
 ends), or as Ray tasks (``ray_address``; each record returned to the calling process, which writes it the moment
 the task ends, so that a cluster needs no shared filesystem: :mod:`sb3_pg_ext.benchmark.ray_backend`).
@@ -129,28 +129,55 @@ def tuned_envs(algo: str) -> frozenset[str]:
     return frozenset(str(name) for name in entries if name not in ("atari", "default"))
 
 
-def file_entry(cell: Cell) -> Any:
-    """The raw entry for ``cell.env`` in the hyperparameter file the cell reads (``--conf-file`` or the algorithm's)."""
-    path = Path(cell.config) if cell.config is not None else hyperparams_file(cell.algo)
-    if not path.is_file():
-        return None
-    with open(path, encoding="utf-8") as f:
-        entries = yaml.safe_load(f) or {}
-    return entries.get(cell.env)
+def _experiment_manager(cell: Cell, log_folder: str) -> BenchmarkExperimentManager:
+    """The experiment manager of ``cell``, as ``sb3-pg-zoo train`` would build it for the same arguments."""
+    return BenchmarkExperimentManager(
+        argparse.Namespace(**asdict(cell)),
+        cell.algo,
+        cell.env,
+        log_folder,
+        n_timesteps=cell.n_timesteps or 0,
+        n_eval_episodes=cell.n_eval_episodes,
+        n_evaluation_points=cell.n_evaluations,
+        seed=cell.seed,
+        config=cell.config,
+        storage=cell.storage,
+        study_name=cell.study_name,
+        trial_id=cell.trial_id,
+        log_interval=-2,  # rl-zoo3: below -1, no SB3 log output
+        verbose=0,
+        device="cpu",
+    )
 
 
-def cell_fingerprint(cell: Cell) -> dict[str, Any]:
+def _comparable(hyperparams: dict[str, Any], cell: Cell) -> Any:
+    """Hyperparameters as a record stores them (JSON), less the file's budget where the cell sets its own."""
+    kept = {k: v for k, v in hyperparams.items() if not (k == "n_timesteps" and cell.n_timesteps)}
+    return json.loads(json.dumps(kept, sort_keys=True, default=str))
+
+
+def effective_hyperparams(cell: Cell) -> dict[str, Any]:
     """
-    What a cell's result depends on besides the code: the cell (budget, evaluation protocol, trial) and its
-    hyperparameter entry as the file holds it. A finished record with another fingerprint is stale: re-tuning an
-    entry after its cells ran makes them run again instead of mixing old settings into the table.
+    The hyperparameters ``cell`` trains with, as rl-zoo3 saves them in a run's ``config.yml``: the file's entry for
+    the env (the algorithm's file or ``cell.config``), with the settings of ``cell.trial_id`` on top.
     """
-    return json.loads(json.dumps({"cell": asdict(cell), "entry": file_entry(cell)}))
+    register()
+    # rl-zoo3 prints them
+    with tempfile.TemporaryDirectory(prefix="sb3-pg-benchmark-") as log_folder, contextlib.redirect_stdout(io.StringIO()):
+        _, saved = _experiment_manager(cell, log_folder).read_hyperparameters()
+    return dict(saved)
 
 
 def is_stale(record: dict[str, Any], cell: Cell) -> bool:
-    """True when a finished ``record`` was produced for other settings than ``cell``'s current ones."""
-    return bool(record.get("fingerprint") != cell_fingerprint(cell))
+    """
+    True when the finished ``record`` was trained for other settings than ``cell`` gives now: another budget or
+    protocol, or other effective hyperparameters (an entry re-tuned since; the file's ``n_timesteps`` does not
+    count when the cell sets the budget). A table then never mixes old settings with new ones.
+    """
+    config = record.get("config", {})
+    if config.get("cell") != json.loads(json.dumps(asdict(cell))) or "hyperparams" not in config:
+        return True
+    return bool(_comparable(config["hyperparams"], cell) != _comparable(effective_hyperparams(cell), cell))
 
 
 def split_untuned(cells: Iterable[Cell]) -> tuple[list[Cell], list[Cell]]:
@@ -219,24 +246,7 @@ def train_cell(cell: Cell) -> dict[str, Any]:
     register()
     th.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="sb3-pg-benchmark-") as log_folder:
-        args = argparse.Namespace(**asdict(cell))
-        manager = BenchmarkExperimentManager(
-            args,
-            cell.algo,
-            cell.env,
-            log_folder,
-            n_timesteps=cell.n_timesteps or 0,
-            n_eval_episodes=cell.n_eval_episodes,
-            n_evaluation_points=cell.n_evaluations,
-            seed=cell.seed,
-            config=cell.config,
-            storage=cell.storage,
-            study_name=cell.study_name,
-            trial_id=cell.trial_id,
-            log_interval=-2,  # rl-zoo3: below -1, no SB3 log output
-            verbose=0,
-            device="cpu",
-        )
+        manager = _experiment_manager(cell, log_folder)
         with contextlib.redirect_stdout(io.StringIO()):  # rl-zoo3 prints the hyperparameters whatever verbose
             setup = manager.setup_experiment()
         assert setup is not None
@@ -329,7 +339,6 @@ def cell_record(cell: Cell) -> dict[str, Any]:
             "traceback": traceback.format_exc(),
             "config": {"cell": asdict(cell)},
         }
-    record["fingerprint"] = cell_fingerprint(cell)
     record["started"] = started
     record["ended"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
     record["host"] = socket.gethostname()
@@ -409,7 +418,7 @@ def run_grid(
 ) -> GridResult:
     """
     Run the cells that ``store`` does not hold as finished (failed and missing ones) and the finished ones whose
-    fingerprint has changed (:func:`is_stale`), with a progress bar of cells done, running, failed and the time left.
+    settings have changed (:func:`is_stale`), with a progress bar of cells done, running, failed and the time left.
 
     :param cells: the grid
     :param store: the results store; finished cells in it are skipped unless stale
@@ -469,9 +478,8 @@ __all__ = [
     "Cell",
     "GridProgress",
     "GridResult",
-    "cell_fingerprint",
     "cell_record",
-    "file_entry",
+    "effective_hyperparams",
     "grid_cells",
     "hyperparams_file",
     "is_stale",
