@@ -4,6 +4,8 @@
 # files when it ends, so rerunning a lane after an interrupted session continues where it stopped.
 #   bash benchmarks/tune_campaign.sh a > /tmp/lane-a.txt 2>&1 &
 #   bash benchmarks/tune_campaign.sh b > /tmp/lane-b.txt 2>&1 &
+# then, once an env's studies have ended, write their best trials into the files and compare them with the defaults:
+#   bash benchmarks/tune_campaign.sh c Acrobot-v1 300000 > /tmp/lane-c.txt 2>&1 &
 set -u
 cd "$(dirname "$0")/.."
 ALGOS="reinforce ispg ppo_kl grpo"
@@ -23,5 +25,17 @@ b)  # CartPole-v1 with rl-zoo3's single seed (K = 1), the stability retraining o
     done
     for algo in $ALGOS; do step "$algo Pendulum-v1 K=3" study --algo "$algo" --env Pendulum-v1 --eval-seeds 3 -n 100000 --trials 8; done
     ;;
-*)  echo "usage: $0 a|b" >&2; exit 2 ;;
+c)  # apply each finished K = 3 study of env $2 (entry budget $3), then tuned vs default on seeds 200-202 at $3
+    env=$2 budget=$3
+    for algo in $ALGOS; do
+        if [ -f "benchmarks/results/tuning/$algo-$env-k3.json" ]; then
+            python -m benchmarks.tune apply --algo "$algo" --env "$env" --eval-seeds 3 -n "$budget" &&
+                git commit -q -m "$algo.yml: $env tuned" -- "hyperparams/$algo.yml"
+        fi
+    done
+    for algo in $ALGOS; do
+        step "$algo $env tuned vs default" compare --algo "$algo" --env "$env" -n "$budget" --seeds 200-202
+    done
+    ;;
+*)  echo "usage: $0 a|b|c ENV BUDGET" >&2; exit 2 ;;
 esac
