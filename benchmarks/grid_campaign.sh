@@ -9,7 +9,11 @@ cd "$(dirname "$0")/.."
 STORE=benchmarks/results/grid
 OURS="reinforce ispg ppo_kl grpo"
 STOCK="ppo a2c sac trpo"
-BUDGET="CartPole-v1=100000 Acrobot-v1=300000 Pendulum-v1=100000 LunarLander-v3=500000"
+# budgets and seeds: benchmarks/tune.py (GRID_BUDGETS, GRID_SEEDS), where the tuned-versus-default comparison reuses
+# the grid's cells; the seeds are disjoint from every tuning (trial numbers from 0), retraining (100-104) seed
+BUDGET=$(python -c "from benchmarks.tune import GRID_BUDGETS as b; print(' '.join(f'{e}={n}' for e, n in b.items()))")
+SEEDS="200 201 202 203 204"
+LL_SEEDS="200 201 202"
 
 chunk() {  # chunk <description> <algos> <envs> <seeds>
     echo "[$(date -u +%FT%TZ)] start $1"
@@ -26,16 +30,16 @@ chunk() {  # chunk <description> <algos> <envs> <seeds>
 
 case "${1:-}" in
 stock)  # CartPole-v1 for all eight (every CartPole entry is tuned), the stock four on Acrobot-v1 and Pendulum-v1
-    for seed in 0 1 2 3 4; do
+    for seed in $SEEDS; do
         chunk "CartPole-v1 seed $seed" "$OURS $STOCK" CartPole-v1 "$seed"
         chunk "stock Acrobot-v1 Pendulum-v1 seed $seed" "$STOCK" "Acrobot-v1 Pendulum-v1" "$seed"
     done
     ;;
 all)
-    for seed in 0 1 2 3 4; do
+    for seed in $SEEDS; do
         chunk "CartPole-v1 Acrobot-v1 Pendulum-v1 seed $seed" "$OURS $STOCK" "CartPole-v1 Acrobot-v1 Pendulum-v1" "$seed"
     done
-    for seed in 0 1 2; do
+    for seed in $LL_SEEDS; do
         chunk "LunarLander-v3 seed $seed" "$OURS $STOCK" LunarLander-v3 "$seed"
     done
     ;;

@@ -18,7 +18,9 @@ half-way) on each fresh seed through the benchmark's cell runner (deterministic 
 10 episodes on an eval env seeded apart) into ``results/tuning/retrain/<study>/``; finished seeds are skipped.
 ``apply`` writes the best trial into ``hyperparams/<algo>.yml`` (on top of the env's hand-set entry, with a
 comment saying how it was obtained). ``compare`` trains the file's entry (tuned) and the untuned defaults (the
-file's ``default`` entry) on the same fresh seeds and budget into ``results/tuning/compare/{tuned,default}/``.
+file's ``default`` entry) on the same fresh seeds and budget into ``results/tuning/compare/{tuned,default}/``; at
+an env's benchmark budget (``GRID_BUDGETS``) the entry's runs are the benchmark grid's own cells, in its store
+``results/grid/`` (whichever of the two runs a cell first, the other reuses it).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import contextlib
 import datetime
 import io
 import json
+import re
 import tempfile
 import time
 from dataclasses import asdict
@@ -45,6 +48,10 @@ from sb3_pg_ext.zoo.cli import main as zoo_main
 
 RESULTS = Path(__file__).resolve().parent / "results" / "tuning"
 N_EVALUATIONS = 5
+#: The README benchmark's env-step budget per env (benchmarks/grid_campaign.sh, on seeds 200-204, LunarLander-v3
+#: 200-202, so that its first three seeds are the comparison's).
+GRID_BUDGETS = {"CartPole-v1": 100_000, "Acrobot-v1": 300_000, "Pendulum-v1": 100_000, "LunarLander-v3": 500_000}
+GRID_STORE = RESULTS.parent / "grid"
 EVAL_EPISODES = 5
 N_STARTUP_TRIALS = 4
 SAMPLER = "tpe"
@@ -325,8 +332,11 @@ def compare(algo: str, env: str, n_timesteps: int, seeds: list[int]) -> dict[str
     defaults_file.write_text(yaml.safe_dump({env: defaults}))
     finals: dict[str, list[float]] = {}
     for variant, config in (("tuned", None), ("default", str(defaults_file))):
-        store = ResultStore(str(RESULTS / "compare" / variant))
-        cells = [Cell(algo, env, s, n_timesteps, n_evaluations=N_EVALUATIONS, config=config) for s in seeds]
+        if variant == "tuned" and GRID_BUDGETS.get(env) == n_timesteps:
+            store, cells = ResultStore(str(GRID_STORE)), [Cell(algo, env, s, n_timesteps) for s in seeds]
+        else:
+            store = ResultStore(str(RESULTS / "compare" / variant))
+            cells = [Cell(algo, env, s, n_timesteps, n_evaluations=N_EVALUATIONS, config=config) for s in seeds]
         run_grid(cells, store, workers=1, progress=False)
         finals[variant] = _final_means(store, cells)
     return finals
@@ -373,25 +383,70 @@ def stability_table() -> None:
         )
 
 
+def _entry_origins(path: Path) -> dict[str, str]:
+    """Each entry of a hyperparameter file and how its comment says it was obtained: a study's name or "hand-set"."""
+    origins: dict[str, str] = {}
+    comment: list[str] = []
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            comment.append(line)
+        elif line and not line.startswith(" "):
+            text = " ".join(comment)
+            study = re.search(r"benchmarks/results/tuning/(\S+)\.log", text)
+            tuned = "tuned with" in text and study is not None
+            origins[line.rstrip(":").strip("'\"")] = f"tuned ({study.group(1)})" if tuned else "hand-set"  # type: ignore[union-attr]
+            comment = []
+        elif not line:
+            comment = []
+    return origins
+
+
 def compare_table() -> None:
-    """Markdown table of the tuned-versus-default comparisons that were run."""
-    stores = {v: ResultStore(str(RESULTS / "compare" / v)) for v in ("tuned", "default")}
+    """
+    Every entry of the four hyperparameter files: how it was obtained, and its final return next to the file's
+    ``default`` entry on the fresh seeds of ``compare`` ("not run" where no comparison ran yet; "stale" where the
+    entry changed after it ran).
+    """
+    from sb3_pg_ext import HYPERPARAMS_DIR
+    from sb3_pg_ext.benchmark.grid import is_stale
+
+    # the grid's cells first: where they hold an entry's comparison, they replace the runs of compare/tuned
+    grid = ResultStore(str(GRID_STORE))
+    stores = [("tuned", grid)] + [(v, ResultStore(str(RESULTS / "compare" / v))) for v in ("tuned", "default")]
     rows: dict[tuple[str, str], dict[str, list[float]]] = {}
     budgets: dict[tuple[str, str], int] = {}
-    for variant, store in stores.items():
+    stale: set[tuple[str, str]] = set()
+    from_grid: set[tuple[str, str]] = set()
+    for variant, store in stores:
         for r in store.records():
+            key = (r["algo"], r["env"])
+            if store is grid:
+                if r["seed"] not in (200, 201, 202) or GRID_BUDGETS.get(r["env"]) != r["config"]["cell"]["n_timesteps"]:
+                    continue
+                from_grid.add(key)
+            elif variant == "tuned" and key in from_grid:
+                continue
             if r["status"] == FINISHED:
-                rows.setdefault((r["algo"], r["env"]), {}).setdefault(variant, []).append(r["final"]["mean"])
-                budgets[(r["algo"], r["env"])] = r["config"]["cell"]["n_timesteps"]
-    print("| algo | env | steps | tuned (final return per seed) | default (final return per seed) |")
-    print("|---|---|---|---|---|")
-    for (algo, env), finals in sorted(rows.items()):
-        cells = []
-        for variant in ("tuned", "default"):
-            values = finals.get(variant, [])
-            text = ", ".join(f"{v:.1f}" for v in values)
-            cells.append(f"{text} (mean {np.mean(values):.1f})" if values else "-")
-        print(f"| {algo} | {env} | {budgets[(algo, env)]:,} | {cells[0]} | {cells[1]} |")
+                rows.setdefault(key, {}).setdefault(variant, []).append(r["final"]["mean"])
+                budgets[key] = r["config"]["cell"]["n_timesteps"]
+                if variant == "tuned" and is_stale(r, Cell(**r["config"]["cell"])):
+                    stale.add(key)
+    print("| algo | env | entry | steps | entry's final return per seed | default's final return per seed |")
+    print("|---|---|---|---|---|---|")
+    for algo in ("reinforce", "ispg", "ppo_kl", "grpo"):
+        for env, origin in _entry_origins(HYPERPARAMS_DIR / f"{algo}.yml").items():
+            if env == "default":
+                continue
+            finals = rows.get((algo, env), {})
+            cells = []
+            for variant in ("tuned", "default"):
+                values = finals.get(variant, [])
+                text = ", ".join(f"{v:.1f}" for v in values)
+                cells.append(f"{text} (mean {np.mean(values):.1f})" if values else "not run")
+            if (algo, env) in stale:
+                cells[0] += " stale: the entry changed since"
+            steps = f"{budgets[(algo, env)]:,}" if (algo, env) in budgets else "-"
+            print(f"| {algo} | {env} | {origin} | {steps} | {cells[0]} | {cells[1]} |")
 
 
 def _seeds(text: str) -> list[int]:
