@@ -112,10 +112,11 @@ def learning_curve(
     return curve
 
 
-def save_results(name: str, payload: dict[str, Any]) -> Path:
-    """Write ``benchmarks/results/<name>.json`` and return its path."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{name}.json"
+def save_results(name: str, payload: dict[str, Any], directory: Path | None = None) -> Path:
+    """Write ``<directory>/<name>.json`` (default directory: ``benchmarks/results``) and return its path."""
+    directory = RESULTS_DIR if directory is None else Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.json"
 
     def default(obj: Any) -> Any:
         if isinstance(obj, np.generic):

@@ -21,7 +21,7 @@ from stable_baselines3.common.type_aliases import TrainFrequencyUnit
 from stable_baselines3.common.utils import set_random_seed
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from sb3_pg_ext import ISPG
+from sb3_pg_ext import ISPG, REINFORCE
 from sb3_pg_ext.common.buffers import EpisodeBatch
 from sb3_pg_ext.common.replay_buffers import DictEpisodeReplayBuffer, EpisodeReplayBuffer
 from sb3_pg_ext.estimators import (
@@ -32,7 +32,7 @@ from sb3_pg_ext.estimators import (
     self_normalized_log_weights,
 )
 from tests.conftest import ENV_FACTORIES, flat_parameters
-from tests.learning import final_return
+from tests.learning import final_return, steps_to_threshold
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Weights against slow references
@@ -905,15 +905,13 @@ def test_ispg_defaults_end_solved_on_cartpole_after_200k_steps(seed: int):
 
 @pytest.mark.slow
 def test_ispg_reaches_475_on_cartpole_in_fewer_steps_than_reinforce():
-    # Sample efficiency, not the end result (the tests above judge the final policy): the protocol of
-    # `python -m benchmarks.ispg_cartpole`, defaults of both algorithms (the same actor MLP), deterministic
-    # evaluation on 10 episodes every 2,500 env steps, the first mean >= 475 counts.
-    from benchmarks.ispg_cartpole import steps_to_threshold
-
+    # Sample efficiency, not the end result (the tests above judge the final policy): tests/learning.py's
+    # steps_to_threshold, defaults of both algorithms (the same actor MLP), one env, deterministic evaluation on
+    # 10 episodes every 2,500 env steps, the first mean >= 475 counts.
     max_steps, eval_freq = 200_000, 2_500
     runs = {
-        algo: [steps_to_threshold(algo, seed, max_steps=max_steps, eval_freq=eval_freq)["steps"] for seed in (0, 1, 2)]
-        for algo in ("ispg", "reinforce")
+        name: [steps_to_threshold(algo, seed, max_steps=max_steps, eval_freq=eval_freq)["steps"] for seed in (0, 1, 2)]
+        for name, algo in (("ispg", ISPG), ("reinforce", REINFORCE))
     }
     print(f"\nenv steps to a deterministic mean >= 475 on CartPole-v1 (seeds 0, 1, 2): {runs}")
     assert all(steps is not None and steps <= max_steps for steps in runs["ispg"]), runs

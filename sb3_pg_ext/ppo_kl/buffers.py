@@ -7,8 +7,9 @@ the old actor on every minibatch, i.e. ``n_epochs`` passes over the rollout per 
 the network (``copy.deepcopy`` of a gSDE policy even fails: it holds non-leaf tensors). Storing the parameters costs
 one no-grad pass over the rollout per update and ``P`` floats per step (the logits of Categorical, MultiCategorical
 and Bernoulli distributions; mean and std of Gaussians, gSDE included). Measured per update with rl-zoo3's settings
-(``benchmarks/ppo_kl_vs_ppo.py``, CPU seconds, one thread, medians of 3): CartPole-v1 0.23 ms stored vs 4.8 ms frozen
-copy (a whole rollout + update is 54 ms); Pendulum-v1 7.5 ms vs 71 ms (1.35 s).
+(``python -m benchmarks.throughput ppo-kl --parts old-policy-cost``, CPU seconds, one thread, medians of 3):
+CartPole-v1 0.23 ms stored vs 4.8 ms frozen copy (a whole rollout + update is 54 ms); Pendulum-v1 7.5 ms vs 71 ms
+(1.35 s).
 """
 
 from __future__ import annotations
