@@ -374,6 +374,20 @@ def test_sampler_output_builds_the_model_and_converter_reproduces_it(algo):
         study.tell(trial, 0.0)
 
 
+@pytest.mark.parametrize(("n_envs", "largest"), [(1, 4096), (8, 4096), (16, 4096), (256, 8192)])
+def test_ppo_kl_sampler_caps_the_rollout_over_all_envs(n_envs, largest):
+    """n_steps is drawn per env like rl-zoo3's, but n_steps x n_envs stays within 4096 transitions (n_steps >= 32)."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0), direction="maximize")
+    rollouts = set()
+    for _ in range(60):
+        trial = study.ask()
+        kwargs = hyperparams_opt.HYPERPARAMS_SAMPLER["ppo_kl"](trial, 0, n_envs, {})
+        assert kwargs["n_steps"] >= 32 and kwargs["batch_size"] >= 32
+        rollouts.add(kwargs["n_steps"] * n_envs)
+        study.tell(trial, 0.0)
+    assert max(rollouts) == largest and min(rollouts) == 32 * n_envs
+
+
 @pytest.mark.parametrize("algo", ALGO_NAMES)
 def test_optimize_runs_two_trials_in_memory(algo, in_tmp):
     main(

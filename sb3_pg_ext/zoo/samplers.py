@@ -152,16 +152,21 @@ def convert_ppo_kl_params(params: dict[str, Any]) -> dict[str, Any]:
 
 def sample_ppo_kl_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
     """
-    PPOKL: rl-zoo3's PPO ranges for what PPOKL shares with PPO (``n_steps`` = 2 ** 5..12 per env, ``batch_size``
-    = 2 ** 5..10, ``n_epochs`` in {1, 5, 10, 20}, ``one_minus_gae_lambda`` log-uniform in [1e-4, 0.1]) and the KL
-    penalty's own: ``kl_target`` log-uniform in [1e-3, 0.1] (around the paper's 0.003..0.03), ``kl_coef`` (the
-    initial beta when adaptive, the fixed beta otherwise) log-uniform in [0.01, 10], ``adaptive_kl`` on/off, every
-    ``kl_estimator`` and ``kl_direction``, and ``clip_range`` in {None, 0.1, 0.2, 0.3} (None: the pure KL-penalty
-    objective, the default; the others combine the penalty with PPO's clip).
+    PPOKL: rl-zoo3's PPO ranges for what PPOKL shares with PPO (``n_steps`` = 2 ** 5..12 per env, capped at a
+    4096-transition rollout over all envs; ``batch_size`` = 2 ** 5..10; ``n_epochs`` in {1, 5, 10, 20};
+    ``one_minus_gae_lambda`` log-uniform in [1e-4, 0.1]) and the KL penalty's own: ``kl_target`` log-uniform in
+    [1e-3, 0.1] (around the paper's 0.003..0.03), ``kl_coef`` (the initial beta when adaptive, the fixed beta
+    otherwise) log-uniform in [0.01, 10], ``adaptive_kl`` on/off, every ``kl_estimator`` and ``kl_direction``, and
+    ``clip_range`` in {None, 0.1, 0.2, 0.3} (None: the pure KL-penalty objective, the default; the others combine
+    the penalty with PPO's clip).
     """
     # max_grad_norm: rl-zoo3's PPO range 0.3..2, in steps (PPOKL, like PPO, always clips)
     params = _sample_common(trial, grad_norms=[0.3, 0.5, 1.0, 2.0])
-    params["n_steps_pow"] = trial.suggest_int("n_steps_pow", 5, 12)
+    # n_steps per env from 32 up to a rollout of 4096 transitions in all (rl-zoo3's range is per env: with 16 envs,
+    # n_steps 4096 made a 65,536-step rollout, 1.5 updates in a 100k-step trial, and every Acrobot-v1 trial scored
+    # about -500); one env keeps rl-zoo3's 32..4096
+    max_pow = max(5, 12 - (max(n_envs, 1).bit_length() - 1))
+    params["n_steps_pow"] = trial.suggest_int("n_steps_pow", 5, max_pow)
     # batch_size from 32, not rl-zoo3's 8: the CartPole-v1 study's pick (batch 8, 20 epochs) trained at 164 env
     # steps per CPU second against about 1,100 for batch 64, and a trial that slow costs the budget of a study
     params["batch_size_pow"] = trial.suggest_int("batch_size_pow", 5, 10)
