@@ -139,6 +139,13 @@ def test_a_finished_cell_runs_again_when_its_entry_or_budget_changes(
     conf.write_text(yaml.safe_dump({env: entries[env] for env in ("CartPole-v1", "Acrobot-v1")}))
     assert run_grid(cells, store, workers=1, progress=False).stale == [] and len(trainer.calls) == 3
 
+    # the same file somewhere else (another checkout) is the same experiment
+    moved = tmp_path / "elsewhere" / "reinforce.yml"
+    moved.parent.mkdir()
+    moved.write_text(conf.read_text())
+    relocated = grid_cells(["reinforce"], ["CartPole-v1", "Acrobot-v1"], [0], budgets, config=str(moved))
+    assert run_grid(relocated, store, workers=1, progress=False).stale == [] and len(trainer.calls) == 3
+
     # another budget is another experiment
     longer = grid_cells(["reinforce"], ["CartPole-v1"], [0], {"CartPole-v1": 1000}, config=str(conf))
     assert run_grid(longer, store, workers=1, progress=False).stale == [("reinforce", "CartPole-v1", 0)]

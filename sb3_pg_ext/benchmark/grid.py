@@ -175,7 +175,14 @@ def is_stale(record: dict[str, Any], cell: Cell) -> bool:
     count when the cell sets the budget). A table then never mixes old settings with new ones.
     """
     config = record.get("config", {})
-    if config.get("cell") != json.loads(json.dumps(asdict(cell))) or "hyperparams" not in config:
+    if "cell" not in config or "hyperparams" not in config:
+        return True
+    # the file and study paths themselves do not count (a checkout elsewhere has other absolute paths): what they
+    # hold does, through the effective hyperparameters
+    paths = ("config", "storage")
+    then = {k: v for k, v in config["cell"].items() if k not in paths}
+    now = {k: v for k, v in json.loads(json.dumps(asdict(cell))).items() if k not in paths}
+    if then != now:
         return True
     return bool(_comparable(config["hyperparams"], cell) != _comparable(effective_hyperparams(cell), cell))
 
