@@ -31,6 +31,7 @@ import datetime
 import io
 import json
 import re
+import subprocess
 import tempfile
 import time
 from dataclasses import asdict
@@ -46,6 +47,7 @@ from sb3_pg_ext.benchmark.grid import Cell, run_grid
 from sb3_pg_ext.benchmark.store import FINISHED, ResultStore
 from sb3_pg_ext.zoo.cli import main as zoo_main
 
+ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results" / "tuning"
 N_EVALUATIONS = 5
 #: The README benchmark's env-step budget per env (benchmarks/grid_campaign.sh, on seeds 200-204, LunarLander-v3
@@ -291,10 +293,78 @@ def _wrap_comment(text: str, width: int = 118) -> list[str]:
     return [*lines, line]
 
 
+def _entry_span(lines: list[str], env: str) -> tuple[int, int] | None:
+    """The lines [start, end) of the env's entry in a yml file, its comment included; None when it has none."""
+    if f"{env}:" not in lines:
+        return None
+    start = lines.index(f"{env}:")
+    while start > 0 and lines[start - 1].startswith("#"):
+        start -= 1
+    end = lines.index(f"{env}:") + 1
+    while end < len(lines) and lines[end].startswith("  "):
+        end += 1
+    return start, end
+
+
+def hand_set_entry(algo: str, env: str) -> tuple[str, list[str]]:
+    """
+    The env's latest hand-set entry of ``hyperparams/<algo>.yml`` (comment and entry lines), from the working tree
+    or else the file's git history (an applied study replaced it): (where it was found, its lines).
+    """
+    relative = f"hyperparams/{algo}.yml"
+    versions = [("working tree", (ROOT / relative).read_text())]
+    commits = subprocess.run(
+        ["git", "log", "--format=%H", "--", relative], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    for commit in commits:
+        show = subprocess.run(["git", "show", f"{commit}:{relative}"], cwd=ROOT, capture_output=True, text=True)
+        if show.returncode == 0:
+            versions.append((f"commit {commit[:10]}", show.stdout))
+    for where, text in versions:
+        lines = text.splitlines()
+        span = _entry_span(lines, env)
+        if span is not None:
+            block = lines[span[0] : span[1]]
+            if not any("tuned with" in line for line in block if line.startswith("#")):
+                return where, block
+    raise LookupError(f"no hand-set {env} entry in {relative} or its history")
+
+
+def baseline(algo: str, env: str, n_timesteps: int, seeds: list[int]) -> float:
+    """
+    The hand-set entry under the trial protocol of a study (one run per seed, N_EVALUATIONS evaluations of
+    EVAL_EPISODES episodes; value: the IQM of all runs' returns at the last evaluation), so that ``apply`` keeps it
+    where the study's best trial scored below it. Writes ``results/tuning/baseline/<algo>-<env>.{yml,json}`` and the
+    runs' records.
+    """
+    from sb3_pg_ext.zoo.aggregate import AGGREGATES
+
+    where, block = hand_set_entry(algo, env)
+    name = f"{algo}-{env.replace('/', '-')}"
+    folder = RESULTS / "baseline"
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / f"{name}.yml"
+    config.write_text(f"# the hand-set entry of hyperparams/{algo}.yml ({where})\n" + "\n".join(block) + "\n")
+    store = ResultStore(str(folder / name))
+    protocol = {"n_evaluations": N_EVALUATIONS, "n_eval_episodes": EVAL_EPISODES, "config": str(config)}
+    cells = [Cell(algo, env, s, n_timesteps, **protocol) for s in seeds]
+    run_grid(cells, store, workers=1, progress=False)
+    records = [store.read(*c.key) for c in cells]
+    last = [r["curve"]["returns"][-1] for r in records if r is not None and r["status"] == FINISHED]
+    value = float(AGGREGATES["iqm"](last))
+    summary = {"algo": algo, "env": env, "entry": where, "n_timesteps": n_timesteps, "seeds": seeds, "value": value}
+    (folder / f"{name}.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return value
+
+
 def apply(
     algo: str, env: str, eval_seeds: int, n_timesteps: int | None = None, repeat: int | None = None, note: str = ""
 ) -> Path:
-    """Write a study's best trial into ``hyperparams/<algo>.yml`` in place of the env's entry (and its comment)."""
+    """
+    Write a study's best trial into ``hyperparams/<algo>.yml`` in place of the env's entry (and its comment), unless
+    ``baseline`` measured the hand-set entry above the best trial's value: then the hand-set entry stays, with a
+    comment saying so.
+    """
     import yaml
 
     from sb3_pg_ext import HYPERPARAMS_DIR
@@ -302,15 +372,32 @@ def apply(
     summary = json.loads((RESULTS / f"{study_name(algo, env, eval_seeds, repeat)}.json").read_text())
     path = HYPERPARAMS_DIR / f"{algo}.yml"
     text = path.read_text()
-    base = yaml.safe_load(text)[env]
     lines = text.splitlines()
-    start = lines.index(f"{env}:")
-    while start > 0 and lines[start - 1].startswith("#"):
-        start -= 1
-    end = lines.index(f"{env}:") + 1
-    while end < len(lines) and lines[end].startswith("  "):
-        end += 1
-    lines[start:end] = tuned_entry(summary, base, n_timesteps, note)
+    span = _entry_span(lines, env)
+    assert span is not None, f"{path} has no {env} entry"
+    measured = RESULTS / "baseline" / f"{algo}-{env.replace('/', '-')}.json"
+    kept = json.loads(measured.read_text()) if measured.is_file() else None
+    if kept is not None and kept["value"] > summary["best"]["value"]:
+        _, block = hand_set_entry(algo, env)
+        comments = [line for line in block if line.startswith("#")]
+        # an entry kept before: its own reasoning starts after the previous "As hand-set:"
+        ends = [i for i, line in enumerate(comments) if line.endswith("As hand-set:")]
+        comments = comments[ends[-1] + 1 :] if ends else comments
+        entry = [line for line in block if not line.startswith("#")]
+        if n_timesteps is not None:
+            entry = [f"  n_timesteps: {n_timesteps}" if line.startswith("  n_timesteps:") else line for line in entry]
+        trials = summary["trials_complete"] + summary["trials_pruned"]
+        reason = (
+            f"# hand-set, kept over tuning: the best of {trials} trials of study benchmarks/results/tuning/"
+            f"{summary['study']}.log scored {summary['best']['value']:.1f}, this entry {kept['value']:.1f} under "
+            f"the same protocol (python -m benchmarks.tune baseline, seeds {kept['seeds'][0]}-{kept['seeds'][-1]}); "
+            + (f"n_timesteps {n_timesteps:.0e} (the benchmark's budget for the env); " if n_timesteps else "")
+            + f"{summary['date']}. As hand-set:"
+        )
+        lines[span[0] : span[1]] = _wrap_comment(reason) + comments + entry
+    else:
+        base = yaml.safe_load(text)[env]
+        lines[span[0] : span[1]] = tuned_entry(summary, base, n_timesteps, note)
     path.write_text("\n".join(lines) + "\n")
     assert yaml.safe_load(path.read_text())[env] is not None
     return path
@@ -469,7 +556,7 @@ def _seeds(text: str) -> list[int]:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.tune")
     sub = parser.add_subparsers(dest="command", required=True)
-    for command in ("study", "retrain", "apply", "compare"):
+    for command in ("study", "retrain", "apply", "compare", "baseline"):
         p = sub.add_parser(command)
         p.add_argument("--algo", required=True)
         p.add_argument("--env", required=True)
@@ -486,6 +573,8 @@ def main() -> None:
             p.add_argument("--trials", type=int, required=True)
         elif command == "compare":
             p.add_argument("--seeds", type=_seeds, default=_seeds("200-202"))
+        elif command == "baseline":
+            p.add_argument("--seeds", type=_seeds, default=_seeds("300-302"))
         else:
             p.add_argument("--seeds", type=_seeds, default=_seeds("100-104"))
     sub.add_parser("table")
@@ -497,6 +586,8 @@ def main() -> None:
         print(apply(args.algo, args.env, args.eval_seeds, args.n_timesteps, args.repeat, args.note))
     elif args.command == "compare":
         print(json.dumps(compare(args.algo, args.env, args.n_timesteps, args.seeds)))
+    elif args.command == "baseline":
+        print(baseline(args.algo, args.env, args.n_timesteps, args.seeds))
     elif args.command == "retrain":
         print(retrain(args.algo, args.env, args.eval_seeds, args.n_timesteps, args.seeds, args.repeat))
     else:

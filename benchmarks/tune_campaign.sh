@@ -25,10 +25,14 @@ b)  # CartPole-v1 with rl-zoo3's single seed (K = 1), the stability retraining o
     done
     for algo in $ALGOS; do step "$algo Pendulum-v1 K=3" study --algo "$algo" --env Pendulum-v1 --eval-seeds 3 -n 100000 --trials 8; done
     ;;
-c)  # apply each finished K = 3 study of env $2 (entry budget $3), then tuned vs default on seeds 200-202 at $3
+c)  # for each finished K = 3 study of env $2: the hand-set entry under the trial protocol, then apply (the best trial,
+    # unless the hand-set entry scored higher; entry budget $3); then tuned vs default on seeds 200-202 at $3
     env=$2 budget=$3
     for algo in $ALGOS; do
-        if [ -f "benchmarks/results/tuning/$algo-$env-k3.json" ]; then
+        summary="benchmarks/results/tuning/$algo-$env-k3.json"
+        if [ -f "$summary" ]; then
+            per_run=$(python -c "import json, sys; print(json.load(open(sys.argv[1]))['n_timesteps_per_run'])" "$summary")
+            step "$algo $env hand-set entry under the trial protocol" baseline --algo "$algo" --env "$env" -n "$per_run"
             python -m benchmarks.tune apply --algo "$algo" --env "$env" --eval-seeds 3 -n "$budget" &&
                 git commit -q -m "$algo.yml: $env tuned" -- "hyperparams/$algo.yml"
         fi
