@@ -383,6 +383,7 @@ def apply(
         # an entry kept before: its own reasoning starts after the previous "As hand-set:"
         ends = [i for i, line in enumerate(comments) if line.endswith("As hand-set:")]
         comments = comments[ends[-1] + 1 :] if ends else comments
+        comments = [c.replace("# hand-set (not tuned yet): ", "# ") for c in comments]
         entry = [line for line in block if not line.startswith("#")]
         if n_timesteps is not None:
             entry = [f"  n_timesteps: {n_timesteps}" if line.startswith("  n_timesteps:") else line for line in entry]
