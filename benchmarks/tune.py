@@ -442,10 +442,19 @@ def trial_hours(name: str) -> float:
 
 def table() -> None:
     """Markdown table of every study summary and its retrained seeds."""
-    print("| study | trials (complete/pruned) | env steps | trial hours (wall) | best value | retrained final returns |")
-    print("|---|---|---|---|---|---|")
+    from sb3_pg_ext import HYPERPARAMS_DIR
+
+    print(
+        "| study | trials (complete/pruned) | env steps | trial hours (wall) | best value | hand-set entry, same protocol "
+        "| in the file | retrained final returns |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for path in sorted(RESULTS.glob("*.json")):
         s = json.loads(path.read_text())
+        measured = RESULTS / "baseline" / f"{s['algo']}-{s['env'].replace('/', '-')}.json"
+        hand_set = f"{json.loads(measured.read_text())['value']:.1f}" if measured.is_file() else "-"
+        origin = _entry_origins(HYPERPARAMS_DIR / f"{s['algo']}.yml").get(s["env"], "")
+        in_file = "tuned" if origin == f"tuned ({s['study']})" else ("hand-set kept" if hand_set != "-" else "-")
         store = ResultStore(str(RESULTS / "retrain" / s["study"]))
         finals = _final_means(store)
         finals_text = ", ".join(f"{v:.1f}" for v in finals)
@@ -453,7 +462,7 @@ def table() -> None:
             finals_text += f" (mean {np.mean(finals):.1f}, std {np.std(finals):.1f})"
         print(
             f"| {s['study']} | {s['trials_complete']}/{s['trials_pruned']} | {s['env_steps_trained']:,} "
-            f"| {trial_hours(s['study']):.2f} | {s['best']['value']:.1f} | {finals_text} |"
+            f"| {trial_hours(s['study']):.2f} | {s['best']['value']:.1f} | {hand_set} | {in_file} | {finals_text} |"
         )
 
 
