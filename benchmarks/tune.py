@@ -454,7 +454,7 @@ def table() -> None:
         measured = RESULTS / "baseline" / f"{s['algo']}-{s['env'].replace('/', '-')}.json"
         hand_set = f"{json.loads(measured.read_text())['value']:.1f}" if measured.is_file() else "-"
         origin = _entry_origins(HYPERPARAMS_DIR / f"{s['algo']}.yml").get(s["env"], "")
-        in_file = "tuned" if origin == f"tuned ({s['study']})" else ("hand-set kept" if hand_set != "-" else "-")
+        in_file = "tuned" if origin == f"tuned ({s['study']})" else ("hand-set kept" if "kept" in origin else "-")
         store = ResultStore(str(RESULTS / "retrain" / s["study"]))
         finals = _final_means(store)
         finals_text = ", ".join(f"{v:.1f}" for v in finals)
@@ -501,7 +501,8 @@ def _entry_origins(path: Path) -> dict[str, str]:
             text = " ".join(comment)
             study = re.search(r"benchmarks/results/tuning/(\S+)\.log", text)
             tuned = "tuned with" in text and study is not None
-            origins[line.rstrip(":").strip("'\"")] = f"tuned ({study.group(1)})" if tuned else "hand-set"  # type: ignore[union-attr]
+            kept = "hand-set (kept over its study)" if "kept over tuning" in text else "hand-set"
+            origins[line.rstrip(":").strip("'\"")] = f"tuned ({study.group(1)})" if tuned else kept  # type: ignore[union-attr]
             comment = []
         elif not line:
             comment = []
@@ -517,27 +518,33 @@ def compare_table() -> None:
     from sb3_pg_ext import HYPERPARAMS_DIR
     from sb3_pg_ext.benchmark.grid import is_stale
 
-    # the grid's cells first: where they hold an entry's comparison, they replace the runs of compare/tuned
+    # the entry's runs: the grid's cells (seeds 200-202 at the benchmark's budget) or compare/tuned's, whichever holds
+    # more of the seeds (the grid on a tie); the two are not mixed, since their evaluation protocols differ
     grid = ResultStore(str(GRID_STORE))
-    stores = [("tuned", grid)] + [(v, ResultStore(str(RESULTS / "compare" / v))) for v in ("tuned", "default")]
+    sources = {"grid": grid, "tuned": ResultStore(str(RESULTS / "compare" / "tuned"))}
+    found: dict[str, dict[tuple[str, str], list[dict[str, Any]]]] = {name: {} for name in sources}
+    for name, store in sources.items():
+        for r in store.records():
+            if r["status"] != FINISHED:
+                continue
+            at_budget = GRID_BUDGETS.get(r["env"]) == r["config"]["cell"]["n_timesteps"]
+            if name == "grid" and (r["seed"] not in (200, 201, 202) or not at_budget):
+                continue
+            found[name].setdefault((r["algo"], r["env"]), []).append(r)
     rows: dict[tuple[str, str], dict[str, list[float]]] = {}
     budgets: dict[tuple[str, str], int] = {}
     stale: set[tuple[str, str]] = set()
-    from_grid: set[tuple[str, str]] = set()
-    for variant, store in stores:
-        for r in store.records():
-            key = (r["algo"], r["env"])
-            if store is grid:
-                if r["seed"] not in (200, 201, 202) or GRID_BUDGETS.get(r["env"]) != r["config"]["cell"]["n_timesteps"]:
-                    continue
-                from_grid.add(key)
-            elif variant == "tuned" and key in from_grid:
-                continue
-            if r["status"] == FINISHED:
-                rows.setdefault(key, {}).setdefault(variant, []).append(r["final"]["mean"])
-                budgets[key] = r["config"]["cell"]["n_timesteps"]
-                if variant == "tuned" and is_stale(r, Cell(**r["config"]["cell"])):
-                    stale.add(key)
+    for key in set(found["grid"]) | set(found["tuned"]):
+        chosen = max((found["grid"].get(key, []), found["tuned"].get(key, [])), key=len)
+        chosen = sorted(chosen, key=lambda r: r["seed"])
+        rows.setdefault(key, {})["tuned"] = [r["final"]["mean"] for r in chosen]
+        budgets[key] = chosen[0]["config"]["cell"]["n_timesteps"]
+        if any(is_stale(r, Cell(**r["config"]["cell"])) for r in chosen):
+            stale.add(key)
+    for r in sorted(ResultStore(str(RESULTS / "compare" / "default")).records(), key=lambda r: r["seed"]):
+        if r["status"] == FINISHED:
+            rows.setdefault((r["algo"], r["env"]), {}).setdefault("default", []).append(r["final"]["mean"])
+            budgets.setdefault((r["algo"], r["env"]), r["config"]["cell"]["n_timesteps"])
     print("| algo | env | entry | steps | entry's final return per seed | default's final return per seed |")
     print("|---|---|---|---|---|---|")
     for algo in ("reinforce", "ispg", "ppo_kl", "grpo"):
