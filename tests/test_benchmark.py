@@ -32,6 +32,7 @@ from sb3_pg_ext.benchmark.grid import (
     hyperparams_file,
     run_grid,
     split_untuned,
+    train_cell,
 )
 from sb3_pg_ext.benchmark.normalisation import SCORE_RANGES, normalise
 from sb3_pg_ext.benchmark.report import iqm_intervals, markdown_table
@@ -48,7 +49,11 @@ def fake_record(cell: Cell, final_mean: float = 1.0) -> dict[str, Any]:
         "seed": cell.seed,
         "status": FINISHED,
         "final": {"returns": [final_mean], "mean": final_mean, "std": 0.0},
-        "config": {"cell": asdict(cell), "hyperparams": effective_hyperparams(cell)},
+        "config": {
+            "cell": asdict(cell),
+            "hyperparams": effective_hyperparams(cell),
+            "final_eval_seed": cell.seed + EVAL_SEED_OFFSET,
+        },
     }
 
 
@@ -272,6 +277,16 @@ def test_tiny_grid_of_two_algorithms_stores_curves_and_throughput(tmp_path: Path
         assert png.stat().st_size > 1000 and png.read_bytes()[:8] == PNG_SIGNATURE, png
         assert f"]({png.name})" in markdown
     assert sorted(out.iterdir()) == sorted([out / report.REPORT_FILE, *pngs])
+
+
+def test_final_evaluation_does_not_depend_on_the_evaluations_along_the_way() -> None:
+    """Deterministic evaluations draw no training randomness, and the final one starts from the eval seed again."""
+    finals = [
+        train_cell(Cell("ppo", "CartPole-v1", 3, 2048, n_evaluations=n, n_eval_episodes=2, n_final_episodes=3)) for n in (1, 4)
+    ]
+    assert finals[0]["final"]["returns"] == finals[1]["final"]["returns"]
+    assert finals[0]["curve"]["timesteps"] != finals[1]["curve"]["timesteps"]
+    assert finals[0]["config"]["final_eval_seed"] == 3 + EVAL_SEED_OFFSET
 
 
 def test_grid_killed_midway_completes_on_rerun_without_recomputing(tmp_path: Path) -> None:

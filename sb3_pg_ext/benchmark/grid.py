@@ -171,11 +171,14 @@ def effective_hyperparams(cell: Cell) -> dict[str, Any]:
 def is_stale(record: dict[str, Any], cell: Cell) -> bool:
     """
     True when the finished ``record`` was trained for other settings than ``cell`` gives now: another budget or
-    protocol, or other effective hyperparameters (an entry re-tuned since; the file's ``n_timesteps`` does not
-    count when the cell sets the budget). A table then never mixes old settings with new ones.
+    protocol (the final evaluation's reseeded eval env included), or other effective hyperparameters (an entry
+    re-tuned since; the file's ``n_timesteps`` does not count when the cell sets the budget). A table then never
+    mixes old settings with new ones.
     """
     config = record.get("config", {})
     if "cell" not in config or "hyperparams" not in config:
+        return True
+    if config.get("final_eval_seed") != cell.seed + EVAL_SEED_OFFSET:  # an older final-evaluation protocol
         return True
     # the file and study paths themselves do not count (a checkout elsewhere has other absolute paths): what they
     # hold does, through the effective hyperparameters
@@ -274,6 +277,9 @@ def train_cell(cell: Cell) -> dict[str, Any]:
         eval_env = evaluation.eval_env
         if model.get_vec_normalize_env() is not None:
             sync_envs_normalization(model.get_env(), eval_env)  # type: ignore[arg-type]
+        # the final episodes start from the eval seed again, so that they do not depend on how many episodes the
+        # evaluations along the way played (the policy does not: deterministic evaluation draws no training RNG)
+        eval_env.seed(cell.seed + EVAL_SEED_OFFSET)
         final_returns, final_lengths = evaluate_policy(
             model,
             eval_env,
@@ -319,6 +325,9 @@ def train_cell(cell: Cell) -> dict[str, Any]:
                 "eval_freq_per_env": int(manager.eval_freq),
                 "train_seeds": [cell.seed + i for i in range(int(manager.n_envs))],
                 "eval_seed": cell.seed + EVAL_SEED_OFFSET,
+                # the final evaluation reseeds the eval env (records without this key drew their final episodes
+                # after the evaluations along the way)
+                "final_eval_seed": cell.seed + EVAL_SEED_OFFSET,
                 "deterministic_eval": True,
             },
         }
