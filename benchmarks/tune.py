@@ -573,7 +573,7 @@ def compare_table() -> None:
                 text = ", ".join(f"{v:.1f}" for v in values)
                 cells.append(f"{text} (mean {np.mean(values):.1f})" if values else "not run")
             if (algo, env) in stale:
-                cells[0] += " stale: the entry changed since"
+                cells[0] += " (stale: settings or protocol changed since; reruns)"
             steps = f"{budgets[(algo, env)]:,}" if (algo, env) in budgets else "-"
             print(f"| {algo} | {env} | {origin} | {steps} | {cells[0]} | {cells[1]} |")
 
