@@ -56,7 +56,6 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.policies import ActorCriticPolicy
-from stable_baselines3.common.utils import LinearSchedule
 
 from benchmarks.harness import (
     RESULTS_DIR,
@@ -92,18 +91,6 @@ def reinforce_throughput(steps: int, repetitions: int) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------------------------
 # GRPO vs PPO
 
-#: rl-zoo3's PPO hyperparameters for CartPole-v1 (rl_zoo3/hyperparams/ppo.yml), with its 8 envs.
-GRPO_PPO_SETTINGS: dict[str, Any] = dict(
-    n_steps=32,
-    batch_size=256,
-    gae_lambda=0.8,
-    gamma=0.98,
-    n_epochs=20,
-    ent_coef=0.0,
-    learning_rate=LinearSchedule(0.001, 0.0, 1.0),
-    clip_range=LinearSchedule(0.2, 0.0, 1.0),
-)
-
 
 def grpo_throughput(steps: int, repetitions: int) -> dict[str, Any]:
     """GRPO() at 1 and at 8 envs vs PPO at rl-zoo3's CartPole-v1 settings (8 envs), on CartPole-v1."""
@@ -111,15 +98,18 @@ def grpo_throughput(steps: int, repetitions: int) -> dict[str, Any]:
     def grpo(n_envs: int) -> Callable[[], BaseAlgorithm]:
         return lambda: GRPO("MlpPolicy", make_vec_env("CartPole-v1", n_envs=n_envs, seed=0), seed=0, device="cpu")
 
+    # rl-zoo3's PPO entry (rl_zoo3/hyperparams/ppo.yml), read as the PPOKL pairing reads it
+    ppo_envs, _, ppo_settings = zoo_hyperparams("CartPole-v1")
+
     def ppo() -> BaseAlgorithm:
-        return PPO("MlpPolicy", make_vec_env("CartPole-v1", n_envs=8, seed=0), seed=0, device="cpu", **GRPO_PPO_SETTINGS)
+        return PPO("MlpPolicy", make_vec_env("CartPole-v1", n_envs=ppo_envs, seed=0), seed=0, device="cpu", **ppo_settings)
 
     contenders = {"GRPO (n_envs=1)": grpo(1), "GRPO (n_envs=8)": grpo(8), "PPO rl-zoo3 (n_envs=8)": ppo}
     results = measure_throughput(contenders, steps, repetitions=repetitions)
     print(markdown_throughput_table(results), flush=True)
     return {
         "env_id": "CartPole-v1",
-        "ppo_settings": {"n_envs": 8, **{k: str(v) for k, v in GRPO_PPO_SETTINGS.items()}},
+        "ppo_settings": {"n_envs": ppo_envs, **{k: str(v) for k, v in ppo_settings.items()}},
         "throughput": [r.summary() for r in results],
         "throughput_steps": steps,
         "repetitions": repetitions,
