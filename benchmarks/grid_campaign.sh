@@ -4,6 +4,10 @@
 # Run with the venv active:
 #   nohup bash benchmarks/grid_campaign.sh stock > /tmp/grid.txt 2>&1 &    # cells whose entries are final
 #   nohup bash benchmarks/grid_campaign.sh all > /tmp/grid.txt 2>&1 &      # the whole grid
+# or the grid split over two lanes (two cores), e.g.
+#   nohup bash benchmarks/grid_campaign.sh seeds 200 201 202 > /tmp/grid-a.txt 2>&1 &   # the three small envs
+#   nohup bash benchmarks/grid_campaign.sh seeds 203 204 > /tmp/grid-b.txt 2>&1 &
+#   nohup bash benchmarks/grid_campaign.sh lunar 200 201 202 > /tmp/grid-c.txt 2>&1 &   # LunarLander-v3
 set -u
 cd "$(dirname "$0")/.."
 STORE=benchmarks/results/grid
@@ -43,5 +47,17 @@ all)
         chunk "LunarLander-v3 seed $seed" "$OURS $STOCK" LunarLander-v3 "$seed"
     done
     ;;
-*)  echo "usage: $0 stock|all" >&2; exit 2 ;;
+seeds)  # seeds ...: CartPole-v1, Acrobot-v1 and Pendulum-v1 for all eight, on the given seeds
+    shift
+    for seed in "$@"; do
+        chunk "CartPole-v1 Acrobot-v1 Pendulum-v1 seed $seed" "$OURS $STOCK" "CartPole-v1 Acrobot-v1 Pendulum-v1" "$seed"
+    done
+    ;;
+lunar)  # lunar seeds ...: LunarLander-v3 for all eight that fit, on the given seeds
+    shift
+    for seed in "$@"; do
+        chunk "LunarLander-v3 seed $seed" "$OURS $STOCK" LunarLander-v3 "$seed"
+    done
+    ;;
+*)  echo "usage: $0 stock|all|seeds SEED...|lunar SEED..." >&2; exit 2 ;;
 esac
