@@ -377,8 +377,9 @@ def apply(
 ) -> Path:
     """
     Write a study's best trial into ``hyperparams/<algo>.yml`` in place of the env's entry (and its comment), unless
-    ``baseline`` measured the hand-set entry above the best trial's value: then the hand-set entry stays, with a
-    comment saying so.
+    ``baseline`` measured the hand-set entry at or above the best trial's value: then the hand-set entry stays, with
+    a comment saying so (tuning replaces an entry only where it scores higher; on a tie, such as 500 on CartPole-v1,
+    the entry that was there is kept, since nothing was measured in favour of the change).
     """
     import yaml
 
@@ -392,7 +393,7 @@ def apply(
     assert span is not None, f"{path} has no {env} entry"
     measured = RESULTS / "baseline" / f"{algo}-{env.replace('/', '-')}.json"
     kept = json.loads(measured.read_text()) if measured.is_file() else None
-    if kept is not None and kept["value"] > summary["best"]["value"]:
+    if kept is not None and kept["value"] >= summary["best"]["value"]:
         _, block = hand_set_entry(algo, env)
         comments = [line for line in block if line.startswith("#")]
         # an entry kept before: its own reasoning starts after the previous "As hand-set:"
@@ -405,8 +406,10 @@ def apply(
         trials = summary["trials_complete"] + summary["trials_pruned"]
         reason = (
             f"# hand-set, kept over tuning: the best of {trials} trials of study benchmarks/results/tuning/"
-            f"{summary['study']}.log scored {summary['best']['value']:.1f}, this entry {kept['value']:.1f} under "
-            f"the same protocol (python -m benchmarks.tune baseline, seeds {kept['seeds'][0]}-{kept['seeds'][-1]}); "
+            f"{summary['study']}.log scored {summary['best']['value']:.1f}, this entry {kept['value']:.1f}"
+            + (" (a tie keeps the entry)" if kept["value"] == summary["best"]["value"] else "")
+            + " under the same protocol"
+            + f" (python -m benchmarks.tune baseline, seeds {kept['seeds'][0]}-{kept['seeds'][-1]}); "
             + (f"n_timesteps {n_timesteps:.0e} (the benchmark's budget for the env); " if n_timesteps else "")
             + f"{summary['date']}. As hand-set:"
         )
