@@ -21,8 +21,6 @@ from typing import Any
 import numpy as np
 import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.evaluation import evaluate_policy
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -83,33 +81,6 @@ def measure_throughput(
             if env is not None:
                 env.close()
     return list(results.values())
-
-
-def evaluate(model: BaseAlgorithm, env_id: str, n_eval_episodes: int = 10, seed: int = 10_000) -> float:
-    """Mean return of the deterministic policy over ``n_eval_episodes`` on a fresh env (seeds disjoint from training)."""
-    env = make_vec_env(env_id, n_envs=1, seed=seed)
-    mean_return, _ = evaluate_policy(model, env, n_eval_episodes=n_eval_episodes, deterministic=True)
-    env.close()
-    return float(mean_return)
-
-
-def learning_curve(
-    factory: Callable[[], BaseAlgorithm],
-    env_id: str,
-    checkpoints: list[int],
-    n_eval_episodes: int = 10,
-    eval_seed: int = 10_000,
-) -> list[dict[str, float]]:
-    """Train one model and evaluate it deterministically when ``num_timesteps`` passes each checkpoint."""
-    model = factory()
-    curve = []
-    for checkpoint in checkpoints:
-        model.learn(max(checkpoint - model.num_timesteps, 1), reset_num_timesteps=False)
-        curve.append({"timesteps": model.num_timesteps, "eval_mean": evaluate(model, env_id, n_eval_episodes, eval_seed)})
-    env = model.get_env()
-    if env is not None:
-        env.close()
-    return curve
 
 
 def save_results(name: str, payload: dict[str, Any], directory: Path | None = None) -> Path:

@@ -27,6 +27,16 @@ Measurements (one subcommand each; run from the repository root):
           policy run on every minibatch of every epoch, next to a whole rollout + update for scale.
         Writes benchmarks/results/ppo_kl_vs_ppo.json (a few minutes of one core).
 
+    python -m benchmarks.throughput ispg [--warmup 1000]
+        ISPG next to SB3's SAC on Pendulum-v1 with the same actor network size ([256, 256], SAC's default): both
+        with their defaults apart from the network (ISPG: ``net_arch=[256, 256]``; SAC: its default actor and
+        critics of [256, 256]); each repetition trains a fresh model for ``--steps`` env steps (5,000) after
+        ``--warmup`` untimed steps (SAC's ``learning_starts=100`` falls in the warm-up, so both are timed while
+        training); 3 repetitions (about 5 min of one core). SAC does one gradient step on 256 transitions per env
+        step (and updates 2 critics and their targets); ISPG does ``gradient_steps`` steps on ``batch_size`` whole
+        episodes every ``train_freq`` episodes: this is the cost of one env step of training, not of learning
+        Pendulum. Writes benchmarks/results/ispg_throughput.json.
+
     python -m benchmarks.throughput ppo-kl --defaults-throughput [--repetitions 8] [--steps 16384]
         PPO() vs PPOKL() with their defaults on CartPole-v1 with 8 envs (one 16,384-step rollout and update per
         timed learn), 8 repetitions, with the per-repetition PPOKL / PPO ratios and the load average.
@@ -52,7 +62,7 @@ import rl_zoo3
 import torch as th
 import yaml
 from rl_zoo3.utils import linear_schedule
-from stable_baselines3 import PPO
+from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.policies import ActorCriticPolicy
@@ -65,7 +75,7 @@ from benchmarks.harness import (
     save_results,
     single_thread,
 )
-from sb3_pg_ext import GRPO, PPOKL, REINFORCE
+from sb3_pg_ext import GRPO, ISPG, PPOKL, REINFORCE
 from sb3_pg_ext.ppo_kl.buffers import distribution_parameters
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -252,6 +262,29 @@ def ppo_kl_defaults(steps: int, repetitions: int) -> dict[str, Any]:
     return results
 
 
+#: The network of both contenders of the ISPG measurement (SAC's default size).
+ISPG_NET_ARCH = [256, 256]
+
+
+def ispg_throughput(steps: int, repetitions: int, warmup: int) -> dict[str, Any]:
+    """ISPG vs SAC on Pendulum-v1 with the same network size, alternated, after ``warmup`` untimed steps each."""
+
+    def ispg(seed: int = 0) -> ISPG:
+        env = make_vec_env("Pendulum-v1", n_envs=1, seed=seed)
+        return ISPG("MlpPolicy", env, policy_kwargs=dict(net_arch=ISPG_NET_ARCH), seed=seed)
+
+    def sac(seed: int = 0) -> SAC:
+        env = make_vec_env("Pendulum-v1", n_envs=1, seed=seed)
+        return SAC("MlpPolicy", env, policy_kwargs=dict(net_arch=ISPG_NET_ARCH), seed=seed)
+
+    results = measure_throughput(
+        {"ISPG": ispg, "SAC": sac}, total_timesteps=steps, repetitions=repetitions, warmup_timesteps=warmup
+    )
+    table = markdown_throughput_table(results)
+    print(table)
+    return {"env": "Pendulum-v1", "net_arch": ISPG_NET_ARCH, "table": table, "results": [r.summary() for r in results]}
+
+
 def ratios(a: Throughput, b: Throughput, field: str) -> dict[str, Any]:
     """b / a: the ratio of the medians, and the ratio within each repetition (the two ran next to each other)."""
     a_values, b_values = getattr(a, field), getattr(b, field)
@@ -279,6 +312,8 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="measurement", required=True)
     commands.add_parser("reinforce", parents=[common], help="REINFORCE vs PPO, CartPole-v1, n_envs 1 and 8")
     commands.add_parser("grpo", parents=[common], help="GRPO (n_envs 1, 8) vs PPO at rl-zoo3's CartPole settings")
+    ispg = commands.add_parser("ispg", parents=[common], help="ISPG vs SAC on Pendulum-v1, same network size")
+    ispg.add_argument("--warmup", type=int, default=1_000, help="untimed env steps before each timed learn()")
     ppo_kl = commands.add_parser(
         "ppo-kl", parents=[common], help="PPOKL vs PPO at rl-zoo3's settings, cost of keeping pi_old; or the defaults"
     )
@@ -306,6 +341,9 @@ def main(argv: list[str] | None = None) -> None:
     elif args.measurement == "grpo":
         name = "grpo_vs_ppo"
         results = grpo_throughput(setting(args.steps, 20_000, 5_000), setting(args.repetitions, 3, 1))
+    elif args.measurement == "ispg":
+        name = "ispg_throughput"
+        results = ispg_throughput(setting(args.steps, 5_000, 2_000), setting(args.repetitions, 3, 1), args.warmup)
     elif args.defaults_throughput:
         name = "ppo_kl_defaults_throughput"
         # PPO's default rollout is 2048 x 8 = 16,384 steps: a smaller budget still runs one rollout and update

@@ -33,6 +33,7 @@ import json
 import re
 import subprocess
 import tempfile
+import textwrap
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -41,19 +42,23 @@ from typing import Any
 import numpy as np
 import optuna
 import optuna.storages.journal
+import yaml
 from optuna.trial import TrialState
 
-from sb3_pg_ext.benchmark.grid import Cell, run_grid
+from sb3_pg_ext import HYPERPARAMS_DIR
+from sb3_pg_ext.benchmark.cells import Cell
+from sb3_pg_ext.benchmark.grid import run_grid
+from sb3_pg_ext.benchmark.presets import GRID_BUDGETS, PRESETS
 from sb3_pg_ext.benchmark.store import FINISHED, ResultStore
 from sb3_pg_ext.zoo.cli import main as zoo_main
+from sb3_pg_ext.zoo.hyperparams_files import set_entry
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results" / "tuning"
 N_EVALUATIONS = 5
-#: The README benchmark's env-step budget per env (benchmarks/grid_campaign.sh, on seeds 200-204, LunarLander-v3
-#: 200-202, so that its first three seeds are the comparison's).
-GRID_BUDGETS = {"CartPole-v1": 100_000, "Acrobot-v1": 300_000, "Pendulum-v1": 100_000, "LunarLander-v3": 500_000}
-GRID_STORE = RESULTS.parent / "grid"
+#: The README benchmark's store; its budgets (GRID_BUDGETS) and seeds are the ``readme`` preset's
+#: (sb3_pg_ext.benchmark.presets): at an env's budget, seeds 200-202 of the comparison are the grid's cells.
+GRID_STORE = ROOT / PRESETS["readme"].store
 EVAL_EPISODES = 5
 N_STARTUP_TRIALS = 4
 SAMPLER = "tpe"
@@ -226,20 +231,14 @@ def retrain(
     return _final_means(store, cells)
 
 
-def _yaml_value(value: Any) -> str:
+def _file_value(value: Any) -> Any:
+    """A hyperparameter as the yml files hold it: a ``policy_kwargs`` dict as the string rl-zoo3 evaluates (with
+    torch.nn imported as nn), a float to 6 significant digits."""
     if isinstance(value, dict):
-        # rl-zoo3 evaluates a policy_kwargs string with torch.nn imported as nn
-        items = ", ".join(f"{k}={_python_value(v)}" for k, v in value.items())
-        return f'"dict({items})"'
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "True" if value else "False"
-    if isinstance(value, str):
-        return f"'{value}'"
+        return "dict(" + ", ".join(f"{k}={_python_value(v)}" for k, v in value.items()) + ")"
     if isinstance(value, float):
-        return f"{value:.6g}" if "e" not in f"{value:.6g}" else f"!!float {value:.6g}"
-    return str(value)
+        return float(f"{value:.6g}")
+    return value
 
 
 def _python_value(value: Any) -> str:
@@ -250,8 +249,10 @@ def _python_value(value: Any) -> str:
     return repr(value)
 
 
-def tuned_entry(summary: dict[str, Any], base: dict[str, Any], n_timesteps: int | None = None, note: str = "") -> list[str]:
-    """The yml lines (comment and entry) of a study's best trial on top of the file's current entry ``base``."""
+def tuned_entry(
+    summary: dict[str, Any], base: dict[str, Any], n_timesteps: int | None = None, note: str = ""
+) -> tuple[dict[str, Any], str]:
+    """The entry (hyperparameters, comment) of a study's best trial on top of the file's current entry ``base``."""
     from sb3_pg_ext.zoo.samplers import HYPERPARAMS_CONVERTER
 
     best = summary["best"]
@@ -267,7 +268,7 @@ def tuned_entry(summary: dict[str, Any], base: dict[str, Any], n_timesteps: int 
     trials = summary["trials_complete"] + summary["trials_pruned"]
     plural = "s" if summary["eval_seeds"] > 1 else ""
     comment = (
-        f"# tuned with `sb3-pg-zoo train -optimize` ({summary['sampler']} sampler, {summary['pruner']} pruner, "
+        f"tuned with `sb3-pg-zoo train -optimize` ({summary['sampler']} sampler, {summary['pruner']} pruner, "
         f"{summary['n_startup_trials']} startup trials): {trials} trials ({summary['trials_complete']} complete, "
         f"{summary['trials_pruned']} pruned), {summary['n_timesteps_per_run']:,} steps per run, "
         f"{summary['eval_seeds']} seed{plural} per trial (--eval-seeds {summary['eval_seeds']}, IQM of "
@@ -277,20 +278,12 @@ def tuned_entry(summary: dict[str, Any], base: dict[str, Any], n_timesteps: int 
         + ", ".join(sorted(k for k in base if k not in tuned and not (n_timesteps and k == "n_timesteps")))
         + (f"; {note}" if note else "")
     )
-    lines = _wrap_comment(comment)
-    lines.append(f"{summary['env']}:")
-    lines += [f"  {key}: {_yaml_value(value)}" for key, value in hyperparams.items()]
-    return lines
+    return {key: _file_value(value) for key, value in hyperparams.items()}, _wrap_comment(comment)
 
 
-def _wrap_comment(text: str, width: int = 118) -> list[str]:
-    words, lines, line = text[2:].split(" "), [], "#"
-    for word in words:
-        if len(line) + 1 + len(word) > width:
-            lines.append(line)
-            line = "#"
-        line += " " + word
-    return [*lines, line]
+def _wrap_comment(text: str, width: int = 116) -> str:
+    """``text`` in lines of at most ``width`` characters (the comment lines' ``# `` comes on top)."""
+    return "\n".join(textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False))
 
 
 def _entry_span(lines: list[str], env: str) -> tuple[int, int] | None:
@@ -381,16 +374,10 @@ def apply(
     a comment saying so (tuning replaces an entry only where it scores higher; on a tie, such as 500 on CartPole-v1,
     the entry that was there is kept, since nothing was measured in favour of the change).
     """
-    import yaml
-
-    from sb3_pg_ext import HYPERPARAMS_DIR
-
     summary = json.loads((RESULTS / f"{study_name(algo, env, eval_seeds, repeat)}.json").read_text())
     path = HYPERPARAMS_DIR / f"{algo}.yml"
-    text = path.read_text()
-    lines = text.splitlines()
-    span = _entry_span(lines, env)
-    assert span is not None, f"{path} has no {env} entry"
+    entries = yaml.safe_load(path.read_text())
+    assert env in entries, f"{path} has no {env} entry"
     measured = RESULTS / "baseline" / f"{algo}-{env.replace('/', '-')}.json"
     kept = json.loads(measured.read_text()) if measured.is_file() else None
     if kept is not None and kept["value"] >= summary["best"]["value"]:
@@ -400,12 +387,12 @@ def apply(
         ends = [i for i, line in enumerate(comments) if line.endswith("As hand-set:")]
         comments = comments[ends[-1] + 1 :] if ends else comments
         comments = [c.replace("# hand-set (not tuned yet): ", "# ") for c in comments]
-        entry = [line for line in block if not line.startswith("#")]
-        if n_timesteps is not None:
-            entry = [f"  n_timesteps: {n_timesteps}" if line.startswith("  n_timesteps:") else line for line in entry]
+        hyperparams = yaml.safe_load("\n".join(line for line in block if not line.startswith("#")))[env]
+        if n_timesteps is not None and "n_timesteps" in hyperparams:
+            hyperparams["n_timesteps"] = n_timesteps
         trials = summary["trials_complete"] + summary["trials_pruned"]
         reason = (
-            f"# hand-set, kept over tuning: the best of {trials} trials of study benchmarks/results/tuning/"
+            f"hand-set, kept over tuning: the best of {trials} trials of study benchmarks/results/tuning/"
             f"{summary['study']}.log scored {summary['best']['value']:.1f}, this entry {kept['value']:.1f}"
             + (" (a tie keeps the entry)" if kept["value"] == summary["best"]["value"] else "")
             + " under the same protocol"
@@ -413,11 +400,10 @@ def apply(
             + (f"n_timesteps {n_timesteps:.0e} (the benchmark's budget for the env); " if n_timesteps else "")
             + f"{summary['date']}. As hand-set:"
         )
-        lines[span[0] : span[1]] = _wrap_comment(reason) + comments + entry
+        comment = "\n".join([_wrap_comment(reason), *(c.removeprefix("#").removeprefix(" ") for c in comments)])
     else:
-        base = yaml.safe_load(text)[env]
-        lines[span[0] : span[1]] = tuned_entry(summary, base, n_timesteps, note)
-    path.write_text("\n".join(lines) + "\n")
+        hyperparams, comment = tuned_entry(summary, entries[env], n_timesteps, note)
+    set_entry(path, env, hyperparams, comment)
     assert yaml.safe_load(path.read_text())[env] is not None
     return path
 
@@ -428,10 +414,6 @@ def compare(algo: str, env: str, n_timesteps: int, seeds: list[int]) -> dict[str
     constructor's defaults, one env) on the same fresh seeds and budget; results in
     ``results/tuning/compare/{tuned,default}/``.
     """
-    import yaml
-
-    from sb3_pg_ext import HYPERPARAMS_DIR
-
     defaults = yaml.safe_load((HYPERPARAMS_DIR / f"{algo}.yml").read_text())["default"]
     defaults_file = RESULTS / "compare" / "default" / f"{algo}-{env.replace('/', '-')}.yml"
     defaults_file.parent.mkdir(parents=True, exist_ok=True)
@@ -460,8 +442,6 @@ def trial_hours(name: str) -> float:
 
 def table() -> None:
     """Markdown table of every study summary and its retrained seeds."""
-    from sb3_pg_ext import HYPERPARAMS_DIR
-
     print(
         "| study | trials (complete/pruned) | env steps | trial hours (wall) | best value | hand-set entry, same protocol "
         "| in the file | retrained final returns |"
@@ -533,8 +513,7 @@ def compare_table() -> None:
     ``default`` entry on the fresh seeds of ``compare`` ("not run" where no comparison ran yet; "stale" where the
     entry changed after it ran).
     """
-    from sb3_pg_ext import HYPERPARAMS_DIR
-    from sb3_pg_ext.benchmark.grid import is_stale
+    from sb3_pg_ext.benchmark.cells import is_stale
 
     # the entry's runs: the grid's cells (seeds 200-202 at the benchmark's budget) or compare/tuned's, whichever holds
     # more of the seeds (the grid on a tie); the two are not mixed, since their evaluation protocols differ

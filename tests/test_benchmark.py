@@ -23,17 +23,17 @@ import yaml
 from scipy import stats
 
 from sb3_pg_ext.benchmark import cli, grid, report
-from sb3_pg_ext.benchmark.grid import (
+from sb3_pg_ext.benchmark.cells import (
     EVAL_SEED_OFFSET,
     Cell,
     GridResult,
     effective_hyperparams,
     grid_cells,
     hyperparams_file,
-    run_grid,
     split_untuned,
     train_cell,
 )
+from sb3_pg_ext.benchmark.grid import run_grid
 from sb3_pg_ext.benchmark.normalisation import SCORE_RANGES, normalise
 from sb3_pg_ext.benchmark.report import iqm_intervals, markdown_table
 from sb3_pg_ext.benchmark.store import FAILED, FINISHED, ResultStore
@@ -58,7 +58,7 @@ def fake_record(cell: Cell, final_mean: float = 1.0) -> dict[str, Any]:
 
 
 class CountingTrainer:
-    """Stands in for grid.train_cell: counts calls per cell, raises for the cells in ``failing`` (once each)."""
+    """Stands in for train_cell (``train=``): counts calls per cell, raises for the cells in ``failing`` (once each)."""
 
     def __init__(self, failing: set[tuple[str, str, int]] | None = None):
         self.calls: list[tuple[str, str, int]] = []
@@ -95,17 +95,16 @@ def test_half_written_files_are_never_read_as_results(tmp_path: Path) -> None:
     assert len(store.clean_temporary()) == 1 and list(tmp_path.glob("*.tmp")) == []
 
 
-def test_rerun_skips_finished_cells_without_rewriting_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rerun_skips_finished_cells_without_rewriting_them(tmp_path: Path) -> None:
     trainer = CountingTrainer()
-    monkeypatch.setattr(grid, "train_cell", trainer)
     store = ResultStore(tmp_path)
     cells = grid_cells(["reinforce", "ppo"], ["CartPole-v1"], [0, 1], {"CartPole-v1": 500})
-    first = run_grid(cells, store, workers=1, progress=False)
+    first = run_grid(cells, store, workers=1, progress=False, train=trainer)
     assert sorted(first.finished) == sorted(c.key for c in cells) and first.failed == []
     mtimes = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.json")}
     assert len(mtimes) == 4
 
-    second = run_grid(cells, store, workers=1, progress=False)
+    second = run_grid(cells, store, workers=1, progress=False, train=trainer)
     assert len(trainer.calls) == 4, "the rerun trained a finished cell again"
     assert sorted(second.skipped) == sorted(c.key for c in cells) and second.finished == []
     assert {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.json")} == mtimes
@@ -115,15 +114,14 @@ def test_a_finished_cell_runs_again_when_its_entry_or_budget_changes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     trainer = CountingTrainer()
-    monkeypatch.setattr(grid, "train_cell", trainer)
     conf = tmp_path / "reinforce.yml"
     entries = yaml.safe_load(hyperparams_file("reinforce").read_text())
     conf.write_text(yaml.safe_dump({env: entries[env] for env in ("CartPole-v1", "Acrobot-v1")}))
     store = ResultStore(tmp_path / "store")
     budgets = {"CartPole-v1": 500, "Acrobot-v1": 500}
     cells = grid_cells(["reinforce"], ["CartPole-v1", "Acrobot-v1"], [0], budgets, config=str(conf))
-    run_grid(cells, store, workers=1, progress=False)
-    assert run_grid(cells, store, workers=1, progress=False).stale == [] and len(trainer.calls) == 2
+    run_grid(cells, store, workers=1, progress=False, train=trainer)
+    assert run_grid(cells, store, workers=1, progress=False, train=trainer).stale == [] and len(trainer.calls) == 2
 
     # re-tuning the Acrobot-v1 entry makes its cell stale; the CartPole-v1 cell stays finished
     entries["Acrobot-v1"]["learning_rate"] = 1.234e-4
@@ -133,7 +131,7 @@ def test_a_finished_cell_runs_again_when_its_entry_or_budget_changes(
     monkeypatch.setattr(cli, "grid_cells", lambda *a, **k: cells)
     assert cli.main(["status", *argv, "--store", str(store.root)]) == 0
     assert "stale: 1\n  reinforce Acrobot-v1 seed 0" in capsys.readouterr().out
-    again = run_grid(cells, store, workers=1, progress=False)
+    again = run_grid(cells, store, workers=1, progress=False, train=trainer)
     assert again.stale == [("reinforce", "Acrobot-v1", 0)] and again.finished == again.stale
     assert again.skipped == [("reinforce", "CartPole-v1", 0)] and len(trainer.calls) == 3
     record = store.read("reinforce", "Acrobot-v1", 0)
@@ -142,28 +140,27 @@ def test_a_finished_cell_runs_again_when_its_entry_or_budget_changes(
     # the file's n_timesteps is not a setting of a cell that sets its own budget
     entries["CartPole-v1"]["n_timesteps"] = 12345
     conf.write_text(yaml.safe_dump({env: entries[env] for env in ("CartPole-v1", "Acrobot-v1")}))
-    assert run_grid(cells, store, workers=1, progress=False).stale == [] and len(trainer.calls) == 3
+    assert run_grid(cells, store, workers=1, progress=False, train=trainer).stale == [] and len(trainer.calls) == 3
 
     # the same file somewhere else (another checkout) is the same experiment
     moved = tmp_path / "elsewhere" / "reinforce.yml"
     moved.parent.mkdir()
     moved.write_text(conf.read_text())
     relocated = grid_cells(["reinforce"], ["CartPole-v1", "Acrobot-v1"], [0], budgets, config=str(moved))
-    assert run_grid(relocated, store, workers=1, progress=False).stale == [] and len(trainer.calls) == 3
+    assert run_grid(relocated, store, workers=1, progress=False, train=trainer).stale == [] and len(trainer.calls) == 3
 
     # another budget is another experiment
     longer = grid_cells(["reinforce"], ["CartPole-v1"], [0], {"CartPole-v1": 1000}, config=str(conf))
-    assert run_grid(longer, store, workers=1, progress=False).stale == [("reinforce", "CartPole-v1", 0)]
+    assert run_grid(longer, store, workers=1, progress=False, train=trainer).stale == [("reinforce", "CartPole-v1", 0)]
     assert len(trainer.calls) == 4
 
 
-def test_a_cell_that_raises_is_recorded_as_failed_and_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_cell_that_raises_is_recorded_as_failed_and_retried(tmp_path: Path) -> None:
     failing = ("reinforce", "CartPole-v1", 1)
     trainer = CountingTrainer(failing={failing})
-    monkeypatch.setattr(grid, "train_cell", trainer)
     store = ResultStore(tmp_path)
     cells = grid_cells(["reinforce"], ["CartPole-v1"], [0, 1])
-    first = run_grid(cells, store, workers=1, progress=False)
+    first = run_grid(cells, store, workers=1, progress=False, train=trainer)
     assert first.failed == [failing] and first.finished == [("reinforce", "CartPole-v1", 0)]
     record = store.read(*failing)
     assert record is not None and record["status"] == FAILED
@@ -171,19 +168,17 @@ def test_a_cell_that_raises_is_recorded_as_failed_and_retried(tmp_path: Path, mo
     assert "CountingTrainer" not in record["error"] and "in __call__" in record["traceback"]
     assert store.status(c.key for c in cells)[FAILED] == [failing]
 
-    second = run_grid(cells, store, workers=1, progress=False)
+    second = run_grid(cells, store, workers=1, progress=False, train=trainer)
     assert trainer.calls == [c.key for c in cells] + [failing], "only the failed cell is retried"
     assert second.finished == [failing]
     retried = store.read(*failing)
     assert retried is not None and retried["status"] == FINISHED
 
 
-def test_command_line_runs_reports_and_exits_nonzero_on_failures(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setattr(grid, "train_cell", CountingTrainer(failing={("ppo", "CartPole-v1", 2)}))
+def test_command_line_runs_reports_and_exits_nonzero_on_failures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trainer = CountingTrainer(failing={("ppo", "CartPole-v1", 2)})
     argv = ["--algos", "ppo", "--envs", "CartPole-v1", "--seeds", "0", "1", "2", "--store", str(tmp_path)]
-    assert cli.main(["run", *argv, "--budget", "CartPole-v1=1e3", "--no-progress"]) == 1
+    assert cli.main(["run", *argv, "--budget", "CartPole-v1=1e3", "--no-progress"], train=trainer) == 1
     assert "finished 2, failed 1" in capsys.readouterr().out
     assert cli.main(["status", *argv]) == 0
     assert "failed: 1" in capsys.readouterr().out

@@ -1,11 +1,14 @@
 """
-``python -m sb3_pg_ext.benchmark <run|status|report> ...``
+``python -m sb3_pg_ext.benchmark <run|status|report|presets> ...``
 
+    python -m sb3_pg_ext.benchmark run --preset readme --store benchmarks/results/grid --workers 2
+    python -m sb3_pg_ext.benchmark run --preset readme --chunk lunar-200 --store benchmarks/results/grid
     python -m sb3_pg_ext.benchmark run --algos reinforce ppo --envs CartPole-v1 --seeds 0 1 2 \\
-        --budget CartPole-v1=100000 --store benchmarks/results/grid --workers 2
+        --budget CartPole-v1=100000 --store DIR --workers 2
     python -m sb3_pg_ext.benchmark run ... --ray-address auto      # the same grid as Ray tasks (pip install "sb3-pg-ext[ray]")
-    python -m sb3_pg_ext.benchmark status --algos ... --envs ... --seeds ... --store DIR
+    python -m sb3_pg_ext.benchmark status --preset readme --store benchmarks/results/grid
     python -m sb3_pg_ext.benchmark report --store DIR [--out DIR]
+    python -m sb3_pg_ext.benchmark presets [NAME --chunks]        # the named grids (sb3_pg_ext.benchmark.presets)
 
 The launcher runs the same commands: ``sb3-pg-zoo benchmark run|status|report ...``.
 """
@@ -17,7 +20,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from sb3_pg_ext.benchmark.grid import grid_cells, is_stale, run_grid, split_untuned
+from sb3_pg_ext.benchmark.cells import Cell, CellTrainer, grid_cells, is_stale, split_untuned, train_cell
+from sb3_pg_ext.benchmark.grid import run_grid
+from sb3_pg_ext.benchmark.presets import PRESETS
 from sb3_pg_ext.benchmark.store import FAILED, FINISHED, ResultStore
 
 PROG = "python -m sb3_pg_ext.benchmark"
@@ -33,22 +38,71 @@ def _budget(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(f"expected ENV=STEPS with an integer STEPS, got {text!r}") from error
 
 
+#: The options of a grid given on the command line, which ``--preset`` replaces, and their defaults.
+GRID_OPTIONS: dict[str, int | None] = {
+    "algos": None,
+    "envs": None,
+    "seeds": None,
+    "budget": None,
+    "n_evaluations": 10,
+    "eval_episodes": 5,
+    "final_episodes": 10,
+}
+
+
 def _grid_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--algos", nargs="+", required=True, help="rl-zoo3 algorithm names (reinforce ppo ...)")
-    parser.add_argument("--envs", nargs="+", required=True, help="gymnasium env ids")
-    parser.add_argument("--seeds", nargs="+", type=int, required=True, help="training seeds")
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="a named grid of sb3_pg_ext.benchmark.presets (its algorithms, envs, seeds and budgets), instead of "
+        "--algos, --envs, --seeds and --budget",
+    )
+    parser.add_argument("--chunk", default=None, help="with --preset: only this chunk of it (see the presets command)")
+    parser.add_argument("--algos", nargs="+", help="rl-zoo3 algorithm names (reinforce ppo ...)")
+    parser.add_argument("--envs", nargs="+", help="gymnasium env ids")
+    parser.add_argument("--seeds", nargs="+", type=int, help="training seeds")
     parser.add_argument(
         "--budget",
         nargs="*",
         type=_budget,
-        default=[],
         metavar="ENV=STEPS",
         help="env-step budget per env (default: each hyperparameter file's n_timesteps)",
     )
     parser.add_argument("--store", required=True, help="results directory (one JSON file per cell)")
-    parser.add_argument("--n-evaluations", type=int, default=10, help="evaluation points along training")
-    parser.add_argument("--eval-episodes", type=int, default=5, help="episodes per evaluation point")
-    parser.add_argument("--final-episodes", type=int, default=10, help="episodes of the final evaluation")
+    parser.add_argument("--n-evaluations", type=int, help="evaluation points along training (default: 10)")
+    parser.add_argument("--eval-episodes", type=int, help="episodes per evaluation point (default: 5)")
+    parser.add_argument("--final-episodes", type=int, help="episodes of the final evaluation (default: 10)")
+
+
+def _cells(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[Cell]:
+    """The cells the arguments name: the preset's (or one chunk of it), or the grid of ``--algos`` etc."""
+    given = [f"--{name.replace('_', '-')}" for name in GRID_OPTIONS if getattr(args, name) is not None]
+    if args.preset is not None:
+        if given:
+            parser.error(f"--preset sets the grid: {', '.join(given)} cannot be given with it")
+        preset = PRESETS[args.preset]
+        if args.chunk is None:
+            return preset.cells()
+        try:
+            return preset.chunk_cells(args.chunk)
+        except KeyError as error:
+            parser.error(str(error.args[0]))
+    if args.chunk is not None:
+        parser.error("--chunk needs --preset")
+    missing = [f"--{name}" for name in ("algos", "envs", "seeds") if getattr(args, name) is None]
+    if missing:
+        parser.error(f"the following arguments are required without --preset: {', '.join(missing)}")
+    settings = {name: GRID_OPTIONS[name] if getattr(args, name) is None else getattr(args, name) for name in GRID_OPTIONS}
+    return grid_cells(
+        args.algos,
+        args.envs,
+        args.seeds,
+        dict(args.budget or []),
+        n_evaluations=settings["n_evaluations"],
+        n_eval_episodes=settings["eval_episodes"],
+        n_final_episodes=settings["final_episodes"],
+    )
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
@@ -56,11 +110,12 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     The parser of the benchmark's command line.
 
     :param prog: the program name of the usage lines (``sb3-pg-zoo benchmark`` from the launcher)
-    :return: the parser, with the ``run``, ``status`` and ``report`` subcommands
+    :return: the parser, with the ``run``, ``status``, ``report`` and ``presets`` subcommands
     """
     parser = argparse.ArgumentParser(prog=prog, description="Benchmark grid of algorithms x envs x seeds")
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="run the cells of the grid the store does not hold as finished")
+    run = commands.add_parser("run", help="run the cells of the grid the store does not hold as finished (or stale)")
+    run.set_defaults(subparser=run)
     _grid_arguments(run)
     backend = run.add_mutually_exclusive_group()
     backend.add_argument("--workers", type=int, default=1, help="local worker processes (1: in this process)")
@@ -73,7 +128,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         'the records, so the store needs no shared filesystem (needs Ray: pip install "sb3-pg-ext[ray]")',
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
-    status = commands.add_parser("status", help="finished, failed and missing cells of the grid")
+    status = commands.add_parser("status", help="finished, failed, missing and stale cells of the grid")
+    status.set_defaults(subparser=status)
     _grid_arguments(status)
     report = commands.add_parser(
         "report",
@@ -82,19 +138,41 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     )
     report.add_argument("--store", required=True, help="results directory")
     report.add_argument("--out", default=None, help="where report.md and the PNGs go (default: STORE/report)")
+    presets = commands.add_parser("presets", help="the named grids (--preset) and their chunks")
+    presets.add_argument("name", nargs="?", choices=sorted(PRESETS), help="only this preset")
+    presets.add_argument("--chunks", action="store_true", help="print the preset's chunks only, one per line")
     return parser
 
 
-def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
+def _print_presets(name: str | None, chunks_only: bool) -> None:
+    for preset in [PRESETS[name]] if name is not None else PRESETS.values():
+        if chunks_only:
+            print("\n".join(preset.chunks()))
+            continue
+        print(f"{preset.name}: {preset.description} (store: {preset.store})")
+        for grid in preset.grids:
+            budgets = " ".join(f"{env}={grid.budgets[env]}" for env in grid.envs if env in grid.budgets)
+            print(f"  {grid.name}: --algos {' '.join(grid.algos)} --envs {' '.join(grid.envs)}")
+            print(f"    --seeds {' '.join(map(str, grid.seeds))} --budget {budgets}")
+            for algo, config in grid.configs.items():
+                print(f"    {algo}: {config}")
+        print(f"  chunks: {' '.join(preset.chunks())}")
+
+
+def main(argv: Sequence[str] | None = None, prog: str = PROG, *, train: CellTrainer = train_cell) -> int:
     """
     Run a command of the benchmark's command line.
 
     :param argv: the arguments (default: ``sys.argv[1:]``)
     :param prog: the program name of the usage lines and error messages
+    :param train: what ``run`` trains a cell with (:func:`~sb3_pg_ext.benchmark.cells.train_cell`)
     :return: the exit status: 0; 1 when cells failed or were interrupted; 2 when Ray is missing for ``--ray-address``
         or the store of ``report`` does not exist
     """
     args = build_parser(prog).parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.command == "presets":
+        _print_presets(args.name, args.chunks)
+        return 0
     if args.command == "run" and args.ray_address is not None:
         from sb3_pg_ext.benchmark.ray_backend import import_ray
 
@@ -106,24 +184,15 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     if args.command == "report" and not Path(args.store).is_dir():
         print(f"{prog} report: error: no results store at {args.store!r}", file=sys.stderr)
         return 2
-    store = ResultStore(args.store)
     if args.command == "report":
         from sb3_pg_ext.benchmark.report import write_report
 
-        written = write_report(store, args.out)
+        written = write_report(ResultStore(args.store), args.out)
         print(written.markdown)
         print(f"written: {', '.join(str(path) for path in written.paths)}")
         return 0
-    cells = grid_cells(
-        args.algos,
-        args.envs,
-        args.seeds,
-        dict(args.budget),
-        n_evaluations=args.n_evaluations,
-        n_eval_episodes=args.eval_episodes,
-        n_final_episodes=args.final_episodes,
-    )
-    cells, untuned = split_untuned(cells)
+    cells, untuned = split_untuned(_cells(args.subparser, args))
+    store = ResultStore(args.store)
     if untuned:
         skipped = sorted({(c.algo, c.env) for c in untuned})
         print("not in the grid (no entry in the hyperparameter file): " + ", ".join(f"{a} on {e}" for a, e in skipped))
@@ -138,7 +207,9 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
                 error = f"  {record['error']}" if record is not None and record["status"] == FAILED else ""
                 print(f"  {key[0]} {key[1]} seed {key[2]}{error}")
         return 0
-    result = run_grid(cells, store, workers=args.workers, progress=not args.no_progress, ray_address=args.ray_address)
+    result = run_grid(
+        cells, store, workers=args.workers, progress=not args.no_progress, ray_address=args.ray_address, train=train
+    )
     if result.stale:
         print("run again, settings changed since they ran: " + ", ".join(f"{a} {e} seed {s}" for a, e, s in result.stale))
     print(f"skipped {len(result.skipped)} finished, finished {len(result.finished)}, failed {len(result.failed)}")

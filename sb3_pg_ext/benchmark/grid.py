@@ -1,428 +1,44 @@
 """
-The benchmark grid: cells ``(algo, env, seed)``, each trained through the zoo's experiment machinery.
+The benchmark grid: :func:`run_grid` runs the cells ``(algo, env, seed)`` that a results store does not hold as
+finished, and reruns a finished cell whose settings have changed since it ran
+(:func:`~sb3_pg_ext.benchmark.cells.is_stale`: its budget and options, or the hyperparameters it trains with), on
+one of two executors side by side:
 
-A cell trains ``algo`` on ``env`` with the algorithm's tuned hyperparameters, read as ``sb3-pg-zoo train`` reads
-them (:class:`~sb3_pg_ext.zoo.exp_manager.PGExperimentManager`: the package's ``hyperparams/<algo>.yml`` for its
-four algorithms, rl-zoo3's own files for ``ppo``, ``a2c``, ``sac``, ``trpo``...), for the env's budget of env steps
-(the file's ``n_timesteps`` when no budget is given). It records:
+- local (:mod:`sb3_pg_ext.benchmark.local`): in this process (``workers <= 1``) or in ``workers`` spawned processes,
+  each cell's record written to the store by the process that ran it, the moment it ends;
+- Ray (:mod:`sb3_pg_ext.benchmark.ray_backend`, ``ray_address``): each cell a Ray task whose record comes back to
+  the calling process, which writes it the moment the task ends, so that a cluster needs no shared filesystem.
 
-- an evaluation curve: ``n_evaluations`` deterministic evaluations of ``n_eval_episodes`` episodes at fixed step
-  intervals (rl-zoo3's ``EvalCallback``), on an eval env seeded ``seed + EVAL_SEED_OFFSET`` (training envs are
-  seeded ``seed, seed + 1, ...``, one per parallel env, so the two seed sets are disjoint);
-- the final evaluation: ``n_final_episodes`` deterministic episodes after training, on the same eval env;
-- throughput: env steps per CPU second (``time.process_time``, one torch thread) and per wall second of the
-  training, evaluation time excluded;
-- the exact config (hyperparameters, file, budget, seeds) and the package versions.
-
-:func:`run_grid` runs the cells a store does not hold as finished, and reruns a finished cell whose settings have
-changed since it ran (:func:`is_stale`: its budget and options, or the hyperparameters it trains with), in this
-process (``workers <= 1``), in
-``workers`` spawned processes (each cell's record written to the store by the process that ran it, the moment it
-ends), or as Ray tasks (``ray_address``; each record returned to the calling process, which writes it the moment
-the task ends, so that a cluster needs no shared filesystem: :mod:`sb3_pg_ext.benchmark.ray_backend`).
+The cells and their records (what a cell trains, what it records, when it is stale) live in
+:mod:`sb3_pg_ext.benchmark.cells`; their names are importable from here too.
 """
 
 from __future__ import annotations
 
-import argparse
-import concurrent.futures
-import concurrent.futures.process
-import contextlib
-import datetime
 import functools
-import importlib.metadata
-import io
-import json
-import multiprocessing
-import platform
-import socket
-import sys
-import tempfile
-import time
-import traceback
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterable
 
-import numpy as np
-import rl_zoo3
-import torch as th
-import yaml
-from stable_baselines3.common.callbacks import EvalCallback
-from stable_baselines3.common.evaluation import evaluate_policy
-from stable_baselines3.common.vec_env import VecEnv, sync_envs_normalization
-
-from sb3_pg_ext import HYPERPARAMS_DIR
-from sb3_pg_ext.benchmark.store import FAILED, FINISHED, ResultStore
-from sb3_pg_ext.zoo.exp_manager import PGExperimentManager
-from sb3_pg_ext.zoo.registry import ZOO_ALGOS, register
-
-#: The eval env of seed s is seeded s + EVAL_SEED_OFFSET (training envs use s, s + 1, ..., s + n_envs - 1).
-EVAL_SEED_OFFSET = 1_000_000
-#: The packages whose versions each record carries.
-VERSIONED_PACKAGES = (
-    "sb3-pg-ext",
-    "stable-baselines3",
-    "sb3-contrib",
-    "rl_zoo3",
-    "gymnasium",
-    "torch",
-    "numpy",
+from sb3_pg_ext.benchmark.cells import (
+    EVAL_SEED_OFFSET,
+    BenchmarkExperimentManager,
+    Cell,
+    CellTrainer,
+    GridProgress,
+    GridResult,
+    TimedEvalCallback,
+    cell_record,
+    effective_hyperparams,
+    grid_cells,
+    hyperparams_file,
+    is_stale,
+    package_versions,
+    split_untuned,
+    train_cell,
+    tuned_envs,
 )
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One run of the grid. ``n_timesteps`` None: the hyperparameter file's budget."""
-
-    algo: str
-    env: str
-    seed: int
-    n_timesteps: int | None = None
-    n_evaluations: int = 10
-    n_eval_episodes: int = 5
-    n_final_episodes: int = 10
-    #: another hyperparameter file than the algorithm's (``--conf-file``)
-    config: str | None = None
-    #: settings of an Optuna trial on top of the file's entry (``--storage``, ``--study-name``, ``--trial-id``)
-    storage: str | None = None
-    study_name: str | None = None
-    trial_id: int | None = None
-
-    @property
-    def key(self) -> tuple[str, str, int]:
-        return (self.algo, self.env, self.seed)
-
-
-def grid_cells(
-    algos: Sequence[str],
-    envs: Sequence[str],
-    seeds: Sequence[int],
-    budgets: dict[str, int] | None = None,
-    **settings: Any,
-) -> list[Cell]:
-    """
-    The cells of ``algos x envs x seeds``, seed by seed, then env by env, the algorithms alternating: a grid stopped
-    partway holds the same seeds for every algorithm, and the contenders take turns as the load of a shared machine
-    drifts. ``budgets`` maps an env to its env-step budget.
-    """
-    budgets = budgets or {}
-    return [Cell(a, e, int(s), budgets.get(e), **settings) for s in seeds for e in envs for a in algos]
-
-
-def hyperparams_file(algo: str) -> Path:
-    """The file a cell of ``algo`` reads: the package's for its four algorithms, rl-zoo3's for the others."""
-    if algo in ZOO_ALGOS:
-        return HYPERPARAMS_DIR / f"{algo}.yml"
-    return Path(rl_zoo3.__file__).resolve().parent / "hyperparams" / f"{algo}.yml"
-
-
-@functools.cache
-def tuned_envs(algo: str) -> frozenset[str]:
-    """The envs that ``algo``'s hyperparameter file names (an ``atari`` or ``default`` entry does not count)."""
-    path = hyperparams_file(algo)
-    if not path.is_file():
-        return frozenset()
-    with open(path, encoding="utf-8") as f:
-        entries = yaml.safe_load(f) or {}
-    return frozenset(str(name) for name in entries if name not in ("atari", "default"))
-
-
-def _experiment_manager(cell: Cell, log_folder: str) -> BenchmarkExperimentManager:
-    """The experiment manager of ``cell``, as ``sb3-pg-zoo train`` would build it for the same arguments."""
-    return BenchmarkExperimentManager(
-        argparse.Namespace(**asdict(cell)),
-        cell.algo,
-        cell.env,
-        log_folder,
-        n_timesteps=cell.n_timesteps or 0,
-        n_eval_episodes=cell.n_eval_episodes,
-        n_evaluation_points=cell.n_evaluations,
-        seed=cell.seed,
-        config=cell.config,
-        storage=cell.storage,
-        study_name=cell.study_name,
-        trial_id=cell.trial_id,
-        log_interval=-2,  # rl-zoo3: below -1, no SB3 log output
-        verbose=0,
-        device="cpu",
-    )
-
-
-def _comparable(hyperparams: dict[str, Any], cell: Cell) -> Any:
-    """Hyperparameters as a record stores them (JSON), less the file's budget where the cell sets its own."""
-    kept = {k: v for k, v in hyperparams.items() if not (k == "n_timesteps" and cell.n_timesteps)}
-    return json.loads(json.dumps(kept, sort_keys=True, default=str))
-
-
-def effective_hyperparams(cell: Cell) -> dict[str, Any]:
-    """
-    The hyperparameters ``cell`` trains with, as rl-zoo3 saves them in a run's ``config.yml``: the file's entry for
-    the env (the algorithm's file or ``cell.config``), with the settings of ``cell.trial_id`` on top.
-    """
-    register()
-    # rl-zoo3 prints them
-    with tempfile.TemporaryDirectory(prefix="sb3-pg-benchmark-") as log_folder, contextlib.redirect_stdout(io.StringIO()):
-        _, saved = _experiment_manager(cell, log_folder).read_hyperparameters()
-    return dict(saved)
-
-
-def is_stale(record: dict[str, Any], cell: Cell) -> bool:
-    """
-    True when the finished ``record`` was trained for other settings than ``cell`` gives now: another budget or
-    protocol (the final evaluation's reseeded eval env included), or other effective hyperparameters (an entry
-    re-tuned since; the file's ``n_timesteps`` does not count when the cell sets the budget). A table then never
-    mixes old settings with new ones.
-    """
-    config = record.get("config", {})
-    if "cell" not in config or "hyperparams" not in config:
-        return True
-    if config.get("final_eval_seed") != cell.seed + EVAL_SEED_OFFSET:  # an older final-evaluation protocol
-        return True
-    # the file and study paths themselves do not count (a checkout elsewhere has other absolute paths): what they
-    # hold does, through the effective hyperparameters
-    paths = ("config", "storage")
-    then = {k: v for k, v in config["cell"].items() if k not in paths}
-    now = {k: v for k, v in json.loads(json.dumps(asdict(cell))).items() if k not in paths}
-    if then != now:
-        return True
-    return bool(_comparable(config["hyperparams"], cell) != _comparable(effective_hyperparams(cell), cell))
-
-
-def split_untuned(cells: Iterable[Cell]) -> tuple[list[Cell], list[Cell]]:
-    """
-    (cells whose env has an entry in the algorithm's hyperparameter file, the others). The files name an env only
-    where the action space fits (rl-zoo3's ``sac.yml`` has no CartPole-v1), so the second list holds the cells
-    the benchmark does not run.
-    """
-    tuned: list[Cell] = []
-    untuned: list[Cell] = []
-    for cell in cells:
-        (tuned if cell.env in tuned_envs(cell.algo) else untuned).append(cell)
-    return tuned, untuned
-
-
-def package_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for name in VERSIONED_PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
-
-
-class BenchmarkExperimentManager(PGExperimentManager):
-    """
-    :class:`PGExperimentManager` for one benchmark cell: ``n_evaluations`` evaluations evenly spread over the
-    budget, and an eval env seeded apart from the training envs.
-    """
-
-    def __init__(self, *args: Any, n_evaluation_points: int = 10, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.n_evaluation_points = n_evaluation_points
-
-    def create_callbacks(self) -> None:
-        # n_timesteps is known here (read from the file or the budget); rl-zoo3 then divides by n_envs
-        self.eval_freq = max(int(self.n_timesteps) // self.n_evaluation_points, 1)
-        super().create_callbacks()
-
-    def create_envs(self, n_envs: int, eval_env: bool = False, no_log: bool = False) -> VecEnv:
-        if not eval_env:
-            return super().create_envs(n_envs, eval_env=eval_env, no_log=no_log)
-        train_seed = self.seed
-        self.seed = train_seed + EVAL_SEED_OFFSET
-        try:
-            return super().create_envs(n_envs, eval_env=eval_env, no_log=no_log)
-        finally:
-            self.seed = train_seed
-
-
-def _timed(function: Any, totals: dict[str, float]) -> Any:
-    def timed(*args: Any, **kwargs: Any) -> Any:
-        cpu, wall = time.process_time(), time.perf_counter()
-        try:
-            return function(*args, **kwargs)
-        finally:
-            totals["cpu"] += time.process_time() - cpu
-            totals["wall"] += time.perf_counter() - wall
-
-    return timed
-
-
-def train_cell(cell: Cell) -> dict[str, Any]:
-    """Train one cell and return its (finished) record. Raises whatever training raises."""
-    register()
-    th.set_num_threads(1)
-    with tempfile.TemporaryDirectory(prefix="sb3-pg-benchmark-") as log_folder:
-        manager = _experiment_manager(cell, log_folder)
-        with contextlib.redirect_stdout(io.StringIO()):  # rl-zoo3 prints the hyperparameters whatever verbose
-            setup = manager.setup_experiment()
-        assert setup is not None
-        model, saved_hyperparams = setup
-        evaluations = [c for c in manager.callbacks if isinstance(c, EvalCallback)]
-        if len(evaluations) != 1:
-            raise RuntimeError(f"expected one EvalCallback in the experiment, found {len(evaluations)}")
-        evaluation = evaluations[0]
-        evaluation.verbose = 0
-        eval_time = {"cpu": 0.0, "wall": 0.0}
-        evaluation._on_step = _timed(evaluation._on_step, eval_time)  # type: ignore[method-assign]
-        cpu, wall = time.process_time(), time.perf_counter()
-        manager.learn(model)
-        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-        train_cpu, train_wall = cpu - eval_time["cpu"], wall - eval_time["wall"]
-        steps = int(model.num_timesteps)
-
-        eval_env = evaluation.eval_env
-        if model.get_vec_normalize_env() is not None:
-            sync_envs_normalization(model.get_env(), eval_env)  # type: ignore[arg-type]
-        # the final episodes start from the eval seed again, so that they do not depend on how many episodes the
-        # evaluations along the way played (the policy does not: deterministic evaluation draws no training RNG)
-        eval_env.seed(cell.seed + EVAL_SEED_OFFSET)
-        final_returns, final_lengths = evaluate_policy(
-            model,
-            eval_env,
-            n_eval_episodes=cell.n_final_episodes,
-            deterministic=True,
-            return_episode_rewards=True,
-            warn=False,
-        )
-        eval_env.close()
-        final = np.asarray(final_returns, dtype=np.float64)
-        return {
-            "algo": cell.algo,
-            "env": cell.env,
-            "seed": cell.seed,
-            "status": FINISHED,
-            "n_timesteps": steps,
-            "curve": {
-                "timesteps": [int(t) for t in evaluation.evaluations_timesteps],
-                "returns": [[float(r) for r in row] for row in evaluation.evaluations_results],
-                "ep_lengths": [[int(n) for n in row] for row in evaluation.evaluations_length],
-            },
-            "final": {
-                "returns": final.tolist(),
-                "ep_lengths": np.asarray(final_lengths, dtype=np.int64).tolist(),
-                "mean": float(final.mean()),
-                "std": float(final.std()),
-            },
-            "throughput": {
-                "steps_per_cpu_second": steps / train_cpu if train_cpu > 0 else None,
-                "steps_per_wall_second": steps / train_wall if train_wall > 0 else None,
-                "train_cpu_seconds": train_cpu,
-                "train_wall_seconds": train_wall,
-                "eval_cpu_seconds": eval_time["cpu"],
-                "eval_wall_seconds": eval_time["wall"],
-                "torch_threads": th.get_num_threads(),
-            },
-            "config": {
-                "cell": asdict(cell),
-                "hyperparams_file": manager.config,
-                "hyperparams": dict(saved_hyperparams),
-                "n_timesteps": int(manager.n_timesteps),
-                "n_envs": int(manager.n_envs),
-                "eval_freq_per_env": int(manager.eval_freq),
-                "train_seeds": [cell.seed + i for i in range(int(manager.n_envs))],
-                "eval_seed": cell.seed + EVAL_SEED_OFFSET,
-                # the final evaluation reseeds the eval env (records without this key drew their final episodes
-                # after the evaluations along the way)
-                "final_eval_seed": cell.seed + EVAL_SEED_OFFSET,
-                "deterministic_eval": True,
-            },
-        }
-
-
-def cell_record(cell: Cell) -> dict[str, Any]:
-    """
-    Run one cell and return its record: finished (:func:`train_cell`'s record), or failed with the error and its
-    traceback when training raises, with the start and end times, the host and the package versions added.
-
-    :param cell: the cell to run
-    :return: the record to write to the store
-    """
-    started = datetime.datetime.now(datetime.timezone.utc).isoformat()
-    try:
-        # looked up in this module at call time, so that tests can replace it
-        record = sys.modules[__name__].train_cell(cell)
-    except Exception as error:  # every error of a cell is recorded, not lost
-        record = {
-            "algo": cell.algo,
-            "env": cell.env,
-            "seed": cell.seed,
-            "status": FAILED,
-            "error": f"{type(error).__name__}: {error}",
-            "traceback": traceback.format_exc(),
-            "config": {"cell": asdict(cell)},
-        }
-    record["started"] = started
-    record["ended"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
-    record["host"] = socket.gethostname()
-    record["versions"] = package_versions()
-    return record
-
-
-def run_cell(cell: Cell, store_root: str) -> tuple[tuple[str, str, int], str]:
-    """
-    Run one cell and write its record (finished, or failed with the error) to the store, from the process that ran it.
-
-    :param cell: the cell to run
-    :param store_root: directory of the :class:`ResultStore`
-    :return: (the cell's key, the record's status)
-    """
-    record = cell_record(cell)
-    ResultStore(store_root).write(record)
-    return cell.key, str(record["status"])
-
-
-def _init_worker() -> None:
-    th.set_num_threads(1)
-    register()
-
-
-@dataclass
-class GridResult:
-    """
-    What one :func:`run_grid` call did: cells skipped (already finished), stale (finished for other settings, so run
-    again), finished now, failed now, and interrupted (left without a record because a worker process died; the
-    next call runs them).
-    """
-
-    skipped: list[tuple[str, str, int]] = field(default_factory=list)
-    stale: list[tuple[str, str, int]] = field(default_factory=list)
-    interrupted: list[tuple[str, str, int]] = field(default_factory=list)
-    finished: list[tuple[str, str, int]] = field(default_factory=list)
-    failed: list[tuple[str, str, int]] = field(default_factory=list)
-
-
-class GridProgress:
-    """
-    The progress bar of a grid, the same for every backend: cells done out of those to run, with tqdm's elapsed
-    and remaining time (``[elapsed<left]``), and the cells running, failed and skipped as a postfix.
-
-    :param total: the cells to run
-    :param result: the :class:`GridResult` that :meth:`done` fills in
-    :param enabled: False: no bar (the counts are still kept)
-    """
-
-    def __init__(self, total: int, result: GridResult, enabled: bool = True):
-        from tqdm.auto import tqdm
-
-        self.result = result
-        self.bar = tqdm(total=total, desc="cells", unit="cell", disable=not enabled)
-
-    def running(self, running: int) -> None:
-        """Show ``running`` cells in flight."""
-        self.bar.set_postfix(running=running, failed=len(self.result.failed), skipped=len(self.result.skipped))
-
-    def done(self, key: tuple[str, str, int], status: str, running: int) -> None:
-        """Count the cell ``key`` as ended with ``status``, ``running`` cells still in flight."""
-        (self.result.finished if status == FINISHED else self.result.failed).append(key)
-        self.bar.update(1)
-        self.running(running)
-
-    def close(self) -> None:
-        self.bar.close()
+from sb3_pg_ext.benchmark.local import run_cell, run_cells_locally
+from sb3_pg_ext.benchmark.ray_backend import run_cells_on_ray
+from sb3_pg_ext.benchmark.store import ResultStore
 
 
 def run_grid(
@@ -431,6 +47,7 @@ def run_grid(
     workers: int = 1,
     progress: bool = True,
     ray_address: str | None = None,
+    train: CellTrainer = train_cell,
 ) -> GridResult:
     """
     Run the cells that ``store`` does not hold as finished (failed and missing ones) and the finished ones whose
@@ -438,13 +55,15 @@ def run_grid(
 
     :param cells: the grid
     :param store: the results store; finished cells in it are skipped unless stale
-    :param workers: local backend: ``<= 1`` runs the cells in this process, ``N`` in N spawned worker processes
+    :param workers: local executor: ``<= 1`` runs the cells in this process, ``N`` in N spawned worker processes
         (one torch thread each); each record is written by the process that ran the cell, the moment it ends
     :param progress: show the progress bar
     :param ray_address: run the cells as Ray tasks instead (``ray.init(address=...)``: ``"auto"``, ``"local"``,
         ``"ray://host:port"``, ``"host:port"``); the records come back to this process, which writes them
         (:func:`sb3_pg_ext.benchmark.ray_backend.run_cells_on_ray`). ``workers`` must then be 1: the cluster's
         CPUs set the parallelism
+    :param train: what trains a cell and returns its finished record (:func:`train_cell`); it must pickle for
+        worker processes and Ray tasks
     :return: what the call did
     """
     if ray_address is not None and workers > 1:
@@ -457,43 +76,19 @@ def run_grid(
     result = GridResult(skipped=[c.key for c in cells if c.key not in pending_keys], stale=stale)
     todo = [c for c in cells if c.key in pending_keys]
     if ray_address is not None:
-        from sb3_pg_ext.benchmark.ray_backend import run_cells_on_ray
-
-        run_cells_on_ray(todo, store, result, address=ray_address, progress=progress)
-        return result
-    bar = GridProgress(len(todo), result, enabled=progress)
-    try:
-        if workers <= 1:
-            for index, cell in enumerate(todo):
-                bar.running(1)
-                bar.done(*run_cell(cell, str(store.root)), running=int(index + 1 < len(todo)))
-        else:
-            context = multiprocessing.get_context("spawn")
-            with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
-                futures = {pool.submit(run_cell, cell, str(store.root)) for cell in todo}
-                bar.running(min(workers, len(futures)))
-                for future in concurrent.futures.as_completed(futures):
-                    futures.discard(future)
-                    try:
-                        key, status = future.result()
-                    except concurrent.futures.process.BrokenProcessPool:
-                        # a worker died (killed, out of memory): its cell and the ones in flight have no record
-                        # and run again on the next call
-                        recorded = set(result.finished) | set(result.failed)
-                        result.interrupted = [c.key for c in todo if c.key not in recorded]
-                        break
-                    bar.done(key, status, running=min(workers, len(futures)))
-    finally:
-        bar.close()
-    return result
+        record_function = functools.partial(cell_record, train=train)
+        return run_cells_on_ray(todo, store, result, address=ray_address, progress=progress, record_function=record_function)
+    return run_cells_locally(todo, store, result, workers=workers, progress=progress, train=train)
 
 
 __all__ = [
     "EVAL_SEED_OFFSET",
     "BenchmarkExperimentManager",
     "Cell",
+    "CellTrainer",
     "GridProgress",
     "GridResult",
+    "TimedEvalCallback",
     "cell_record",
     "effective_hyperparams",
     "grid_cells",

@@ -1,10 +1,11 @@
 """
 The Ray backend of the benchmark grid (``python -m sb3_pg_ext.benchmark run ... --ray-address ADDR``).
 
-Each cell is one Ray task (``num_cpus=1``, one torch thread) that runs :func:`~sb3_pg_ext.benchmark.grid.cell_record`
-(the same code as the local backend) and returns the record; the calling process (the driver) writes each record to
-the store, atomically, the moment its task ends. The workers never touch the store, so a multi-machine cluster needs
-no shared filesystem; every node needs this package (and the same versions of its dependencies) installed.
+Each cell is one Ray task (``num_cpus=1``, one torch thread) that runs :func:`~sb3_pg_ext.benchmark.cells.cell_record`
+(the same code as the local executor, :mod:`sb3_pg_ext.benchmark.local`) and returns the record; the calling process
+(the driver) writes each record to the store, atomically, the moment its task ends. The workers never touch the store,
+so a multi-machine cluster needs no shared filesystem; every node needs this package (and the same versions of its
+dependencies) installed.
 
 - A cell whose training raises comes back as a failed record (:func:`cell_record` catches the error) and is
   written as in the local backend; a task that raises outside the training (the package missing on a node) is
@@ -24,7 +25,7 @@ from dataclasses import asdict
 from types import ModuleType
 from typing import Any
 
-from sb3_pg_ext.benchmark.grid import Cell, GridProgress, GridResult, cell_record, package_versions
+from sb3_pg_ext.benchmark.cells import Cell, GridProgress, GridResult, cell_record, package_versions
 from sb3_pg_ext.benchmark.store import FAILED, ResultStore
 
 #: The install command that the error of a missing Ray names.
@@ -97,8 +98,9 @@ def run_cells_on_ray(
     :param address: Ray's ``address``: ``"auto"`` (a running cluster), ``"local"`` (start a local instance),
         ``"ray://host:port"`` (Ray client) or ``"host:port"`` (a cluster's GCS)
     :param progress: show the progress bar
-    :param record_function: what a task runs on its cell (pickled to the workers); the default is the local
-        backend's :func:`~sb3_pg_ext.benchmark.grid.cell_record`
+    :param record_function: what a task runs on its cell (pickled to the workers); the default is
+        :func:`~sb3_pg_ext.benchmark.cells.cell_record` (:func:`~sb3_pg_ext.benchmark.grid.run_grid` binds its cell
+        trainer to it)
     :return: ``result``
     """
     if not isinstance(address, str) or not address:

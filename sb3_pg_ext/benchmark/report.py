@@ -270,11 +270,11 @@ def curve_intervals(curves: Mapping[str, np.ndarray], reps: int = REPS, seed: in
     :param seed: seed of the bootstrap
     :return: algo -> array of shape ``(3, points)``: IQM, lower end, upper end
     """
-    from scipy import stats
+    from rliable import metrics
 
     def iqm_per_point(values: np.ndarray) -> np.ndarray:
-        # rliable's metrics.aggregate_iqm (trim_mean, 25% cut) of values[..., k] for every point k, in one call
-        return np.asarray(stats.trim_mean(values.reshape(-1, values.shape[-1]), proportiontocut=0.25, axis=0))
+        # rliable's aggregate_iqm over runs of values[..., k], for every evaluation point k
+        return np.array([metrics.aggregate_iqm(values[..., k]) for k in range(values.shape[-1])])
 
     score_dict = {algo: np.asarray(c, dtype=np.float64)[:, None, :] for algo, c in curves.items()}
     points, intervals = interval_estimates(score_dict, iqm_per_point, reps=reps, seed=seed)
