@@ -6,13 +6,17 @@ registered (the launcher pattern of rl-zoo3's SBX guide).
     sb3-pg-zoo enjoy --algo grpo --env CartPole-v1 -f logs/ [every rl-zoo3 enjoy flag]
     sb3-pg-zoo plot_train | plot_from_file | all_plots [rl-zoo3's flags]
 
+(``sb3-pg-zoo benchmark`` is routed to the benchmark's command line by :mod:`sb3_pg_ext.cli`, the console entry, so
+that the zoo does not import the benchmark, the floor above it.)
+
 Each command parses its arguments with rl-zoo3's own parser and runs rl-zoo3's own function; the launcher adds:
 
 - ``train``: :class:`~sb3_pg_ext.zoo.exp_manager.PGExperimentManager` in place of rl-zoo3's ``ExperimentManager``
   (the package's hyperparameter files by default, ``--trial-id 0``, and the two robust-trial flags below, which
   rl-zoo3's parser does not know and which are taken out of the arguments before it sees them);
-- ``enjoy``: off-policy algorithms that rl-zoo3's hard-coded list does not name (ISPG) are loaded with
-  ``buffer_size=1``, as rl-zoo3 loads SAC or DQN, so that no replay buffer is allocated to watch an agent.
+- ``enjoy``: every off-policy algorithm (its class is an ``OffPolicyAlgorithm``) is loaded with ``buffer_size=1``,
+  as rl-zoo3 loads the ones its hard-coded list names (SAC, DQN, ...), so that no replay buffer is allocated to
+  watch an agent: ISPG, which the list does not name, too.
 """
 
 from __future__ import annotations
@@ -33,9 +37,7 @@ from sb3_pg_ext.zoo.exp_manager import PGExperimentManager
 from sb3_pg_ext.zoo.registry import ZOO_ALGOS, register
 
 PROG = "sb3-pg-zoo"
-COMMANDS = ("train", "enjoy", "plot_train", "plot_from_file", "all_plots", "benchmark")
-#: The off-policy algorithms rl-zoo3 2.9.2's enjoy loads with ``buffer_size=1`` (its hard-coded list).
-RL_ZOO_OFF_POLICY = ("qrdqn", "dqn", "ddpg", "sac", "her", "td3", "tqc")
+COMMANDS = ("train", "enjoy", "plot_train", "plot_from_file", "all_plots")
 
 
 def _robust_trial_parser() -> argparse.ArgumentParser:
@@ -84,10 +86,17 @@ def train(args: Sequence[str]) -> None:
         zoo_train.ExperimentManager = original  # type: ignore[attr-defined]
 
 
+def off_policy_algos() -> list[str]:
+    """The names in ``rl_zoo3.ALGOS`` whose class is an ``OffPolicyAlgorithm`` (the package's ISPG included)."""
+    return [name for name, cls in ALGOS.items() if isinstance(cls, type) and issubclass(cls, OffPolicyAlgorithm)]
+
+
 class _ReplayFreeLoader:
     """
     Stands in for an off-policy class in ``rl_zoo3.ALGOS`` while ``enjoy`` runs: ``load`` passes ``buffer_size=1``
-    (the model is only used to act; rl-zoo3 does the same for the algorithms of its list).
+    unless rl-zoo3 passed one (the model is only used to act; rl-zoo3 passes 1 for the algorithms of its own list).
+
+    :param algo_class: the off-policy algorithm class it stands in for
     """
 
     def __init__(self, algo_class: type[BaseAlgorithm]):
@@ -99,12 +108,8 @@ class _ReplayFreeLoader:
 
 
 def enjoy(args: Sequence[str]) -> None:
-    """rl-zoo3's ``enjoy``, with off-policy algorithms outside its list loaded without a replay buffer."""
-    replaced = {
-        name: cls
-        for name, cls in ALGOS.items()
-        if name not in RL_ZOO_OFF_POLICY and isinstance(cls, type) and issubclass(cls, OffPolicyAlgorithm)
-    }
+    """rl-zoo3's ``enjoy``, with every off-policy algorithm loaded without a replay buffer."""
+    replaced = {name: ALGOS[name] for name in off_policy_algos()}
     for name, cls in replaced.items():
         ALGOS[name] = cast(type[BaseAlgorithm], _ReplayFreeLoader(cls))
     try:
@@ -131,30 +136,26 @@ def _run(prog: str, args: Sequence[str], function: Callable[[], None]) -> None:
         sys.argv = saved
 
 
-def benchmark(args: Sequence[str]) -> None:
-    """The benchmark grid's command line (``python -m sb3_pg_ext.benchmark run|status|report ...``)."""
-    from sb3_pg_ext.benchmark.cli import main as benchmark_main
-
-    status = benchmark_main(args, prog=f"{PROG} benchmark")
-    if status:
-        raise SystemExit(status)
-
-
 RUNNERS: dict[str, Callable[[Sequence[str]], None]] = {
     "train": train,
     "enjoy": enjoy,
     "plot_train": _plots("plot_train"),
     "plot_from_file": _plots("plot_from_file"),
     "all_plots": _plots("all_plots"),
-    "benchmark": benchmark,
 }
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of ``sb3-pg-zoo`` and ``python -m sb3_pg_ext.zoo``."""
+def main(argv: Sequence[str] | None = None, commands: Sequence[str] = COMMANDS) -> None:
+    """
+    Entry point of ``python -m sb3_pg_ext.zoo`` (and, through :mod:`sb3_pg_ext.cli`, of ``sb3-pg-zoo``).
+
+    :param argv: the command and its arguments (default: ``sys.argv[1:]``)
+    :param commands: the commands the usage line and the unknown-command message name (the console entry adds
+        ``benchmark``, which it runs itself)
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(f"usage: {PROG} {{{','.join(COMMANDS)}}} [rl-zoo3 arguments]")
+        print(f"usage: {PROG} {{{','.join(commands)}}} [rl-zoo3 arguments]")
         print(f"algorithms added to rl-zoo3's: {', '.join(ZOO_ALGOS)}")
         print(f"'{PROG} <command> -h' lists a command's arguments")
         if not argv:
@@ -162,9 +163,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     command, args = argv[0], argv[1:]
     if command not in RUNNERS:
-        raise SystemExit(f"{PROG}: unknown command {command!r}; use one of {', '.join(COMMANDS)}")
+        raise SystemExit(f"{PROG}: unknown command {command!r}; use one of {', '.join(commands)}")
     register()
     RUNNERS[command](args)
 
 
-__all__ = ["COMMANDS", "RUNNERS", "enjoy", "main", "train"]
+__all__ = ["COMMANDS", "PROG", "RUNNERS", "enjoy", "main", "off_policy_algos", "train"]

@@ -6,9 +6,10 @@ rl-zoo3's ``ExperimentManager`` with three changes, everything else inherited:
    algorithms keep rl-zoo3's files.
 2. ``--trial-id 0`` reloads trial 0: rl-zoo3 2.9.2 tests ``self.trial_id`` for truth, so the first trial of a study
    was silently ignored.
-3. Robust trials (``--eval-seeds K``, ``--eval-aggregate``): :meth:`objective` trains the trial's settings on K
-   seeds and reports the aggregate of their evaluations (see :mod:`sb3_pg_ext.zoo.aggregate`). Without either
-   flag, rl-zoo3's own objective runs unchanged.
+3. Robust trials (``--eval-seeds K``, ``--eval-aggregate``): :meth:`~PGExperimentManager.robust_objective` trains
+   the trial's settings on K seeds, each evaluated by SB3's ``EvalCallback`` (:class:`SeedEvaluationCallback`), and
+   reports the aggregate of their evaluations (see :mod:`sb3_pg_ext.zoo.aggregate`). Without either flag,
+   rl-zoo3's own objective runs unchanged.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 import copy
 import os
 import random
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from pprint import pprint
@@ -29,9 +31,9 @@ from rl_zoo3.exp_manager import ExperimentManager
 from rl_zoo3.hyperparams_opt import HYPERPARAMS_SAMPLER
 from rl_zoo3.utils import ALGOS, get_callback_list
 from stable_baselines3 import HerReplayBuffer
-from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.evaluation import evaluate_policy
-from stable_baselines3.common.vec_env import VecEnv, sync_envs_normalization
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import EvalCallback
+from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_pg_ext import HYPERPARAMS_DIR
 from sb3_pg_ext.zoo.aggregate import AGGREGATES
@@ -159,11 +161,22 @@ class EvaluationBoard:
             self._condition.notify_all()
 
 
-class SeedEvaluationCallback(BaseCallback):
+class SeedEvaluationCallback(EvalCallback):
     """
-    Evaluates one run of a robust trial every ``eval_freq`` calls, at most ``n_evaluations`` times, and posts the
-    episode returns to the board. With ``log_path``, writes ``evaluations.npz`` as SB3's ``EvalCallback`` does
-    (``timesteps``, ``results``, ``ep_lengths``), so rl-zoo3's plots can read it.
+    SB3's ``EvalCallback`` for one run of a robust trial (as rl-zoo3's ``TrialEvalCallback`` is for its single
+    run): it evaluates every ``eval_freq`` calls, at most ``n_evaluations`` times, writes ``evaluations.npz`` in
+    ``log_path`` (so rl-zoo3's plots can read it), and after each evaluation posts the episode returns to the board,
+    whose answer (go on or stop) it returns.
+
+    :param board: where the K runs of the trial meet at each evaluation point
+    :param run: this run's index among the K
+    :param eval_env: the run's evaluation env
+    :param n_eval_episodes: episodes per evaluation (``--eval-episodes``)
+    :param eval_freq: evaluate every ``eval_freq`` calls (env steps of the vectorized env)
+    :param n_evaluations: evaluation points of the trial (``--n-evaluations``)
+    :param deterministic: deterministic actions at evaluation
+    :param log_path: folder of ``evaluations.npz``; ``EvalCallback`` keeps the returns of its evaluations
+        (``evaluations_results``), which the board needs, only when it has one
     """
 
     def __init__(
@@ -175,56 +188,42 @@ class SeedEvaluationCallback(BaseCallback):
         eval_freq: int,
         n_evaluations: int,
         deterministic: bool,
-        log_path: str | None = None,
+        log_path: str,
     ):
-        super().__init__()
-        self.board = board
-        self.run = run
-        self.eval_env = eval_env
-        self.n_eval_episodes = n_eval_episodes
-        self.eval_freq = eval_freq
-        self.n_evaluations = n_evaluations
-        self.deterministic = deterministic
-        self.log_path = log_path
-        self.n_done = 0
-        self.timesteps: list[int] = []
-        self.results: list[list[float]] = []
-        self.ep_lengths: list[list[int]] = []
-
-    def evaluate_and_post(self) -> bool:
-        if self.model.get_vec_normalize_env() is not None:
-            sync_envs_normalization(self.model.get_env(), self.eval_env)  # type: ignore[arg-type]
-        returns, lengths = evaluate_policy(
-            self.model,
-            self.eval_env,
-            n_eval_episodes=self.n_eval_episodes,
-            deterministic=self.deterministic,
-            return_episode_rewards=True,
+        super().__init__(
+            eval_env,
+            n_eval_episodes=n_eval_episodes,
+            eval_freq=eval_freq,
+            log_path=log_path,
+            deterministic=deterministic,
+            verbose=0,
             warn=False,
         )
-        self.n_done += 1
-        self.timesteps.append(self.model.num_timesteps)
-        self.results.append([float(r) for r in returns])  # type: ignore[union-attr]
-        self.ep_lengths.append([int(n) for n in lengths])  # type: ignore[union-attr]
-        if self.log_path is not None:
-            os.makedirs(self.log_path, exist_ok=True)
-            np.savez(
-                os.path.join(self.log_path, "evaluations"),
-                timesteps=self.timesteps,
-                results=self.results,
-                ep_lengths=self.ep_lengths,
-            )
-        return self.board.post(self.run, self.results[-1])
+        self.board = board
+        self.run = run
+        self.n_evaluations = n_evaluations
 
     def _on_step(self) -> bool:
-        if self.n_calls % self.eval_freq != 0 or self.n_done >= self.n_evaluations:
+        if self.n_calls % self.eval_freq != 0 or len(self.evaluations_results) >= self.n_evaluations:
             return True
         return self.evaluate_and_post()
+
+    def evaluate_and_post(self) -> bool:
+        """Evaluate now (``EvalCallback``'s evaluation), post the returns to the board; returns whether to go on."""
+        self.num_timesteps = self.model.num_timesteps
+        # EvalCallback evaluates when n_calls is a multiple of eval_freq: 1 makes it evaluate at this call too (the
+        # evaluation points that finish() adds after learn())
+        eval_freq, self.eval_freq = self.eval_freq, 1
+        try:
+            super()._on_step()
+        finally:
+            self.eval_freq = eval_freq
+        return self.board.post(self.run, self.evaluations_results[-1])
 
     def finish(self) -> None:
         """After ``learn()``: evaluate the final policy for the evaluation points it did not reach (never when the
         trial stopped), so that the other runs are never left waiting."""
-        while self.n_done < self.n_evaluations and not self.board.stopped:
+        while len(self.evaluations_results) < self.n_evaluations and not self.board.stopped:
             self.evaluate_and_post()
 
 
@@ -260,15 +259,39 @@ class PGExperimentManager(ExperimentManager):
         args.eval_aggregate = eval_aggregate
 
     def objective(self, trial: optuna.Trial) -> float:
-        if not self.robust_trials:
-            try:
-                return super().objective(trial)
-            except FloatingPointError as e:
-                # the package's algorithms raise FloatingPointError on non-finite values, where SB3's assert
-                # (which rl-zoo3 prunes): prune too, rather than end the study
-                print(e)
-                raise optuna.exceptions.TrialPruned() from e
+        """
+        rl-zoo3's objective (one unseeded run), or with ``--eval-seeds`` / ``--eval-aggregate`` the robust one
+        (:meth:`robust_objective`). Either way a ``FloatingPointError`` prunes the trial.
+
+        :param trial: the Optuna trial
+        :return: the trial's value
+        """
+        if self.robust_trials:
+            return self.robust_objective(trial)
+        try:
+            return super().objective(trial)
+        except FloatingPointError as e:
+            # the package's algorithms raise FloatingPointError on non-finite values, where SB3's assert
+            # (which rl-zoo3 prunes): prune too, rather than end the study
+            print(e)
+            raise optuna.exceptions.TrialPruned() from e
+
+    def robust_objective(self, trial: optuna.Trial) -> float:
+        """
+        Train the trial's settings on K seeds (:func:`trial_seeds`) and return the aggregate of their last
+        evaluations; the running aggregate is reported at each evaluation point for the pruner.
+
+        Why this is not rl-zoo3's ``objective`` through a hook: that method builds its one model (``seed=None``
+        written in), its one ``TrialEvalCallback`` (which reports each run's own mean to the trial) and its
+        ``learn()`` call inline, with no method to override in between; K seeded runs that report one aggregate at
+        each evaluation point need their own loop. What it offers is reused: rl-zoo3's sampler table,
+        ``create_envs``, the ``--callback`` list, and SB3's ``EvalCallback`` (:class:`SeedEvaluationCallback`).
+
+        :param trial: the Optuna trial
+        :return: the aggregate (``--eval-aggregate``) of the K runs' returns at the last evaluation point
+        """
         kwargs = self._hyperparams.copy()
+        # the sampler arguments as rl-zoo3's objective builds them
         additional_args = {
             "using_her_replay_buffer": kwargs.get("replay_buffer_class") == HerReplayBuffer,
             "her_kwargs": kwargs.get("replay_buffer_kwargs", {}),
@@ -283,74 +306,56 @@ class PGExperimentManager(ExperimentManager):
         eval_freq = max(int(self.n_timesteps / self.n_evaluations) // self.n_envs, 1)
         board = EvaluationBoard(self.eval_seeds, trial, AGGREGATES[self.eval_aggregate])
         trial_verbosity = self.verbose if self.verbose >= 2 else 0
+        # EvalCallback keeps the returns the board needs only with a log_path: without --optimization-log-path,
+        # the runs' evaluations.npz go to a folder deleted with the trial
+        scratch = tempfile.TemporaryDirectory(prefix="sb3-pg-zoo-") if self.optimization_log_path is None else None
+        log_root = scratch.name if scratch is not None else self.optimization_log_path
+        assert log_root is not None
 
         models, callbacks, eval_envs = [], [], []
         try:
-            for run, seed in enumerate(seeds):
-                model = ALGOS[self.algo](
-                    env=self.create_envs(self.n_envs, no_log=True),
-                    tensorboard_log=None,
-                    seed=seed,
-                    verbose=trial_verbosity,
-                    device=self.device,
-                    **copy.deepcopy(kwargs),
-                )
-                models.append(model)
-                eval_env = self.create_envs(n_envs=self.n_eval_envs, eval_env=True)
-                eval_envs.append(eval_env)
-                board.save_rng(run)
-                log_path = None
-                if self.optimization_log_path is not None:
-                    log_path = os.path.join(self.optimization_log_path, f"trial_{trial.number!s}", f"seed_{run}")
-                callbacks.append(
-                    SeedEvaluationCallback(
-                        board,
-                        run,
-                        eval_env,
-                        self.n_eval_episodes,
-                        eval_freq,
-                        self.n_evaluations,
-                        self.deterministic_eval,
-                        log_path,
-                    )
-                )
-        except PRUNED_ERRORS as e:
-            # settings the algorithm refuses at construction: pruned, as rl-zoo3 prunes a failing trial
-            for env in [*(m.env for m in models), *eval_envs]:
-                if env is not None:
-                    env.close()
-            print(e)
-            raise optuna.exceptions.TrialPruned() from e
-
-        errors: list[BaseException | None] = [None] * self.eval_seeds
-
-        def train(run: int) -> None:
             try:
-                if board.start(run):
-                    run_callbacks = get_callback_list({"callback": self.specified_callbacks})
-                    models[run].learn(self.n_timesteps, callback=[*run_callbacks, callbacks[run]])
-                    callbacks[run].finish()
-            except BaseException as e:  # re-raised below, in the study's thread
-                errors[run] = e
-                board.abort()
-            finally:
-                board.done(run)
-
-        threads = [
-            threading.Thread(target=train, args=(run,), name=f"trial-{trial.number}-seed-{run}") for run in range(len(seeds))
-        ]
-        try:
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
+                for run, seed in enumerate(seeds):
+                    model = ALGOS[self.algo](
+                        env=self.create_envs(self.n_envs, no_log=True),
+                        tensorboard_log=None,
+                        seed=seed,
+                        verbose=trial_verbosity,
+                        device=self.device,
+                        **copy.deepcopy(kwargs),
+                    )
+                    models.append(model)
+                    eval_env = self.create_envs(n_envs=self.n_eval_envs, eval_env=True)
+                    eval_envs.append(eval_env)
+                    board.save_rng(run)
+                    callbacks.append(
+                        SeedEvaluationCallback(
+                            board,
+                            run,
+                            eval_env,
+                            self.n_eval_episodes,
+                            eval_freq,
+                            self.n_evaluations,
+                            self.deterministic_eval,
+                            os.path.join(log_root, f"trial_{trial.number!s}", f"seed_{run}"),
+                        )
+                    )
+            except PRUNED_ERRORS as e:
+                # settings the algorithm refuses at construction: pruned, as rl-zoo3 prunes a failing trial
+                for env in [*(m.env for m in models), *eval_envs]:
+                    if env is not None:
+                        env.close()
+                print(e)
+                raise optuna.exceptions.TrialPruned() from e
+            errors = self._train_runs(trial, board, models, callbacks, eval_envs)
         finally:
-            for model, eval_env in zip(models, eval_envs, strict=True):
-                assert model.env is not None
-                model.env.close()
-                eval_env.close()
+            if scratch is not None:
+                scratch.cleanup()
 
-        trial.set_user_attr("seed_returns", [float(np.mean(cb.results[-1])) if cb.results else None for cb in callbacks])
+        trial.set_user_attr(
+            "seed_returns",
+            [float(np.mean(cb.evaluations_results[-1])) if cb.evaluations_results else None for cb in callbacks],
+        )
         error = next((e for e in errors if e is not None), None)
         if error is not None:
             if isinstance(error, PRUNED_ERRORS):
@@ -364,6 +369,44 @@ class PGExperimentManager(ExperimentManager):
         if board.pruned:
             raise optuna.exceptions.TrialPruned()
         return board.values[-1]
+
+    def _train_runs(
+        self,
+        trial: optuna.Trial,
+        board: EvaluationBoard,
+        models: list[BaseAlgorithm],
+        callbacks: list[SeedEvaluationCallback],
+        eval_envs: list[VecEnv],
+    ) -> list[BaseException | None]:
+        """Train the K runs, one thread each, taking turns on the board; close their envs. Returns each run's error."""
+        errors: list[BaseException | None] = [None] * len(models)
+
+        def train(run: int) -> None:
+            try:
+                if board.start(run):
+                    run_callbacks = get_callback_list({"callback": self.specified_callbacks})
+                    models[run].learn(self.n_timesteps, callback=[*run_callbacks, callbacks[run]])
+                    callbacks[run].finish()
+            except BaseException as e:  # re-raised by the caller, in the study's thread
+                errors[run] = e
+                board.abort()
+            finally:
+                board.done(run)
+
+        threads = [
+            threading.Thread(target=train, args=(run,), name=f"trial-{trial.number}-seed-{run}") for run in range(len(models))
+        ]
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        finally:
+            for model, eval_env in zip(models, eval_envs, strict=True):
+                assert model.env is not None
+                model.env.close()
+                eval_env.close()
+        return errors
 
 
 __all__ = ["EvaluationBoard", "PGExperimentManager", "SeedEvaluationCallback", "trial_seeds"]
