@@ -9,6 +9,9 @@ from __future__ import annotations
 import argparse
 import itertools
 import re
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -279,13 +282,60 @@ def test_plot_commands_read_the_launcher_logs(in_tmp):
 def test_console_script_is_declared():
     from importlib.metadata import entry_points
 
+    from sb3_pg_ext import cli
+
     (script,) = [e for e in entry_points(group="console_scripts") if e.name == "sb3-pg-zoo"]
-    assert script.value == "sb3_pg_ext.zoo.cli:main" and script.load() is main
+    assert script.value == "sb3_pg_ext.cli:main" and script.load() is cli.main
 
 
 def test_unknown_command_is_refused():
     with pytest.raises(SystemExit, match="unknown command"):
         main(["fly", "--algo", "grpo"])
+
+
+def test_console_entry_lists_every_command_and_routes_benchmark_to_its_command_line(capsys):
+    from sb3_pg_ext import cli
+
+    assert cli.COMMANDS == ("train", "enjoy", "plot_train", "plot_from_file", "all_plots", "benchmark")
+    cli.main(["--help"])
+    assert "usage: sb3-pg-zoo {train,enjoy,plot_train,plot_from_file,all_plots,benchmark}" in capsys.readouterr().out
+    main(["--help"])  # python -m sb3_pg_ext.zoo: the launcher's own commands
+    assert "usage: sb3-pg-zoo {train,enjoy,plot_train,plot_from_file,all_plots} " in capsys.readouterr().out
+    with pytest.raises(SystemExit) as done:
+        cli.main(["benchmark", "-h"])
+    assert done.value.code == 0 and "usage: sb3-pg-zoo benchmark" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="use one of train, enjoy, plot_train, plot_from_file, all_plots, benchmark"):
+        cli.main(["fly"])
+    with pytest.raises(SystemExit, match="unknown command 'benchmark'"):
+        main(["benchmark", "status"])
+
+
+def test_the_zoo_runs_without_loading_the_benchmark():
+    # the benchmark imports the zoo; the zoo (and the console entry's zoo commands) must not load the benchmark
+    code = (
+        "import sys; from sb3_pg_ext.zoo import cli; import sb3_pg_ext.zoo.hyperparams_files; "
+        "from sb3_pg_ext.cli import main; main(['--help']); "
+        "print(sorted(m for m in sys.modules if m.startswith('sb3_pg_ext.benchmark')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_enjoy_loads_every_off_policy_algorithm_without_a_replay_buffer():
+    from stable_baselines3 import PPO, SAC
+
+    from sb3_pg_ext.zoo.cli import off_policy_algos
+
+    names = off_policy_algos()
+    # rl-zoo3's own list (enjoy.py), as far as rl_zoo3.ALGOS holds those names, plus the package's ISPG
+    assert {"dqn", "ddpg", "sac", "td3", "qrdqn", "tqc", "ispg"} <= set(names)
+    assert not {"ppo", "a2c", "reinforce", "ppo_kl", "grpo"} & set(names)
+    # derived from the classes: a new off-policy algorithm is found without a list to edit
+    ALGOS["my_sac"], ALGOS["my_ppo"] = SAC, PPO
+    try:
+        assert "my_sac" in off_policy_algos() and "my_ppo" not in off_policy_algos()
+    finally:
+        del ALGOS["my_sac"], ALGOS["my_ppo"]
 
 
 # -- hyperparameter files --------------------------------------------------------------------------------------------
@@ -564,6 +614,41 @@ def test_robust_trial_runs_are_reproducible_and_independent_of_each_other(in_tmp
     assert not np.array_equal(three[0], three[1]) or not np.array_equal(three[1], three[2])
 
 
+def test_robust_trial_without_log_path_writes_no_files(in_tmp, monkeypatch):
+    # SB3's EvalCallback keeps the returns only with a log_path: a scratch folder, deleted with the trial
+    scratch = in_tmp / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    storage = str(in_tmp / "robust.log")
+    main(
+        [
+            *f"train --algo reinforce --env {ENV} -n 240 -optimize --n-trials 1 --n-evaluations 2 --eval-episodes 2".split(),
+            *[
+                "-f",
+                "logs",
+                "--seed",
+                "5",
+                "--no-optim-plots",
+                "--verbose",
+                "0",
+                "--eval-seeds",
+                "2",
+                "--study-name",
+                "robust",
+                "--storage",
+            ],
+            storage,
+        ]
+    )
+    (trial,) = optuna.load_study(
+        study_name="robust",
+        storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage)),
+    ).trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE and len(trial.intermediate_values) == 2
+    # neither in the working folder nor in the temporary folder (scratch is inside in_tmp)
+    assert not list(in_tmp.rglob("evaluations.npz"))
+
+
 class FakeTrial:
     def __init__(self, prune_at: int):
         self.prune_at = prune_at
@@ -637,6 +722,19 @@ def test_interquartile_mean_matches_hand_values_and_scipy():
     for n in range(1, 30):
         values = rng.normal(size=n)
         assert interquartile_mean([values]) == pytest.approx(trim_mean(values, 0.25))
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (1, 5), (2, 5), (5, 10)])
+def test_interquartile_mean_is_rliables(shape):
+    # the IQM of rliable (the benchmark report's), to the last bits on float returns, exactly on integer returns
+    from rliable.metrics import aggregate_iqm
+
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        integers = rng.integers(-500, 500, size=shape).astype(float)
+        assert interquartile_mean(list(integers)) == aggregate_iqm(integers)
+        floats = rng.normal(-200, 100, size=shape)
+        assert interquartile_mean(list(floats)) == pytest.approx(aggregate_iqm(floats), rel=1e-12, abs=1e-12)
 
 
 def test_bootstrap_lower_bound_hand_values():
