@@ -232,12 +232,15 @@ def retrain(
 
 
 def _file_value(value: Any) -> Any:
-    """A hyperparameter as the yml files hold it: a ``policy_kwargs`` dict as the string rl-zoo3 evaluates (with
-    torch.nn imported as nn), a float to 6 significant digits."""
+    """
+    A hyperparameter as the yml files hold it: a ``policy_kwargs`` dict as the string rl-zoo3 evaluates (with
+    torch.nn imported as nn), a float to 6 significant digits.
+    """
     if isinstance(value, dict):
         return "dict(" + ", ".join(f"{k}={_python_value(v)}" for k, v in value.items()) + ")"
-    if isinstance(value, float):
-        return float(f"{value:.6g}")
+    if isinstance(value, float):  # 6 significant digits, an integral value without exponent as an int
+        text = f"{value:.6g}"
+        return float(text) if "e" in text else yaml.safe_load(text)
     return value
 
 
@@ -261,7 +264,7 @@ def tuned_entry(
     hyperparams.update(tuned)
     budget = ""
     if n_timesteps is not None:
-        hyperparams["n_timesteps"] = float(n_timesteps)
+        hyperparams["n_timesteps"] = n_timesteps
         budget = f"n_timesteps {n_timesteps:.0e} (the benchmark's budget for the env); "
     if isinstance(hyperparams.get("learning_rate"), str) and hyperparams["learning_rate"].startswith("lin_"):
         hyperparams["learning_rate"] = "lin_" + f"{float(hyperparams['learning_rate'][4:]):.6g}"

@@ -6,12 +6,14 @@ markdown tables and the PNGs).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -21,12 +23,16 @@ import numpy as np
 import pytest
 import yaml
 from scipy import stats
+from stable_baselines3.common.callbacks import EvalCallback
 
-from sb3_pg_ext.benchmark import cli, grid, report
+from sb3_pg_ext import cli as launcher_cli
+from sb3_pg_ext.benchmark import cli, grid, presets, report
 from sb3_pg_ext.benchmark.cells import (
     EVAL_SEED_OFFSET,
+    BenchmarkExperimentManager,
     Cell,
     GridResult,
+    TimedEvalCallback,
     effective_hyperparams,
     grid_cells,
     hyperparams_file,
@@ -37,7 +43,6 @@ from sb3_pg_ext.benchmark.grid import run_grid
 from sb3_pg_ext.benchmark.normalisation import SCORE_RANGES, normalise
 from sb3_pg_ext.benchmark.report import iqm_intervals, markdown_table
 from sb3_pg_ext.benchmark.store import FAILED, FINISHED, ResultStore
-from sb3_pg_ext.zoo import cli as zoo_cli
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -586,16 +591,74 @@ def test_launcher_benchmark_subcommand_reaches_the_benchmark_command_line(
     store = ResultStore(tmp_path)
     store.write(fake_record(Cell("ppo", "CartPole-v1", 0)))
     store.write({**fake_record(Cell("ppo", "CartPole-v1", 1)), "status": FAILED, "error": "RuntimeError: diverged"})
-    assert "benchmark" in zoo_cli.COMMANDS
+    assert "benchmark" in launcher_cli.COMMANDS
     argv = ["--algos", "ppo", "--envs", "CartPole-v1", "--seeds", "0", "1", "2", "--store", str(tmp_path)]
-    zoo_cli.main(["benchmark", "status", *argv])
+    launcher_cli.main(["benchmark", "status", *argv])
     out = capsys.readouterr().out
     assert "finished: 1" in out and "failed: 1" in out and "missing: 1" in out
     assert "ppo CartPole-v1 seed 1  RuntimeError: diverged" in out
     with pytest.raises(SystemExit) as error:
-        zoo_cli.main(["benchmark", "status"])
+        launcher_cli.main(["benchmark", "status"])
     assert error.value.code == 2 and "sb3-pg-zoo benchmark status" in capsys.readouterr().err
     with pytest.raises(SystemExit) as error:
-        zoo_cli.main(["benchmark", "report", "--store", str(tmp_path / "no-store")])
+        launcher_cli.main(["benchmark", "report", "--store", str(tmp_path / "no-store")])
     assert error.value.code == 2 and "no results store" in capsys.readouterr().err
     assert not (tmp_path / "no-store").exists()
+
+
+def test_readme_preset_is_the_committed_grid() -> None:
+    """The preset's cells are the committed store's, with the settings they ran with (so none is missing or stale)."""
+    root = Path(__file__).resolve().parent.parent
+    preset = presets.get_preset("readme")
+    store = ResultStore(root / preset.store)
+    cells, _ = split_untuned(preset.cells())
+    assert len(cells) == 131 and len({c.key for c in cells}) == 131
+    assert store.status(c.key for c in cells)[FINISHED] == [c.key for c in cells]
+    for cell in cells:
+        record = store.read(*cell.key)
+        assert record is not None and record["config"]["cell"] == asdict(cell), cell.key
+    assert [c.key for c in preset.chunk_cells("lunar-201")] == [(a, "LunarLander-v3", 201) for a in preset.grids[1].algos]
+    assert {c.n_timesteps for c in cells if c.env == "Acrobot-v1"} == {presets.GRID_BUDGETS["Acrobot-v1"]} == {300_000}
+
+
+def test_final_policies_preset_trains_the_constructor_defaults() -> None:
+    preset = presets.get_preset("final-policies")
+    cells = preset.cells()
+    assert {c.algo for c in cells} == set(presets.PACKAGE_ALGOS) and {c.seed for c in cells} == {0, 1, 2, 3, 4}
+    for cell in cells[:4]:
+        assert cell.env == "CartPole-v1" and cell.n_timesteps == 200_000
+        n_envs = 8 if cell.algo == "grpo" else 1
+        assert effective_hyperparams(cell) == {"n_envs": n_envs, "n_timesteps": 200_000, "policy": "MlpPolicy"}
+
+
+def test_preset_on_the_command_line_runs_its_cells_in_order(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trainer = CountingTrainer()
+    store = ["--store", str(tmp_path)]
+    assert cli.main(["run", "--preset", "readme", "--chunk", "lunar-200", *store, "--no-progress"], train=trainer) == 0
+    assert trainer.calls == [(a, "LunarLander-v3", 200) for a in ("reinforce", "ispg", "ppo_kl", "grpo", "ppo", "a2c", "trpo")]
+    assert "sac on LunarLander-v3" in capsys.readouterr().out
+    assert cli.main(["status", "--preset", "readme", *store]) == 0
+    assert "finished: 7\nfailed: 0\nmissing: 124\n" in capsys.readouterr().out
+    assert cli.main(["presets", "readme", "--chunks"]) == 0
+    assert capsys.readouterr().out.split() == presets.get_preset("readme").chunks()
+    for wrong in (["--preset", "readme", "--seeds", "0"], ["--chunk", "lunar-200", "--algos", "ppo"], ["--algos", "ppo"]):
+        with pytest.raises(SystemExit):
+            cli.main(["run", *wrong, *store], train=trainer)
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--preset", "readme", "--chunk", "lunar-299", *store], train=trainer)
+    assert "its chunks: classic-200" in capsys.readouterr().err
+    assert len(trainer.calls) == 7
+
+
+def test_evaluations_are_timed_by_the_eval_callback_and_left_out_of_throughput() -> None:
+    record = train_cell(Cell("reinforce", "CartPole-v1", 0, 600, n_evaluations=3, n_eval_episodes=3, n_final_episodes=1))
+    throughput = record["throughput"]
+    assert throughput["eval_cpu_seconds"] > 0 and throughput["eval_wall_seconds"] > 0
+    assert len(record["curve"]["timesteps"]) == 3
+    with tempfile.TemporaryDirectory() as folder:
+        manager = BenchmarkExperimentManager(
+            argparse.Namespace(), "ppo", "CartPole-v1", folder, n_timesteps=1000, n_evaluation_points=2, seed=0
+        )
+        manager.n_envs = 1
+        manager.create_callbacks()
+    assert [type(c) for c in manager.callbacks if isinstance(c, EvalCallback)] == [TimedEvalCallback]
