@@ -1,5 +1,7 @@
 """
-Policy-gradient estimators as pure, vectorised torch functions.
+Policy-gradient estimators as pure, vectorised torch functions, one section per topic: the episode structure and
+returns, baselines, importance sampling, group-relative advantages and loss aggregation (GRPO), and KL divergences
+(sample estimators, the analytic KL, the adaptive-penalty rule).
 
 Every function here works on *flat* batches: the steps of several episodes laid end to end in one tensor of
 shape ``(T,)``, with the episode boundaries passed explicitly as ``episode_starts`` (``True`` at the first step of
@@ -15,11 +17,20 @@ This module imports torch only; it knows nothing of SB3.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Sequence
+
 import torch as th
+from torch.distributions import Bernoulli, Categorical, Normal
 
 __all__ = [
     "BASELINE_WEIGHTINGS",
+    "KL_ESTIMATORS",
+    "adapted_kl_coef",
+    "analytic_kl",
+    "analytic_kl_from_parameters",
     "batch_mean_baseline",
+    "categorical_kl",
     "clipped_log_ratios",
     "discounted_returns",
     "effective_sample_size",
@@ -32,17 +43,19 @@ __all__ = [
     "kl_k3",
     "leave_one_out_baseline",
     "loss_aggregation_weights",
+    "normal_kl",
     "optimal_baseline",
     "per_decision_log_weights",
     "per_decision_returns",
     "reward_to_go",
+    "sampled_kl",
     "self_normalized_log_weights",
     "step_index",
 ]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Episode structure
+# Episode structure and returns
 # ---------------------------------------------------------------------------------------------------------------------
 
 
@@ -308,8 +321,32 @@ def optimal_baseline(scores: th.Tensor, returns: th.Tensor, leave_one_out: bool 
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Importance sampling
+# Importance sampling (ISPG): per-step and per-decision weights, their self-normalisation, the weighted returns
 # ---------------------------------------------------------------------------------------------------------------------
+
+
+def clipped_log_ratios(log_prob: th.Tensor, behaviour_log_prob: th.Tensor, clip_ratio: float | None = None) -> th.Tensor:
+    """
+    Per-step log importance ratio, optionally truncated, in float64:
+
+        log rho_t = log( min(c, pi(a_t|s_t) / mu(a_t|s_t)) )
+
+    the single-ratio weight of ``importance_weights="one_step"``; :func:`per_decision_log_weights` is its
+    cumulative sum inside each episode.
+
+    :param log_prob: ``(T,)`` log pi(a_t|s_t) under the target policy
+    :param behaviour_log_prob: ``(T,)`` log mu(a_t|s_t) stored when the action was taken
+    :param clip_ratio: per-step truncation level c > 0, or None (exact)
+    :return: ``(T,)`` float64 log-ratios
+    """
+    _check_flat("log_prob", log_prob)
+    _check_flat("behaviour_log_prob", behaviour_log_prob, log_prob.shape[0])
+    log_ratio = log_prob.to(th.float64) - behaviour_log_prob.to(th.float64)
+    if clip_ratio is None:
+        return log_ratio
+    if clip_ratio <= 0:
+        raise ValueError(f"`clip_ratio` must be > 0 or None, got {clip_ratio}")
+    return th.clamp(log_ratio, max=float(th.log(th.tensor(clip_ratio, dtype=th.float64))))
 
 
 def per_decision_log_weights(
@@ -338,155 +375,6 @@ def per_decision_log_weights(
     # A segmented scan, not a global cumsum minus its value before each episode: with a global cumsum one
     # non-finite ratio would turn every later episode's weights into inf - inf = NaN.
     return _segmented_scan(log_ratio, episode_ids_from_starts(episode_starts))
-
-
-def effective_sample_size(weights: th.Tensor) -> th.Tensor:
-    """
-    Effective sample size of importance weights as a fraction of their number:
-
-        ESS / n = (sum_j w_j)^2 / (n * sum_j w_j^2)      in (0, 1]
-
-    1 when all weights are equal; close to 1/n when one weight dominates.
-
-    :param weights: ``(n,)`` non-negative weights
-    :return: scalar tensor
-    """
-    w = weights.reshape(-1).to(th.float64)
-    if w.numel() == 0:
-        raise ValueError("effective_sample_size needs at least one weight")
-    denom = w.numel() * w.pow(2).sum()
-    if denom <= 0:
-        return th.zeros((), dtype=th.float64, device=w.device)
-    return w.sum().pow(2) / denom
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# KL estimators (Schulman, "Approximating KL divergence", http://joschu.net/blog/kl-approx.html)
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def kl_k1(log_p: th.Tensor, log_q: th.Tensor) -> th.Tensor:
-    """
-    k1 estimate of KL(p || q) from samples x ~ p:  ``k1 = log p(x) - log q(x)``.
-    Unbiased, high variance, can be negative.
-
-    :param log_p: log-probabilities of the samples under p (the sampling distribution)
-    :param log_q: log-probabilities of the same samples under q
-    :return: per-sample estimates
-    """
-    return log_p - log_q
-
-
-def kl_k2(log_p: th.Tensor, log_q: th.Tensor) -> th.Tensor:
-    """
-    k2 estimate of KL(p || q) from samples x ~ p:  ``k2 = 0.5 * (log q(x) - log p(x))^2``.
-    Biased (second-order accurate when p and q are close), low variance, non-negative.
-
-    :param log_p: log-probabilities of the samples under p (the sampling distribution)
-    :param log_q: log-probabilities of the same samples under q
-    :return: per-sample estimates
-    """
-    return 0.5 * (log_q - log_p).pow(2)
-
-
-def kl_k3(log_p: th.Tensor, log_q: th.Tensor) -> th.Tensor:
-    """
-    k3 estimate of KL(p || q) from samples x ~ p, with r = q(x)/p(x):
-
-        k3 = r - 1 - log r = q/p - log(q/p) - 1
-
-    Unbiased (E_p[r] = 1) and non-negative (r - 1 >= log r). This is GRPO's D_t with p = pi_theta, q = pi_ref.
-
-    :param log_p: log-probabilities of the samples under p (the sampling distribution)
-    :param log_q: log-probabilities of the same samples under q
-    :return: per-sample estimates
-    """
-    log_r = log_q - log_p
-    # expm1 keeps precision when r is close to 1; clamp at 0 against rounding.
-    return th.clamp(th.expm1(log_r) - log_r, min=0.0)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Group-relative advantages (GRPO)
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def group_advantages(
-    returns: th.Tensor,
-    group_ids: th.Tensor,
-    scale_rewards: str = "group",
-    eps: float = 1e-4,
-    min_std: float = 0.0,
-) -> th.Tensor:
-    """
-    Group-relative advantage of every episode (GRPO's step 2):
-
-        A_{i,g} = (R_{i,g} - mu_i) / (max(sigma, min_std) + eps)
-
-    with ``mu_i`` the mean of group i's returns and ``sigma`` chosen by ``scale_rewards``:
-    ``"group"`` the *population* std (1/G) of group i's returns, ``"batch"`` the population std over all
-    episodes of the batch, ``"none"`` no division (``A = R - mu_i``). ``min_std`` floors the std so that
-    near-constant groups cannot blow the advantages up; a group whose returns are all equal gets A = 0.
-
-    :param returns: ``(E,)`` one return per episode
-    :param group_ids: ``(E,)`` long, the group of each episode (any labels; groups may have different sizes)
-    :param scale_rewards: ``"group"``, ``"batch"`` or ``"none"``
-    :param eps: added to the std
-    :param min_std: floor of the std
-    :return: ``(E,)`` advantages
-    """
-    if scale_rewards not in ("group", "batch", "none"):
-        raise ValueError(f"`scale_rewards` must be one of 'group', 'batch', 'none', got {scale_rewards!r}")
-    _check_flat("returns", returns)
-    _check_flat("group_ids", group_ids, returns.shape[0])
-    _, labels = th.unique(group_ids, return_inverse=True)
-    n_groups = int(labels.max().item()) + 1 if labels.numel() else 0
-    counts = th.zeros(n_groups, dtype=returns.dtype, device=returns.device).index_add_(0, labels, th.ones_like(returns))
-    means = th.zeros(n_groups, dtype=returns.dtype, device=returns.device).index_add_(0, labels, returns) / counts
-    # Groups whose returns are all equal get exactly zero advantage (the mean may differ from them by rounding).
-    g_min = th.full((n_groups,), float("inf"), dtype=returns.dtype, device=returns.device)
-    g_max = th.full((n_groups,), float("-inf"), dtype=returns.dtype, device=returns.device)
-    constant = (g_min.scatter_reduce(0, labels, returns, "amin") == g_max.scatter_reduce(0, labels, returns, "amax"))[labels]
-    centred = th.where(constant, th.zeros_like(returns), returns - means[labels])
-    if scale_rewards == "none":
-        return centred
-    if scale_rewards == "group":
-        var = th.zeros(n_groups, dtype=returns.dtype, device=returns.device).index_add_(0, labels, centred.pow(2)) / counts
-        std = var.sqrt()[labels]
-    else:
-        std = returns.std(unbiased=False).expand_as(returns)
-    denominator = th.clamp(std, min=min_std) + eps
-    # 0/0 (a constant group with eps = 0 and no floor) is 0, never NaN.
-    return th.where(denominator > 0, centred / th.where(denominator > 0, denominator, th.ones_like(denominator)), centred)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Importance sampling: pieces of the off-policy returns (ISPG)
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def clipped_log_ratios(log_prob: th.Tensor, behaviour_log_prob: th.Tensor, clip_ratio: float | None = None) -> th.Tensor:
-    """
-    Per-step log importance ratio, optionally truncated, in float64:
-
-        log rho_t = log( min(c, pi(a_t|s_t) / mu(a_t|s_t)) )
-
-    the single-ratio weight of ``importance_weights="one_step"``; :func:`per_decision_log_weights` is its
-    cumulative sum inside each episode.
-
-    :param log_prob: ``(T,)`` log pi(a_t|s_t) under the target policy
-    :param behaviour_log_prob: ``(T,)`` log mu(a_t|s_t) stored when the action was taken
-    :param clip_ratio: per-step truncation level c > 0, or None (exact)
-    :return: ``(T,)`` float64 log-ratios
-    """
-    _check_flat("log_prob", log_prob)
-    _check_flat("behaviour_log_prob", behaviour_log_prob, log_prob.shape[0])
-    log_ratio = log_prob.to(th.float64) - behaviour_log_prob.to(th.float64)
-    if clip_ratio is None:
-        return log_ratio
-    if clip_ratio <= 0:
-        raise ValueError(f"`clip_ratio` must be > 0 or None, got {clip_ratio}")
-    return th.clamp(log_ratio, max=float(th.log(th.tensor(clip_ratio, dtype=th.float64))))
 
 
 def self_normalized_log_weights(log_weights: th.Tensor, episode_starts: th.Tensor, cumulative: bool = True) -> th.Tensor:
@@ -569,9 +457,78 @@ def per_decision_returns(
     return reward_to_go(weighted, episode_starts, gamma)
 
 
+def effective_sample_size(weights: th.Tensor) -> th.Tensor:
+    """
+    Effective sample size of importance weights as a fraction of their number:
+
+        ESS / n = (sum_j w_j)^2 / (n * sum_j w_j^2)      in (0, 1]
+
+    1 when all weights are equal; close to 1/n when one weight dominates.
+
+    :param weights: ``(n,)`` non-negative weights
+    :return: scalar tensor
+    """
+    w = weights.reshape(-1).to(th.float64)
+    if w.numel() == 0:
+        raise ValueError("effective_sample_size needs at least one weight")
+    denom = w.numel() * w.pow(2).sum()
+    if denom <= 0:
+        return th.zeros((), dtype=th.float64, device=w.device)
+    return w.sum().pow(2) / denom
+
+
 # ---------------------------------------------------------------------------------------------------------------------
-# GRPO: process supervision and loss aggregation
+# Group-relative advantages and loss aggregation (GRPO)
 # ---------------------------------------------------------------------------------------------------------------------
+
+
+def group_advantages(
+    returns: th.Tensor,
+    group_ids: th.Tensor,
+    scale_rewards: str = "group",
+    eps: float = 1e-4,
+    min_std: float = 0.0,
+) -> th.Tensor:
+    """
+    Group-relative advantage of every episode (GRPO's step 2):
+
+        A_{i,g} = (R_{i,g} - mu_i) / (max(sigma, min_std) + eps)
+
+    with ``mu_i`` the mean of group i's returns and ``sigma`` chosen by ``scale_rewards``:
+    ``"group"`` the *population* std (1/G) of group i's returns, ``"batch"`` the population std over all
+    episodes of the batch, ``"none"`` no division (``A = R - mu_i``). ``min_std`` floors the std so that
+    near-constant groups cannot blow the advantages up; a group whose returns are all equal gets A = 0.
+
+    :param returns: ``(E,)`` one return per episode
+    :param group_ids: ``(E,)`` long, the group of each episode (any labels; groups may have different sizes)
+    :param scale_rewards: ``"group"``, ``"batch"`` or ``"none"``
+    :param eps: added to the std
+    :param min_std: floor of the std
+    :return: ``(E,)`` advantages
+    """
+    if scale_rewards not in ("group", "batch", "none"):
+        raise ValueError(f"`scale_rewards` must be one of 'group', 'batch', 'none', got {scale_rewards!r}")
+    _check_flat("returns", returns)
+    _check_flat("group_ids", group_ids, returns.shape[0])
+    _, labels = th.unique(group_ids, return_inverse=True)
+    n_groups = int(labels.max().item()) + 1 if labels.numel() else 0
+    counts = th.zeros(n_groups, dtype=returns.dtype, device=returns.device).index_add_(0, labels, th.ones_like(returns))
+    means = th.zeros(n_groups, dtype=returns.dtype, device=returns.device).index_add_(0, labels, returns) / counts
+    # Groups whose returns are all equal get exactly zero advantage (the mean may differ from them by rounding).
+    g_min = th.full((n_groups,), float("inf"), dtype=returns.dtype, device=returns.device)
+    g_max = th.full((n_groups,), float("-inf"), dtype=returns.dtype, device=returns.device)
+    constant = (g_min.scatter_reduce(0, labels, returns, "amin") == g_max.scatter_reduce(0, labels, returns, "amax"))[labels]
+    centred = th.where(constant, th.zeros_like(returns), returns - means[labels])
+    if scale_rewards == "none":
+        return centred
+    if scale_rewards == "group":
+        var = th.zeros(n_groups, dtype=returns.dtype, device=returns.device).index_add_(0, labels, centred.pow(2)) / counts
+        std = var.sqrt()[labels]
+    else:
+        std = returns.std(unbiased=False).expand_as(returns)
+    denominator = th.clamp(std, min=min_std) + eps
+    # 0/0 (a constant group with eps = 0 and no floor) is 0, never NaN.
+    return th.where(denominator > 0, centred / th.where(denominator > 0, denominator, th.ones_like(denominator)), centred)
 
 
 def group_process_advantages(
@@ -657,3 +614,205 @@ def loss_aggregation_weights(
     # No kept episode: every weight is 0 (not 0/0).
     per_episode = th.where(kept > 0, per_episode, th.zeros_like(per_episode))
     return th.repeat_interleave(per_episode, episode_lengths.long())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# KL divergence: sample estimators (Schulman, "Approximating KL divergence", http://joschu.net/blog/kl-approx.html),
+# the analytic KL, the adaptive-penalty rule (PPO-Penalty)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def kl_k1(log_p: th.Tensor, log_q: th.Tensor) -> th.Tensor:
+    """
+    k1 estimate of KL(p || q) from samples x ~ p:  ``k1 = log p(x) - log q(x)``.
+    Unbiased, high variance, can be negative.
+
+    :param log_p: log-probabilities of the samples under p (the sampling distribution)
+    :param log_q: log-probabilities of the same samples under q
+    :return: per-sample estimates
+    """
+    return log_p - log_q
+
+
+def kl_k2(log_p: th.Tensor, log_q: th.Tensor) -> th.Tensor:
+    """
+    k2 estimate of KL(p || q) from samples x ~ p:  ``k2 = 0.5 * (log q(x) - log p(x))^2``.
+    Biased (second-order accurate when p and q are close), low variance, non-negative.
+
+    :param log_p: log-probabilities of the samples under p (the sampling distribution)
+    :param log_q: log-probabilities of the same samples under q
+    :return: per-sample estimates
+    """
+    return 0.5 * (log_q - log_p).pow(2)
+
+
+def kl_k3(log_p: th.Tensor, log_q: th.Tensor) -> th.Tensor:
+    """
+    k3 estimate of KL(p || q) from samples x ~ p, with r = q(x)/p(x):
+
+        k3 = r - 1 - log r = q/p - log(q/p) - 1
+
+    Unbiased (E_p[r] = 1) and non-negative (r - 1 >= log r). This is GRPO's D_t with p = pi_theta, q = pi_ref.
+
+    :param log_p: log-probabilities of the samples under p (the sampling distribution)
+    :param log_q: log-probabilities of the same samples under q
+    :return: per-sample estimates
+    """
+    log_r = log_q - log_p
+    # expm1 keeps precision when r is close to 1; clamp at 0 against rounding.
+    return th.clamp(th.expm1(log_r) - log_r, min=0.0)
+
+
+#: The sample estimators of KL(p || q) by name: what ``kl_estimator="k1" | "k2" | "k3"`` selects in GRPO's loss
+#: term and in PPOKL's sampled penalty (:func:`sampled_kl`).
+KL_ESTIMATORS: dict[str, Callable[[th.Tensor, th.Tensor], th.Tensor]] = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
+
+
+def sampled_kl(old_log_prob: th.Tensor, log_prob: th.Tensor, estimator: str = "k3", direction: str = "forward") -> th.Tensor:
+    """
+    Sample estimate of the KL between pi_old and pi_theta from actions a_t ~ pi_old (the rollout's), per step.
+    With r = pi_theta(a|s) / pi_old(a|s) and k the estimator ``KL_ESTIMATORS[estimator]``:
+
+        forward: KL[pi_old || pi_theta] ~ k(log pi_old(a), log pi_theta(a))           k1 = -log r,   k3 = r - 1 - log r
+        reverse: KL[pi_theta || pi_old] ~ r * k(log pi_theta(a), log pi_old(a))       k1 = r log r,  k3 = r log r - r + 1
+
+    The reverse form importance-weights the estimator for samples of pi_theta. With k1 or k3 each is unbiased for
+    its KL, and so is its gradient with respect to theta; k3 is never negative (k2 is biased).
+
+    :param old_log_prob: ``(batch,)`` log pi_old(a_t|s_t), stored at collection
+    :param log_prob: ``(batch,)`` log pi_theta(a_t|s_t)
+    :param estimator: a key of :data:`KL_ESTIMATORS` (``"k1"``, ``"k2"`` or ``"k3"``)
+    :param direction: ``"forward"`` or ``"reverse"``
+    :return: ``(batch,)`` per-step estimates
+    """
+    estimate = KL_ESTIMATORS[estimator]
+    if direction == "forward":
+        return estimate(old_log_prob, log_prob)
+    ratio = th.exp(log_prob - old_log_prob)
+    return ratio * estimate(log_prob, old_log_prob)
+
+
+def analytic_kl(
+    old: Sequence[th.distributions.Distribution], new: Sequence[th.distributions.Distribution], direction: str = "forward"
+) -> th.Tensor:
+    """
+    Exact KL between two action distributions, per state, summed over independent action dimensions/components:
+
+        forward: KL[pi_old(.|s) || pi_theta(.|s)] = sum_j KL[old_j || new_j]
+        reverse: KL[pi_theta(.|s) || pi_old(.|s)] = sum_j KL[new_j || old_j]
+
+    :param old: torch distributions of pi_old, one per independent component (e.g. one Categorical per dimension of
+        a MultiDiscrete action), each with a leading batch dimension
+    :param new: torch distributions of pi_theta, same layout
+    :param direction: ``"forward"`` or ``"reverse"``
+    :return: ``(batch,)`` KL per state
+    """
+    kls = []
+    for p_old, p_new in zip(old, new, strict=True):
+        p, q = (p_old, p_new) if direction == "forward" else (p_new, p_old)
+        kl = th.distributions.kl_divergence(p, q)
+        kls.append(kl.reshape(kl.shape[0], -1).sum(dim=1))
+    return th.stack(kls).sum(dim=0)
+
+
+def categorical_kl(p_logits: th.Tensor, p_probs: th.Tensor, q_logits: th.Tensor, q_probs: th.Tensor) -> th.Tensor:
+    """
+    KL between Categorical distributions given by normalised logits and probabilities, over the last dimension:
+
+        KL(p || q) = sum_a p(a) (log p(a) - log q(a))        (inf where q(a) = 0 < p(a); terms with p(a) = 0 are 0)
+
+    torch's ``kl_divergence(Categorical, Categorical)``, the same values and gradients, with its in-place masked
+    assignments written as ``masked_fill``.
+    """
+    t = p_probs * (p_logits - q_logits)
+    return t.masked_fill(q_probs == 0, math.inf).masked_fill(p_probs == 0, 0.0).sum(-1)
+
+
+def normal_kl(p_loc: th.Tensor, p_scale: th.Tensor, q_loc: th.Tensor, q_scale: th.Tensor) -> th.Tensor:
+    """
+    KL between univariate Normal distributions, elementwise (torch's ``kl_divergence(Normal, Normal)``):
+
+        KL(p || q) = 0.5 * ( (s_p / s_q)^2 + ((m_p - m_q) / s_q)^2 - 1 - log (s_p / s_q)^2 )
+    """
+    var_ratio = (p_scale / q_scale).pow(2)
+    t1 = ((p_loc - q_loc) / q_scale).pow(2)
+    return 0.5 * (var_ratio + t1 - 1 - var_ratio.log())
+
+
+def analytic_kl_from_parameters(
+    old_params: th.Tensor, new: Sequence[th.distributions.Distribution], direction: str = "forward"
+) -> th.Tensor:
+    """
+    :func:`analytic_kl` between pi_old, given by its parameters laid end to end in one ``(batch, P)`` tensor, and
+    pi_theta, given by its torch distributions (Normal, Categorical or Bernoulli components). The layout of
+    ``old_params`` follows the components of ``new``: ``[loc, scale]`` for a Normal, the logits for a Categorical or
+    a Bernoulli. The same values and gradients as :func:`analytic_kl` on distributions rebuilt from ``old_params``.
+
+    :func:`categorical_kl` and :func:`normal_kl` are applied to the parameter tensors, without building a torch
+    distribution for pi_old or going through ``kl_divergence``'s dispatch and its in-place masked assignments.
+
+    :param old_params: ``(batch, P)`` parameters of pi_old
+    :param new: torch distributions of pi_theta for the same states
+    :param direction: ``"forward"`` (KL[pi_old || pi_theta]) or ``"reverse"``
+    :return: ``(batch,)`` KL per state
+    """
+    forward = direction == "forward"
+    kls = []
+    offset = 0
+    for component in new:
+        if isinstance(component, Categorical):
+            size = component.logits.shape[1]
+            with th.no_grad():  # Categorical(logits=params): normalised logits, softmax probabilities
+                old_raw = old_params[:, offset : offset + size]
+                old_logits = old_raw - old_raw.logsumexp(dim=-1, keepdim=True)
+                old_probs = th.softmax(old_logits, dim=-1)
+            new_logits, new_probs = component.logits, component.probs
+            if forward:
+                kl = categorical_kl(old_logits, old_probs, new_logits, new_probs)
+            else:
+                kl = categorical_kl(new_logits, new_probs, old_logits, old_probs)
+            offset += size
+        elif isinstance(component, Normal):
+            size = component.loc.shape[1]
+            old_loc, old_scale = old_params[:, offset : offset + size], old_params[:, offset + size : offset + 2 * size]
+            if forward:
+                kl = normal_kl(old_loc, old_scale, component.loc, component.scale).sum(dim=1)
+            else:
+                kl = normal_kl(component.loc, component.scale, old_loc, old_scale).sum(dim=1)
+            offset += 2 * size
+        elif isinstance(component, Bernoulli):  # through torch's kl_divergence
+            size = component.logits.shape[1]
+            old = Bernoulli(logits=old_params[:, offset : offset + size], validate_args=False)
+            kl = analytic_kl([old], [component], direction)
+            offset += size
+        else:
+            raise NotImplementedError(
+                f"analytic_kl_from_parameters supports Normal, Categorical and Bernoulli components, got "
+                f"{type(component).__name__}"
+            )
+        kls.append(kl)
+    if offset != old_params.shape[1]:
+        raise ValueError(f"Stored {old_params.shape[1]} distribution parameters per step, the policy has {offset}")
+    return kls[0] if len(kls) == 1 else th.stack(kls).sum(dim=0)
+
+
+def adapted_kl_coef(kl_coef: float, kl: float, kl_target: float, factor: float = 2.0, threshold: float = 1.5) -> float:
+    """
+    The adaptive-penalty rule of Schulman et al. (2017), Section 4:
+
+        d < d_targ / threshold  ->  beta / factor
+        d > d_targ * threshold  ->  beta * factor
+        otherwise                ->  beta
+
+    :param kl_coef: beta
+    :param kl: d, the measured mean KL
+    :param kl_target: d_targ
+    :param factor: multiplicative step (2 in the paper)
+    :param threshold: width of the dead band around d_targ (1.5 in the paper)
+    :return: the new beta
+    """
+    if kl < kl_target / threshold:
+        return kl_coef / factor
+    if kl > kl_target * threshold:
+        return kl_coef * factor
+    return kl_coef

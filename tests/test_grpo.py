@@ -234,12 +234,12 @@ def test_no_update_when_no_group_was_started():
 
 
 def test_group_seeds_are_reproducible_survive_save_load_and_stay_below_the_evaluation_range(monkeypatch, tmp_path):
-    import sb3_pg_ext.grpo.grpo as grpo_module
+    import sb3_pg_ext.common.groups as groups_module
 
     resets: list[list[int | None]] = []
-    seed_next_reset = grpo_module._seed_next_reset
+    seed_next_reset = groups_module.seed_next_reset
     monkeypatch.setattr(
-        grpo_module, "_seed_next_reset", lambda env, seeds: (resets.append(seeds), seed_next_reset(env, seeds))
+        groups_module, "seed_next_reset", lambda env, seeds: (resets.append(seeds), seed_next_reset(env, seeds))
     )
     first, second = make_grpo(seed=3, n_envs=2), make_grpo(seed=3, n_envs=2)
     collect(first)
@@ -657,7 +657,7 @@ def test_kl_in_reward_shapes_the_returns_with_k1():
     data = model._prepare_update(batch)
     with th.no_grad():
         ref = model.ref_policy.get_distribution(batch.observations).log_prob(batch.actions)
-    shaped = batch.rewards.double() - 0.5 * (batch.log_probs - ref).double()
+    shaped = batch.rewards.double() - 0.5 * (batch.behaviour_log_probs - ref).double()
     returns = th.stack([seg.sum() for seg in shaped.split(batch.episode_lengths.tolist())])
     expected = group_advantages(returns, th.arange(batch.n_episodes) // 4, "none")
     th.testing.assert_close(
@@ -735,9 +735,9 @@ def test_a_non_finite_loss_raises_before_the_step():
     model = make_grpo()
     collect(model)
     batch = model.rollout_buffer.get()
-    log_probs = batch.log_probs.clone()
+    log_probs = batch.behaviour_log_probs.clone()
     log_probs[5] = float("nan")  # one behaviour log-probability: its ratio, hence the loss, is NaN
-    model.rollout_buffer._batch = batch._replace(log_probs=log_probs)
+    model.rollout_buffer._batch = batch._replace(behaviour_log_probs=log_probs)
     before = flat_parameters(model)
     with pytest.raises(FloatingPointError, match=r"GRPO: non-finite loss at update 1"):
         model.train()

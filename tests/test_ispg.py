@@ -225,7 +225,7 @@ def sample_behaviour_episodes(n_episodes: int, seed: int) -> EpisodeBatch:
         actions=th.as_tensor(actions),
         rewards=th.as_tensor(rewards, dtype=th.float32),
         episode_starts=th.as_tensor(starts),
-        log_probs=th.as_tensor(behaviour_log_prob, dtype=th.float32),
+        behaviour_log_probs=th.as_tensor(behaviour_log_prob, dtype=th.float32),
         values=th.zeros(len(states)),
         bootstrap_values=th.zeros(len(states)),
         episode_lengths=th.as_tensor(lengths),
@@ -266,7 +266,7 @@ def split_batches(batch: EpisodeBatch, n_per_batch: int):
             actions=batch.actions[lo:hi],
             rewards=batch.rewards[lo:hi],
             episode_starts=batch.episode_starts[lo:hi],
-            log_probs=batch.log_probs[lo:hi],
+            behaviour_log_probs=batch.behaviour_log_probs[lo:hi],
             values=batch.values[lo:hi],
             bootstrap_values=batch.bootstrap_values[lo:hi],
             episode_lengths=batch.episode_lengths[episodes],
@@ -569,7 +569,7 @@ def test_stored_log_probs_are_the_acting_policy_s():
     batch = model.replay_buffer.sample_episodes(8)
     with th.no_grad():
         log_prob = model.policy.get_distribution(batch.observations).log_prob(batch.actions)
-    th.testing.assert_close(log_prob, batch.log_probs, rtol=0, atol=1e-5)
+    th.testing.assert_close(log_prob, batch.behaviour_log_probs, rtol=0, atol=1e-5)
     assert not th.equal(batch.actions, batch.actions.clamp(-1, 1)), "stored Box actions should be the unclipped samples"
     _, diagnostics = model._importance_weighted_returns(log_prob, batch)
     assert diagnostics["is_ess"] == pytest.approx(1.0, abs=1e-6)
@@ -596,7 +596,7 @@ def test_save_and_load_replay_buffer_restores_behaviour_log_probs(env_name, tmp_
     a = model.replay_buffer.sample_episodes(4)
     set_random_seed(3)
     b = other.replay_buffer.sample_episodes(4)
-    th.testing.assert_close(a.log_probs, b.log_probs, rtol=0, atol=0)
+    th.testing.assert_close(a.behaviour_log_probs, b.behaviour_log_probs, rtol=0, atol=0)
     th.testing.assert_close(a.episode_starts, b.episode_starts)
     other.learn(100, reset_num_timesteps=False)  # and training continues from the loaded buffer
     assert other._n_updates > 0
@@ -713,10 +713,10 @@ def test_non_finite_behaviour_log_prob_affects_only_its_episode(baseline, import
     with th.no_grad():
         log_prob = model.policy.get_distribution(batch.observations).log_prob(batch.actions)
     clean, _ = model._importance_weighted_returns(log_prob, batch)
-    behaviour = batch.log_probs.clone()
+    behaviour = batch.behaviour_log_probs.clone()
     bad = episode_slice(batch, 5)
     behaviour[bad.start] = -float("inf")
-    psi, _ = model._importance_weighted_returns(log_prob, batch._replace(log_probs=behaviour))
+    psi, _ = model._importance_weighted_returns(log_prob, batch._replace(behaviour_log_probs=behaviour))
     others = th.ones(batch.n_steps, dtype=th.bool)
     others[bad] = False
     assert th.isfinite(clean).all() and not th.isfinite(psi[bad]).all()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import numpy as np
@@ -22,7 +23,7 @@ class EpisodeBatch(NamedTuple):
     actions: th.Tensor  # (T, *action_shape); long for Discrete/MultiDiscrete, float otherwise
     rewards: th.Tensor  # (T,)
     episode_starts: th.Tensor  # (T,) bool, True at each episode's first step
-    log_probs: th.Tensor  # (T,) log pi_old(a_t|s_t) of the policy that acted
+    behaviour_log_probs: th.Tensor  # (T,) log pi_old(a_t|s_t) (log mu(a_t|s_t)) of the policy that acted
     values: th.Tensor  # (T,) V_old(s_t) when the algorithm asked for values, else zeros
     bootstrap_values: th.Tensor  # (T,) V_old(s_T) at the last step of time-limit-truncated episodes, else 0
     episode_lengths: th.Tensor  # (N,) long
@@ -36,6 +37,16 @@ class EpisodeBatch(NamedTuple):
     @property
     def n_steps(self) -> int:
         return int(self.rewards.shape[0])
+
+    @property
+    def log_probs(self) -> th.Tensor:
+        """Deprecated name of :attr:`behaviour_log_probs` (kept for one release, with a ``DeprecationWarning``)."""
+        warnings.warn(
+            "`EpisodeBatch.log_probs` is deprecated and will be removed in the next release: use `behaviour_log_probs`",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.behaviour_log_probs
 
 
 def select_steps(observations: th.Tensor | TensorDict, index: th.Tensor | slice) -> th.Tensor | TensorDict:
@@ -187,7 +198,7 @@ class EpisodeRolloutBuffer:
             actions=actions_t,
             rewards=flat(self._rewards),
             episode_starts=th.as_tensor(episode_starts, device=self.device),
-            log_probs=flat(self._log_probs),
+            behaviour_log_probs=flat(self._log_probs),
             values=flat(self._values),
             bootstrap_values=th.as_tensor(bootstrap, device=self.device),
             episode_lengths=th.as_tensor(lengths, device=self.device),

@@ -119,3 +119,26 @@ def assert_finite_gradients(module: th.nn.Module, algorithm: str, update: int) -
                 "not taken; the parameters are unchanged). Check the environment's rewards and observations "
                 "(VecNormalize / VecCheckNan help), or lower the learning rate."
             )
+
+
+def total_grad_norm(parameters: list[th.nn.Parameter]) -> th.Tensor:
+    """
+    The 2-norm of all gradients, as ``th.nn.utils.clip_grad_norm_`` computes it (its first half; torch >= 2.6 names
+    it ``get_total_norm``). With :func:`clip_grads_with_norm`, gradient clipping in two halves, so that the norm can
+    be checked for NaN/inf (one test for every gradient) before any gradient is scaled.
+    """
+    grads = [param.grad for param in parameters if param.grad is not None]
+    if hasattr(th.nn.utils, "get_total_norm"):
+        return th.nn.utils.get_total_norm(grads, 2.0)
+    return th.linalg.vector_norm(th.stack([th.linalg.vector_norm(grad, 2.0) for grad in grads]), 2.0)
+
+
+def clip_grads_with_norm(parameters: list[th.nn.Parameter], max_norm: float, total_norm: th.Tensor) -> None:
+    """``clip_grad_norm_``'s second half: scale every gradient by min(1, max_norm / (total_norm + 1e-6))."""
+    if hasattr(th.nn.utils, "clip_grads_with_norm_"):
+        th.nn.utils.clip_grads_with_norm_(parameters, max_norm, total_norm)
+        return
+    coef = th.clamp(max_norm / (total_norm + 1e-6), max=1.0)
+    for param in parameters:
+        if param.grad is not None:
+            param.grad.detach().mul_(coef)

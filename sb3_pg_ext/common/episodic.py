@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+import warnings
+from collections.abc import Callable
+
 import numpy as np
 import torch as th
 from gymnasium import spaces
@@ -51,6 +55,28 @@ class EpisodicOnPolicyAlgorithm(BoundedProgressMixin, OnPolicyAlgorithm):
     min_steps: int
     #: Whether ``collect_rollouts`` evaluates V(s_t) and bootstraps truncated episodes with V(s_T).
     _collect_values: bool = False
+
+    @property
+    def n_steps(self) -> int:
+        """
+        Deprecated: the episode count of a rollout, which is ``n_episodes``. In SB3, ``n_steps`` is a number of steps
+        per env per rollout, which an episodic rollout does not have; read ``n_episodes`` instead (``model.n_steps``
+        keeps returning it, with a ``DeprecationWarning``, for one release).
+        """
+        # SB3's OnPolicyAlgorithm.learn reads it to pass collect_rollouts an n_rollout_steps that this class ignores.
+        if sys._getframe(1).f_code is not OnPolicyAlgorithm.learn.__code__:
+            warnings.warn(
+                f"`{type(self).__name__}.n_steps` is deprecated and will be removed in the next release: it is the "
+                "number of episodes per rollout, `n_episodes` (SB3's n_steps counts steps per env)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+        return self.n_episodes
+
+    @n_steps.setter
+    def n_steps(self, value: int) -> None:
+        """``OnPolicyAlgorithm.__init__`` writes the ``n_steps`` it is given: a rollout here is sized by ``n_episodes``
+        and ``min_steps``, so the value is not kept."""
 
     def _setup_model(self) -> None:
         self._setup_lr_schedule()
@@ -171,6 +197,37 @@ class EpisodicOnPolicyAlgorithm(BoundedProgressMixin, OnPolicyAlgorithm):
         :param info: the info dict of the episode's last step
         """
 
+    def _play_kept_episodes(
+        self,
+        env: VecEnv,
+        callback: BaseCallback,
+        rollout_buffer: EpisodeRolloutBuffer,
+        slots: np.ndarray,
+        after_step: Callable[[np.ndarray, int], None] | None = None,
+    ) -> bool:
+        """
+        The step loop of every episodic collector: play vectorised steps (:meth:`_collect_step`) until no env plays
+        a kept episode.
+
+        :param env: The training environment
+        :param callback: Callback called after every step
+        :param rollout_buffer: Buffer the steps are added to
+        :param slots: Kept-episode index per env (-1: none); ended episodes are set to -1 in place
+        :param after_step: called after every step with its ``dones`` and the number of envs that played a kept
+            episode in it; it may give envs whose episode ended a new kept episode (by writing ``slots``)
+        :return: False if a callback stopped training
+        """
+        n_steps = 0
+        while np.any(slots >= 0):
+            n_kept_envs = int(np.sum(slots >= 0))
+            dones = self._collect_step(env, callback, rollout_buffer, slots, n_steps)
+            if dones is None:
+                return False
+            n_steps += 1
+            if after_step is not None:
+                after_step(dones, n_kept_envs)
+        return True
+
     def collect_rollouts(  # type: ignore[override]
         self,
         env: VecEnv,
@@ -211,17 +268,17 @@ class EpisodicOnPolicyAlgorithm(BoundedProgressMixin, OnPolicyAlgorithm):
                 slots[first_env] = n_started
                 n_started += 1
 
-        n_steps = 0
-        while np.any(slots >= 0):
-            n_kept_steps += int(np.sum(slots >= 0))
-            dones = self._collect_step(env, callback, rollout_buffer, slots, n_steps)
-            if dones is None:
-                return False
-            n_steps += 1
+        def start_kept_episodes(dones: np.ndarray, n_kept_envs: int) -> None:
+            """Keep the episodes that envs start after the step while the rollout wants more."""
+            nonlocal n_started, n_kept_steps
+            n_kept_steps += n_kept_envs
             for env_idx in np.flatnonzero(dones).tolist():
                 if not self._budget_reached() and self._wants_more_episodes(n_started, n_kept_steps):
                     slots[env_idx] = n_started
                     n_started += 1
+
+        if not self._play_kept_episodes(env, callback, rollout_buffer, slots, start_kept_episodes):
+            return False
 
         callback.update_locals(locals())
         callback.on_rollout_end()

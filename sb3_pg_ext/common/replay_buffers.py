@@ -260,7 +260,7 @@ class EpisodeReplayBuffer(ReplayBuffer):
 
         :param n_episodes: number of episodes N
         :param env: VecNormalize to normalise the observations and rewards with (as SB3's ``sample``)
-        :return: an :class:`EpisodeBatch` whose ``log_probs`` are the stored behaviour log-probabilities
+        :return: an :class:`EpisodeBatch` whose ``behaviour_log_probs`` are the stored behaviour log-probabilities
         :raises RuntimeError: if the buffer holds no complete episode
         """
         return self.get_episodes(self.choose_episodes(n_episodes), env)
@@ -299,7 +299,7 @@ class EpisodeReplayBuffer(ReplayBuffer):
 
         :param chosen: indices into :meth:`EpisodeIndex.episodes` (from :meth:`choose_episodes`)
         :param env: VecNormalize to normalise the observations and rewards with (as SB3's ``sample``)
-        :return: an :class:`EpisodeBatch` whose ``log_probs`` are the stored behaviour log-probabilities
+        :return: an :class:`EpisodeBatch` whose ``behaviour_log_probs`` are the stored behaviour log-probabilities
         """
         episode_envs = self.episode_index.episodes()[0][chosen]
         rows, envs, lengths = self.episode_index.locate(chosen)
@@ -321,7 +321,7 @@ class EpisodeReplayBuffer(ReplayBuffer):
             actions=actions_t,
             rewards=self.to_torch(rewards.astype(np.float32)),
             episode_starts=self.to_torch(episode_starts),
-            log_probs=self.to_torch(self.behaviour_log_probs[rows, envs]),
+            behaviour_log_probs=self.to_torch(self.behaviour_log_probs[rows, envs]),
             values=zeros,
             bootstrap_values=zeros.clone(),
             episode_lengths=self.to_torch(lengths),

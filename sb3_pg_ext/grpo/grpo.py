@@ -1,16 +1,23 @@
+"""
+GRPO: the group-relative objective and its update (SPEC section 4).
+
+The rollout, groups of complete episodes that share their start, is collected by
+:class:`~sb3_pg_ext.common.groups.GroupedOnPolicyAlgorithm`; the advantages, loss weights and KL estimators are in
+:mod:`sb3_pg_ext.estimators`. This file turns a rollout into the update's data (:meth:`GRPO._prepare_update`), writes
+the clipped, KL-penalised objective (:meth:`GRPO._loss`) and runs its epochs (:meth:`GRPO.train`).
+"""
+
 import warnings
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import numpy as np
 import torch as th
 from gymnasium import spaces
-from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule, TensorDict
 from stable_baselines3.common.utils import FloatSchedule
-from stable_baselines3.common.vec_env import VecEnv
 
-from sb3_pg_ext.common.buffers import EpisodeBatch, EpisodeRolloutBuffer, select_steps
+from sb3_pg_ext.common.buffers import EpisodeBatch, select_steps
 from sb3_pg_ext.common.checks import (
     assert_finite,
     assert_finite_gradients,
@@ -20,15 +27,14 @@ from sb3_pg_ext.common.checks import (
     check_int,
     check_learning_rate,
 )
-from sb3_pg_ext.common.episodic import EpisodicOnPolicyAlgorithm
+from sb3_pg_ext.common.groups import GROUP_SEED_LIMIT, GroupedOnPolicyAlgorithm, GroupStartError
 from sb3_pg_ext.estimators import (
+    KL_ESTIMATORS,
     episode_ids_from_starts,
     episode_sums,
     group_advantages,
     group_process_advantages,
     kl_k1,
-    kl_k2,
-    kl_k3,
     loss_aggregation_weights,
 )
 from sb3_pg_ext.grpo.policies import ActorCnnPolicy, ActorPolicy, MultiInputActorPolicy, TokenPolicy
@@ -38,14 +44,6 @@ SelfGRPO = TypeVar("SelfGRPO", bound="GRPO")
 SCALE_REWARDS = ("group", "batch", "none")
 ADVANTAGES = ("outcome", "process")
 LOSS_AGGREGATIONS = ("seq_sum", "seq_mean", "token_mean", "constant")
-KL_ESTIMATORS = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
-#: Training groups are reset with seeds in [0, GROUP_SEED_LIMIT); evaluate on seeds >= GROUP_SEED_LIMIT to keep
-#: evaluation prompts/start states drawn from seeds disjoint from training.
-GROUP_SEED_LIMIT = 2**30
-
-
-class GroupStartError(RuntimeError):
-    """The episodes of a GRPO group, reset with one seed, did not start from the same observation."""
 
 
 class UpdateData(NamedTuple):
@@ -64,21 +62,6 @@ class UpdateData(NamedTuple):
         return th.nonzero(self.weights > 0).squeeze(1)
 
 
-def _seed_next_reset(env: VecEnv, seeds: list[int | None]) -> None:
-    """
-    Make the next ``env.reset()`` reset env i with ``seeds[i]`` (None: unseeded).
-
-    ``VecEnv.seed(s)`` can only give env i the seed ``s + i``; a group needs the *same* seed in several envs.
-    SB3's VecEnvs keep the seeds of their next reset in ``_seeds`` of the innermost VecEnv (which ``seed()`` itself
-    writes and ``reset()`` consumes), so the seeds are set there and the reset goes through every VecEnv wrapper
-    (VecNormalize, VecTransposeImage, VecFrameStack, ...) as usual.
-    """
-    base = env.unwrapped
-    if len(seeds) != base.num_envs:
-        raise ValueError(f"Expected {base.num_envs} seeds, got {len(seeds)}")
-    base._seeds = list(seeds)
-
-
 def _default_optimizer(policy_kwargs: dict[str, Any] | None) -> dict[str, Any]:
     """
     GRPO's optimiser defaults: AdamW, with ``weight_decay=0`` unless the user sets it (torch's default
@@ -91,20 +74,7 @@ def _default_optimizer(policy_kwargs: dict[str, Any] | None) -> dict[str, Any]:
     return policy_kwargs
 
 
-def _env_name(env: VecEnv, index: int) -> str:
-    try:
-        return str(env.env_method("__str__", indices=[index])[0])
-    except Exception:  # a custom VecEnv without env_method: the index alone still names it
-        return f"env {index}"
-
-
-def _same_observation(a: Any, b: Any) -> bool:
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(np.array_equal(a[key], b[key]) for key in a)
-    return bool(np.array_equal(a, b))
-
-
-class GRPO(EpisodicOnPolicyAlgorithm):
+class GRPO(GroupedOnPolicyAlgorithm):
     """
     Group Relative Policy Optimisation: PPO's clipped surrogate without a critic, with the advantage of each
     episode taken relative to a group of episodes that start from the same state (DeepSeekMath, Shao et al., 2024).
@@ -314,7 +284,7 @@ class GRPO(EpisodicOnPolicyAlgorithm):
             policy,  # type: ignore[arg-type]
             env,
             learning_rate=learning_rate,
-            n_steps=group_size * n_groups,
+            n_steps=0,  # SB3 steps per env: unused, a rollout is n_groups groups of group_size episodes
             gamma=1.0,  # GRPO's returns are undiscounted episode sums
             gae_lambda=1.0,
             ent_coef=ent_coef,
@@ -411,96 +381,11 @@ class GRPO(EpisodicOnPolicyAlgorithm):
         return [*super()._excluded_save_params(), "ref_policy", "_reference_source", "_length_limited"]
 
     # ------------------------------------------------------------------------------------------------------------
-    # Rollouts: groups of episodes that share a reset seed
+    # Rollouts: groups of episodes that share a reset seed (collected by GroupedOnPolicyAlgorithm)
     # ------------------------------------------------------------------------------------------------------------
 
-    def _check_group_starts(self, env: VecEnv, obs: Any, slots: np.ndarray, seeds: list[int | None], firsts: dict) -> None:
-        """Raise :class:`GroupStartError` unless every episode starts like the first episode of its group."""
-        # Compare the observations before VecNormalize's running scaling, which changes from one wave to the next.
-        raw = self._vec_normalize_env.get_original_obs() if self._vec_normalize_env is not None else obs
-        for env_idx in np.flatnonzero(slots >= 0).tolist():
-            start = {k: np.array(v[env_idx]) for k, v in raw.items()} if isinstance(raw, dict) else np.array(raw[env_idx])
-            group, member = divmod(int(slots[env_idx]), self.group_size)
-            if group not in firsts:
-                firsts[group] = (member, env_idx, start)
-                continue
-            first_member, first_env, first_start = firsts[group]
-            if not _same_observation(start, first_start):
-                played_by = f"env {env_idx}: {_env_name(env, env_idx)}"
-                first_played_by = "the same env" if first_env == env_idx else f"env {first_env}"
-                raise GroupStartError(
-                    f"{self.__class__.__name__}: every episode of group {group} was reset with seed {seeds[env_idx]}, "
-                    f"but episode {member} of the group ({played_by}) started from a different observation than "
-                    f"its episode {first_member} ({first_played_by}): the environment ignores the seed passed to "
-                    "reset(seed=...) (e.g. it draws its initial state from a global or a space's RNG), so the "
-                    "episodes of a group do not share their start. Make reset(seed=...) determine the initial state, "
-                    "or pass verify_group_starts=False to train on groups with different starts."
-                )
-
-    def collect_rollouts(  # type: ignore[override]
-        self,
-        env: VecEnv,
-        callback: BaseCallback,
-        rollout_buffer: EpisodeRolloutBuffer,
-        n_rollout_steps: int = 0,
-    ) -> bool:
-        """
-        Collect ``n_groups`` groups of ``group_size`` complete episodes, each group from one reset seed.
-
-        Episode k (group-major order: group k // G) is played by env k mod n_envs in wave k // n_envs; each wave
-        starts with a reset of the VecEnv with the seeds of its episodes (envs without an episode: no seed).
-
-        The budget of ``learn(total_timesteps)``: no new group is started once ``num_timesteps`` has reached it.
-        The groups already started are finished (a group is never trained on incomplete), so the rollout may hold
-        fewer than ``n_groups`` groups, and ``learn`` may run past its budget by the rest of the started groups.
-
-        :param env: The training environment
-        :param callback: Callback called at every env step (and at the start and end of the rollout)
-        :param rollout_buffer: Buffer to fill with complete episodes
-        :param n_rollout_steps: Unused (rollouts are sized in groups)
-        :return: True if the rollout is complete, False if a callback stopped training
-        """
-        assert self._group_seed_rng is not None
-        self.policy.set_training_mode(False)
-        rollout_buffer.reset()
+    def _on_rollout_start(self) -> None:
         self._length_limited = {}
-        n_envs = env.num_envs
-        group_seeds = self._group_seed_rng.integers(0, GROUP_SEED_LIMIT, size=self.n_groups).tolist()
-        first_starts: dict[int, tuple[int, int, Any]] = {}
-        start_timesteps = self.num_timesteps
-        n_episodes = self.n_episodes  # lowered to the groups started so far once the budget is reached
-        callback.on_rollout_start()
-
-        for wave_start in range(0, self.n_episodes, n_envs):
-            if self._budget_reached():
-                # Budget reached: finish the groups already started, start no new one.
-                n_episodes = min(n_episodes, -(-wave_start // self.group_size) * self.group_size)
-            if wave_start >= n_episodes:
-                break
-            slots = np.arange(wave_start, wave_start + n_envs)
-            slots[slots >= n_episodes] = -1
-            seeds: list[int | None] = [int(group_seeds[s // self.group_size]) if s >= 0 else None for s in slots]
-            _seed_next_reset(env, seeds)
-            self._last_obs = env.reset()  # type: ignore[assignment]
-            self._last_episode_starts = np.ones((n_envs,), dtype=bool)
-            if self.verify_group_starts:
-                self._check_group_starts(env, self._last_obs, slots, seeds, first_starts)
-            if self.use_sde:
-                self.policy.reset_noise(n_envs)
-
-            n_steps = 0
-            while np.any(slots >= 0):
-                if self._collect_step(env, callback, rollout_buffer, slots, n_steps) is None:
-                    return False
-                n_steps += 1
-
-        # Steps that envs without a kept episode played while a wave finished (0 with n_envs = 1).
-        self.logger.record(
-            "rollout/kept_step_fraction", rollout_buffer.n_stored_steps / max(self.num_timesteps - start_timesteps, 1)
-        )
-        callback.update_locals(locals())
-        callback.on_rollout_end()
-        return True
 
     def _on_kept_episode_end(self, slot: int, info: dict) -> None:
         """Record whether the kept episode ended at the env's length limit (``info["length_limit"]``), which
@@ -530,7 +415,7 @@ class GRPO(EpisodicOnPolicyAlgorithm):
                 ref_log_prob = self.ref_policy.get_distribution(batch.observations).log_prob(batch.actions)
             if self.kl_in_reward:
                 # r'_t = r_t - beta * k1, k1 = log pi_old(a_t|s_t) - log pi_ref(a_t|s_t), actions drawn from pi_old
-                kl_per_step = kl_k1(batch.log_probs, ref_log_prob)
+                kl_per_step = kl_k1(batch.behaviour_log_probs, ref_log_prob)
                 rewards = rewards - self.beta * kl_per_step.to(th.float64)
                 self.logger.record("train/kl_ref", kl_per_step.mean().item())
 
@@ -569,7 +454,7 @@ class GRPO(EpisodicOnPolicyAlgorithm):
         return UpdateData(
             observations=batch.observations,
             actions=batch.actions,
-            old_log_prob=batch.log_probs,
+            old_log_prob=batch.behaviour_log_probs,
             ref_log_prob=ref_log_prob,
             advantages=advantages.to(batch.rewards.dtype),
             weights=weights.to(batch.rewards.dtype),

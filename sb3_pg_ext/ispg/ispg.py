@@ -381,15 +381,15 @@ class ISPG(BoundedProgressMixin, OffPolicyAlgorithm):
         psi_t for the chosen ``importance_weights`` (float64), and the weights' diagnostics.
 
         :param log_prob: ``(T,)`` log pi(a_t|s_t) under the current policy (no gradient needed)
-        :param batch: complete episodes, with ``batch.log_probs`` = log mu(a_t|s_t)
+        :param batch: complete episodes, with ``batch.behaviour_log_probs`` = log mu(a_t|s_t)
         :return: psi ``(T,)`` and the diagnostics ``is_ess``, ``is_weight_mean``, ``is_weight_max``,
             ``is_clip_fraction``
         """
         starts, rewards = batch.episode_starts, batch.rewards.to(th.float64)
         # log rho_{0:t} (float64, restarting at each episode; each ratio truncated at clip_ratio first)
-        log_rho_prefix = per_decision_log_weights(log_prob, batch.log_probs, starts, self.clip_ratio)
+        log_rho_prefix = per_decision_log_weights(log_prob, batch.behaviour_log_probs, starts, self.clip_ratio)
         if self.importance_weights == "one_step":
-            log_w = clipped_log_ratios(log_prob, batch.log_probs, self.clip_ratio)  # log rho_t
+            log_w = clipped_log_ratios(log_prob, batch.behaviour_log_probs, self.clip_ratio)  # log rho_t
         else:
             log_w = log_rho_prefix
         raw_w = th.exp(log_w)
@@ -409,7 +409,7 @@ class ISPG(BoundedProgressMixin, OffPolicyAlgorithm):
         # Diagnostics: ESS of the whole-episode weights rho_{0:T_i-1} (the longest product of each episode), as a
         # fraction of N; mean/max of the weights the estimator uses (before self-normalisation); truncated ratios.
         last_step = th.cumsum(batch.episode_lengths, 0) - 1
-        log_ratio = log_prob.to(th.float64) - batch.log_probs.to(th.float64)
+        log_ratio = log_prob.to(th.float64) - batch.behaviour_log_probs.to(th.float64)
         clip_fraction = 0.0 if self.clip_ratio is None else (log_ratio > np.log(self.clip_ratio)).double().mean().item()
         diagnostics = {
             "is_ess": effective_sample_size(th.exp(log_rho_prefix[last_step])).item(),
@@ -464,7 +464,9 @@ class ISPG(BoundedProgressMixin, OffPolicyAlgorithm):
             update = self._n_updates + 1
             chosen = self.replay_buffer.choose_episodes(batch_size)
             batch = self.replay_buffer.get_episodes(chosen, env=self._vec_normalize_env)
-            self._check_finite_episodes(batch.log_probs, "behaviour log-probability log mu(a|s)", batch, chosen, update)
+            self._check_finite_episodes(
+                batch.behaviour_log_probs, "behaviour log-probability log mu(a|s)", batch, chosen, update
+            )
             distribution = self.policy.get_distribution(batch.observations)
             log_prob = distribution.log_prob(batch.actions)
             self._check_finite_episodes(log_prob, "log-probability log pi(a|s)", batch, chosen, update)

@@ -1,5 +1,12 @@
+"""
+PPOKL: PPO with a KL penalty (PPO-Penalty), fixed or adaptive coefficient.
+
+The KL math (sample estimators, the analytic KL on stored parameters, the adaptive rule) lives in
+:mod:`sb3_pg_ext.estimators`; the rollout buffers that keep pi_old's parameters in :mod:`sb3_pg_ext.ppo_kl.buffers`.
+This file is PPO's ``train`` with the penalty term, and the adaptation of beta.
+"""
+
 import math
-from collections.abc import Sequence
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -19,12 +26,19 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticPolicy, BasePolicy, MultiInputActorCriticPolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, RolloutBufferSamples, Schedule
 from stable_baselines3.common.utils import FloatSchedule, explained_variance
-from torch.distributions import Bernoulli, Categorical, Normal
 from torch.nn import functional as F
 
-from sb3_pg_ext.common.checks import assert_finite, assert_finite_gradients, check_bool, check_choice, check_float
+from sb3_pg_ext.common.checks import (
+    assert_finite,
+    assert_finite_gradients,
+    check_bool,
+    check_choice,
+    check_float,
+    clip_grads_with_norm,
+    total_grad_norm,
+)
 from sb3_pg_ext.common.progress import BoundedProgressMixin
-from sb3_pg_ext.estimators import kl_k1, kl_k3
+from sb3_pg_ext.estimators import adapted_kl_coef, analytic_kl, analytic_kl_from_parameters, kl_k3, sampled_kl
 from sb3_pg_ext.ppo_kl.buffers import (
     KLDictRolloutBuffer,
     KLRolloutBuffer,
@@ -35,27 +49,9 @@ from sb3_pg_ext.ppo_kl.buffers import (
 
 SelfPPOKL = TypeVar("SelfPPOKL", bound="PPOKL")
 
-
-def _total_grad_norm(parameters: list[th.nn.Parameter]) -> th.Tensor:
-    """The 2-norm of all gradients, as ``clip_grad_norm_`` computes it (first half; torch >= 2.6 names it)."""
-    grads = [param.grad for param in parameters if param.grad is not None]
-    if hasattr(th.nn.utils, "get_total_norm"):
-        return th.nn.utils.get_total_norm(grads, 2.0)
-    return th.linalg.vector_norm(th.stack([th.linalg.vector_norm(grad, 2.0) for grad in grads]), 2.0)
-
-
-def _clip_grads_with_norm(parameters: list[th.nn.Parameter], max_norm: float, total_norm: th.Tensor) -> None:
-    """``clip_grad_norm_``'s second half: scale every gradient by min(1, max_norm / (total_norm + 1e-6))."""
-    if hasattr(th.nn.utils, "clip_grads_with_norm_"):
-        th.nn.utils.clip_grads_with_norm_(parameters, max_norm, total_norm)
-        return
-    coef = th.clamp(max_norm / (total_norm + 1e-6), max=1.0)
-    for param in parameters:
-        if param.grad is not None:
-            param.grad.detach().mul_(coef)
-
-
-KL_ESTIMATORS = ("analytic", "k1", "k3")
+#: ``kl_estimator`` choices: the analytic KL, or a sample estimator of :data:`sb3_pg_ext.estimators.KL_ESTIMATORS`
+#: that is unbiased in both directions (k2 is not).
+KL_ESTIMATOR_CHOICES = ("analytic", "k1", "k3")
 KL_DIRECTIONS = ("forward", "reverse")
 KL_ADAPTATION_INTERVALS = ("rollout", "minibatch")
 # SB3 action distributions whose parameters the rollout can store (DiagGaussian covers the tanh-squashed one).
@@ -66,139 +62,6 @@ ANALYTIC_KL_DISTRIBUTIONS = (
     MultiCategoricalDistribution,
     BernoulliDistribution,
 )
-
-
-def analytic_kl(
-    old: Sequence[th.distributions.Distribution], new: Sequence[th.distributions.Distribution], direction: str = "forward"
-) -> th.Tensor:
-    """
-    Exact KL between two action distributions, per state, summed over independent action dimensions/components:
-
-        forward: KL[pi_old(.|s) || pi_theta(.|s)] = sum_j KL[old_j || new_j]
-        reverse: KL[pi_theta(.|s) || pi_old(.|s)] = sum_j KL[new_j || old_j]
-
-    :param old: torch distributions of pi_old (see :func:`~sb3_pg_ext.ppo_kl.buffers.action_distributions`)
-    :param new: torch distributions of pi_theta, same layout
-    :param direction: ``"forward"`` or ``"reverse"``
-    :return: ``(batch,)`` KL per state
-    """
-    kls = []
-    for p_old, p_new in zip(old, new, strict=True):
-        p, q = (p_old, p_new) if direction == "forward" else (p_new, p_old)
-        kl = th.distributions.kl_divergence(p, q)
-        kls.append(kl.reshape(kl.shape[0], -1).sum(dim=1))
-    return th.stack(kls).sum(dim=0)
-
-
-def _categorical_kl(p_logits: th.Tensor, p_probs: th.Tensor, q_logits: th.Tensor, q_probs: th.Tensor) -> th.Tensor:
-    """``kl_divergence(Categorical, Categorical)`` of torch, on normalised logits and probabilities (same values and
-    gradients: the in-place masked assignments become ``masked_fill``): inf where q puts 0 mass, 0 where p does."""
-    t = p_probs * (p_logits - q_logits)
-    return t.masked_fill(q_probs == 0, math.inf).masked_fill(p_probs == 0, 0.0).sum(-1)
-
-
-def _normal_kl(p_loc: th.Tensor, p_scale: th.Tensor, q_loc: th.Tensor, q_scale: th.Tensor) -> th.Tensor:
-    """``kl_divergence(Normal, Normal)`` of torch, on the parameters, per dimension."""
-    var_ratio = (p_scale / q_scale).pow(2)
-    t1 = ((p_loc - q_loc) / q_scale).pow(2)
-    return 0.5 * (var_ratio + t1 - 1 - var_ratio.log())
-
-
-def analytic_kl_from_parameters(old_params: th.Tensor, new: Distribution, direction: str = "forward") -> th.Tensor:
-    """
-    :func:`analytic_kl` between pi_old, given by its stored parameters (see
-    :func:`~sb3_pg_ext.ppo_kl.buffers.distribution_parameters`), and pi_theta, an SB3 distribution; the same values
-    and gradients as ``analytic_kl(distributions_from_parameters(old_params, new), action_distributions(new))``.
-
-    What PPOKL computes on every minibatch: torch's KL formulas applied to the parameter tensors, without building a
-    torch distribution for pi_old or going through ``kl_divergence``'s dispatch and its in-place masked assignments
-    (a quarter less time than that route in the profile of one update of the defaults on CartPole-v1).
-
-    :param old_params: ``(batch, P)`` parameters of pi_old
-    :param new: pi_theta for the same states
-    :param direction: ``"forward"`` (KL[pi_old || pi_theta]) or ``"reverse"``
-    :return: ``(batch,)`` KL per state
-    """
-    forward = direction == "forward"
-    kls = []
-    offset = 0
-    for component in action_distributions(new):
-        if isinstance(component, Categorical):
-            size = component.logits.shape[1]
-            with th.no_grad():  # Categorical(logits=params): normalised logits, softmax probabilities
-                old_raw = old_params[:, offset : offset + size]
-                old_logits = old_raw - old_raw.logsumexp(dim=-1, keepdim=True)
-                old_probs = F.softmax(old_logits, dim=-1)
-            new_logits, new_probs = component.logits, component.probs
-            if forward:
-                kl = _categorical_kl(old_logits, old_probs, new_logits, new_probs)
-            else:
-                kl = _categorical_kl(new_logits, new_probs, old_logits, old_probs)
-            offset += size
-        elif isinstance(component, Normal):
-            size = component.loc.shape[1]
-            old_loc, old_scale = old_params[:, offset : offset + size], old_params[:, offset + size : offset + 2 * size]
-            if forward:
-                kl = _normal_kl(old_loc, old_scale, component.loc, component.scale).sum(dim=1)
-            else:
-                kl = _normal_kl(component.loc, component.scale, old_loc, old_scale).sum(dim=1)
-            offset += 2 * size
-        else:  # Bernoulli (action_distributions admits no other): through torch's kl_divergence
-            assert isinstance(component, Bernoulli)
-            size = component.logits.shape[1]
-            old = Bernoulli(logits=old_params[:, offset : offset + size], validate_args=False)
-            kl = analytic_kl([old], [component], direction)
-            offset += size
-        kls.append(kl)
-    if offset != old_params.shape[1]:
-        raise ValueError(f"Stored {old_params.shape[1]} distribution parameters per step, the policy has {offset}")
-    return kls[0] if len(kls) == 1 else th.stack(kls).sum(dim=0)
-
-
-def sampled_kl(old_log_prob: th.Tensor, log_prob: th.Tensor, estimator: str = "k3", direction: str = "forward") -> th.Tensor:
-    """
-    Sample estimate of the KL between pi_old and pi_theta from actions a_t ~ pi_old (the rollout's), per step.
-    With r = pi_theta(a|s) / pi_old(a|s) and k the k1 or k3 estimator of :mod:`sb3_pg_ext.estimators`:
-
-        forward: KL[pi_old || pi_theta] ~ k(log pi_old(a), log pi_theta(a))           k1 = -log r,   k3 = r - 1 - log r
-        reverse: KL[pi_theta || pi_old] ~ r * k(log pi_theta(a), log pi_old(a))       k1 = r log r,  k3 = r log r - r + 1
-
-    The reverse form importance-weights the estimator for samples of pi_theta. Each is unbiased for its KL, and so is
-    its gradient with respect to theta; k3 is never negative.
-
-    :param old_log_prob: ``(batch,)`` log pi_old(a_t|s_t), stored at collection
-    :param log_prob: ``(batch,)`` log pi_theta(a_t|s_t)
-    :param estimator: ``"k1"`` or ``"k3"``
-    :param direction: ``"forward"`` or ``"reverse"``
-    :return: ``(batch,)`` per-step estimates
-    """
-    estimate = kl_k1 if estimator == "k1" else kl_k3
-    if direction == "forward":
-        return estimate(old_log_prob, log_prob)
-    ratio = th.exp(log_prob - old_log_prob)
-    return ratio * estimate(log_prob, old_log_prob)
-
-
-def adapted_kl_coef(kl_coef: float, kl: float, kl_target: float, factor: float = 2.0, threshold: float = 1.5) -> float:
-    """
-    The adaptive-penalty rule of Schulman et al. (2017), Section 4:
-
-        d < d_targ / threshold  ->  beta / factor
-        d > d_targ * threshold  ->  beta * factor
-        otherwise                ->  beta
-
-    :param kl_coef: beta
-    :param kl: d, the measured mean KL
-    :param kl_target: d_targ
-    :param factor: multiplicative step (2 in the paper)
-    :param threshold: width of the dead band around d_targ (1.5 in the paper)
-    :return: the new beta
-    """
-    if kl < kl_target / threshold:
-        return kl_coef / factor
-    if kl > kl_target * threshold:
-        return kl_coef * factor
-    return kl_coef
 
 
 class PPOKL(BoundedProgressMixin, PPO):
@@ -262,7 +125,8 @@ class PPOKL(BoundedProgressMixin, PPO):
         with the mean KL of the updated policy over the rollout; ``"minibatch"``: adapt after every minibatch step
         with that minibatch's KL (TorchRL's choice; noisier)
     :param kl_estimator: ``"analytic"`` (exact KL from the stored old distribution), or the sample estimators
-        ``"k1"`` and ``"k3"`` from the log-probabilities of the rollout's actions (see :func:`sampled_kl`)
+        ``"k1"`` and ``"k3"`` from the log-probabilities of the rollout's actions (see
+        :func:`~sb3_pg_ext.estimators.sampled_kl`)
     :param kl_direction: ``"forward"``: KL[pi_old || pi_theta] (the paper's); ``"reverse"``: KL[pi_theta || pi_old]
     :param stats_window_size: Window size for the rollout logging, specifying the number of episodes to average
         the reported success rate, mean episode length, and mean reward over
@@ -332,7 +196,7 @@ class PPOKL(BoundedProgressMixin, PPO):
         check_float("kl_adaptation_factor", kl_adaptation_factor, low=1.0, low_inclusive=False)
         check_float("kl_adaptation_threshold", kl_adaptation_threshold, low=1.0)
         check_choice("kl_adaptation_interval", kl_adaptation_interval, KL_ADAPTATION_INTERVALS)
-        check_choice("kl_estimator", kl_estimator, KL_ESTIMATORS)
+        check_choice("kl_estimator", kl_estimator, KL_ESTIMATOR_CHOICES)
         check_choice("kl_direction", kl_direction, KL_DIRECTIONS)
         if adaptive_kl and kl_coef == 0:
             raise ValueError("`kl_coef` must be > 0 with `adaptive_kl=True` (0 cannot be adapted multiplicatively)")
@@ -418,7 +282,9 @@ class PPOKL(BoundedProgressMixin, PPO):
         """Per-step KL between pi_old and pi_theta (``distribution``), with the configured estimator and direction."""
         if self.kl_estimator == "analytic":
             assert isinstance(rollout_data, KLRolloutBufferSamples)
-            return analytic_kl_from_parameters(rollout_data.old_distribution_params, distribution, self.kl_direction)
+            return analytic_kl_from_parameters(
+                rollout_data.old_distribution_params, action_distributions(distribution), self.kl_direction
+            )
         assert log_prob is not None
         return sampled_kl(rollout_data.old_log_prob, log_prob, self.kl_estimator, self.kl_direction)
 
@@ -543,11 +409,11 @@ class PPOKL(BoundedProgressMixin, PPO):
                 # scaled, is the finiteness check of every gradient (one test rather than one per parameter); a
                 # NaN/inf raises before the clipping and the optimiser step: parameters and Adam state stay as they were.
                 parameters = list(self.policy.parameters())
-                grad_norm = _total_grad_norm(parameters)
+                grad_norm = total_grad_norm(parameters)
                 if not math.isfinite(grad_norm.item()):
                     assert_finite_gradients(self.policy, name, self._n_updates + 1)  # names the parameter, raises
                     raise FloatingPointError(self._non_finite_message("gradient norm", name))
-                _clip_grads_with_norm(parameters, self.max_grad_norm, grad_norm)
+                clip_grads_with_norm(parameters, self.max_grad_norm, grad_norm)
                 self.policy.optimizer.step()
 
                 if self.adaptive_kl and self.kl_adaptation_interval == "minibatch":
@@ -613,4 +479,6 @@ class PPOKL(BoundedProgressMixin, PPO):
         )
 
 
+# adapted_kl_coef, analytic_kl, analytic_kl_from_parameters, sampled_kl: re-exported from sb3_pg_ext.estimators,
+# where they moved (importable from here as before).
 __all__ = ["PPOKL", "adapted_kl_coef", "analytic_kl", "analytic_kl_from_parameters", "sampled_kl"]

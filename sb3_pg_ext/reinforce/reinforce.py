@@ -160,7 +160,7 @@ class REINFORCE(EpisodicOnPolicyAlgorithm):
             policy,
             env,
             learning_rate=learning_rate,
-            n_steps=n_episodes,
+            n_steps=0,  # SB3 steps per env: unused, a rollout is n_episodes complete episodes
             gamma=gamma,
             gae_lambda=1.0,
             ent_coef=ent_coef,
