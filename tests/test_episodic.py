@@ -1,11 +1,12 @@
 """
 The complete-episode collection shared by REINFORCE and GRPO (``EpisodicOnPolicyAlgorithm._collect_step``):
-what it logs about the episodes, with several envs.
+what it logs about the episodes, with several envs; the deprecated names.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from functools import partial
 
 import gymnasium as gym
@@ -95,3 +96,37 @@ def test_logged_episode_statistics_describe_the_kept_episodes(algo: str):
     assert sorted(logged_returns) == sorted(float(length) for length in kept.lengths)  # reward 1 per step
     stderr = math.sqrt(TRUE_VAR / len(logged_lengths))
     assert abs(np.mean(logged_lengths) - TRUE_MEAN) < 4 * stderr, f"logged mean length {np.mean(logged_lengths):.2f}"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Names: the episode count is n_episodes, the acting policy's log-probabilities are behaviour_log_probs
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("algo", "kwargs", "n_episodes"),
+    [(REINFORCE, dict(n_episodes=3), 3), (GRPO, dict(group_size=2, n_groups=3, verify_group_starts=False), 6)],
+)
+def test_n_steps_is_a_deprecated_alias_of_the_episode_count(algo, kwargs: dict, n_episodes: int, tmp_path):
+    model = algo("MlpPolicy", DummyVecEnv([partial(UniformLengthEnv, 0)]), seed=0, device="cpu", **kwargs)
+    assert model.n_episodes == n_episodes
+    with pytest.warns(DeprecationWarning, match="n_episodes"):
+        assert model.n_steps == n_episodes
+    # learn() (SB3's loop reads n_steps) and save/load warn about nothing
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        model.learn(60)
+        model.save(tmp_path / "model")
+        loaded = algo.load(tmp_path / "model", env=model.get_env(), device="cpu")
+    assert loaded.n_episodes == n_episodes
+    with pytest.warns(DeprecationWarning):
+        assert loaded.n_steps == n_episodes
+
+
+def test_episode_batch_log_probs_is_a_deprecated_alias_of_behaviour_log_probs():
+    model = REINFORCE("MlpPolicy", DummyVecEnv([partial(UniformLengthEnv, 0)]), n_episodes=2, seed=0, device="cpu")
+    model.learn(10)
+    batch = model.rollout_buffer.get()
+    assert batch.behaviour_log_probs.shape == (batch.n_steps,)
+    with pytest.warns(DeprecationWarning, match="behaviour_log_probs"):
+        assert batch.log_probs is batch.behaviour_log_probs

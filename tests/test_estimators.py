@@ -1,4 +1,7 @@
-"""sb3_pg_ext.estimators against hand-computed values and slow loop references on random episodes."""
+"""
+sb3_pg_ext.estimators, every public estimator: hand-computed values, slow loop references on random episodes, and
+the sample KL estimators against the analytic KL.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +10,34 @@ import math
 import numpy as np
 import pytest
 import torch as th
+from torch.distributions import Categorical, Normal
 
 from sb3_pg_ext.estimators import (
+    KL_ESTIMATORS,
+    adapted_kl_coef,
+    analytic_kl,
+    analytic_kl_from_parameters,
     batch_mean_baseline,
+    categorical_kl,
+    clipped_log_ratios,
     discounted_returns,
     effective_sample_size,
     episode_ids_from_starts,
     episode_sums,
     group_advantages,
+    group_process_advantages,
     kl_k1,
     kl_k2,
     kl_k3,
     leave_one_out_baseline,
+    loss_aggregation_weights,
+    normal_kl,
     optimal_baseline,
     per_decision_log_weights,
+    per_decision_returns,
     reward_to_go,
+    sampled_kl,
+    self_normalized_log_weights,
     step_index,
 )
 
@@ -316,3 +332,383 @@ def test_estimators_reject_malformed_inputs():
         reward_to_go(th.zeros(3), th.ones(4, dtype=th.bool), 0.9)
     with pytest.raises(ValueError, match=r"\(N, K\)"):
         optimal_baseline(th.zeros(3), th.zeros(3))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Importance sampling against slow references (random episodes, some of length 1)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def random_ratio_episodes(n_steps: int, seed: int) -> tuple[th.Tensor, th.Tensor, th.Tensor, th.Tensor]:
+    """Random log-probabilities, rewards and episode boundaries (episodes of random lengths, some of length 1)."""
+    gen = th.Generator().manual_seed(seed)
+    starts = th.rand(n_steps, generator=gen) < 0.15
+    starts[0] = True
+    log_prob = -th.rand(n_steps, generator=gen) * 2.0
+    behaviour = -th.rand(n_steps, generator=gen) * 2.0
+    rewards = th.randn(n_steps, generator=gen)
+    return log_prob, behaviour, rewards, starts
+
+
+def slow_running_products(log_prob, behaviour, starts, clip=None) -> list[float]:
+    out, product = [], 1.0
+    for t in range(len(log_prob)):
+        if starts[t]:
+            product = 1.0
+        ratio = float(np.exp(float(log_prob[t]) - float(behaviour[t])))
+        product *= ratio if clip is None else min(clip, ratio)
+        out.append(product)
+    return out
+
+
+@pytest.mark.parametrize("clip", [None, 1.0, 1.5])
+def test_per_decision_weights_equal_slow_running_product(clip):
+    log_prob, behaviour, _, starts = random_ratio_episodes(400, seed=1)
+    weights = th.exp(per_decision_log_weights(log_prob, behaviour, starts, clip))
+    assert weights.dtype == th.float64
+    np.testing.assert_allclose(weights.numpy(), slow_running_products(log_prob, behaviour, starts, clip), rtol=1e-10)
+
+
+def test_per_decision_weights_are_exactly_one_on_policy():
+    log_prob, _, _, starts = random_ratio_episodes(400, seed=2)
+    weights = th.exp(per_decision_log_weights(log_prob, log_prob.clone(), starts))
+    assert th.equal(weights, th.ones_like(weights))
+    assert th.equal(th.exp(clipped_log_ratios(log_prob, log_prob.clone())), th.ones(400, dtype=th.float64))
+
+
+def test_per_decision_weights_do_not_overflow_on_long_episodes():
+    # 500 steps with ratio e^2 each: rho_{0:T} = e^1000 overflows, but the log-weights and the self-normalised
+    # weights (normalised in log space) stay finite.
+    log_prob, behaviour = th.zeros(500), th.full((500,), -2.0)
+    starts = th.zeros(500, dtype=th.bool)
+    starts[0] = True
+    log_w = per_decision_log_weights(log_prob, behaviour, starts)
+    assert th.isfinite(log_w).all() and log_w[-1].item() == pytest.approx(1000.0)
+    normalized = self_normalized_log_weights(log_w, starts)
+    assert th.isfinite(normalized).all()
+    assert th.allclose(normalized, th.zeros_like(normalized))  # one episode: each weight is its own mean
+
+
+def test_per_decision_returns_equal_slow_double_sum():
+    log_prob, behaviour, rewards, starts = random_ratio_episodes(300, seed=3)
+    gamma = 0.9
+    log_w = per_decision_log_weights(log_prob, behaviour, starts)
+    psi = per_decision_returns(rewards, log_w, starts, gamma)
+    weights = slow_running_products(log_prob, behaviour, starts)
+    ends = [*[t for t in range(1, 300) if starts[t]], 300]
+    expected = []
+    for t in range(300):
+        end = next(e for e in ends if e > t)
+        expected.append(sum(gamma ** (k - t) * weights[k] * float(rewards[k]) for k in range(t, end)))
+    np.testing.assert_allclose(psi.numpy(), expected, rtol=1e-9, atol=1e-12)
+
+
+def test_self_normalized_weights_divide_by_mean_over_the_batch():
+    log_prob, behaviour, _, starts = random_ratio_episodes(300, seed=4)
+    step = np.zeros(300, dtype=int)
+    for t in range(1, 300):
+        step[t] = 0 if starts[t] else step[t - 1] + 1
+    episode = np.cumsum(starts.numpy()) - 1
+    last_weight_step = {i: np.flatnonzero(episode == i)[-1] for i in np.unique(episode)}
+
+    # Cumulative weights rho_{0:t}: D_t averages over all N episodes, an ended one at its last weight.
+    w = th.exp(per_decision_log_weights(log_prob, behaviour, starts)).numpy()
+    normalized = th.exp(self_normalized_log_weights(th.log(th.as_tensor(w)), starts)).numpy()
+    for k in np.unique(step):
+        per_episode = [
+            w[np.flatnonzero((episode == i) & (step == min(k, step[last])))[0]] for i, last in last_weight_step.items()
+        ]
+        np.testing.assert_allclose(normalized[step == k], w[step == k] / np.mean(per_episode), rtol=1e-10)
+
+    # Per-step ratios rho_t: D_t averages over the episodes still running at t.
+    ratios = th.exp(clipped_log_ratios(log_prob, behaviour)).numpy()
+    normalized = th.exp(self_normalized_log_weights(th.log(th.as_tensor(ratios)), starts, cumulative=False)).numpy()
+    for k in np.unique(step):
+        np.testing.assert_allclose(normalized[step == k], ratios[step == k] / ratios[step == k].mean(), rtol=1e-10)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Group-relative advantages and loss aggregation
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_group_advantages_have_zero_mean_and_unit_population_std_per_group():
+    gen = th.Generator().manual_seed(0)
+    returns = th.randn(6 * 5, generator=gen, dtype=th.float64) * 10 + 3
+    groups = th.arange(30) // 5
+    adv = group_advantages(returns, groups, "group", eps=0.0).view(6, 5)
+    th.testing.assert_close(adv.mean(1), th.zeros(6, dtype=th.float64), atol=1e-12, rtol=0)
+    # population std (1/G): exactly 1 after the division; the sample std (1/(G-1)) would give sqrt(G/(G-1))
+    th.testing.assert_close(adv.std(1, unbiased=False), th.ones(6, dtype=th.float64))
+    grouped = returns.view(6, 5)
+    expected = (grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, unbiased=False, keepdim=True) + 1e-4)
+    th.testing.assert_close(group_advantages(returns, groups, "group", eps=1e-4).view(6, 5), expected)
+
+
+def test_scale_rewards_variants():
+    returns = th.tensor([1.0, 3.0, 10.0, 30.0], dtype=th.float64)
+    groups = th.tensor([0, 0, 1, 1])
+    th.testing.assert_close(group_advantages(returns, groups, "none"), th.tensor([-1.0, 1.0, -10.0, 10.0], dtype=th.float64))
+    th.testing.assert_close(
+        group_advantages(returns, groups, "group", eps=0.0), th.tensor([-1.0, 1.0, -1.0, 1.0], dtype=th.float64)
+    )
+    batch_std = returns.std(unbiased=False)
+    th.testing.assert_close(
+        group_advantages(returns, groups, "batch", eps=0.0), th.tensor([-1.0, 1.0, -10.0, 10.0], dtype=th.float64) / batch_std
+    )
+
+
+def test_std_floor_bounds_near_constant_groups():
+    returns = th.tensor([5.0, 5.0 + 1e-9, 7.0, 8.0], dtype=th.float64)
+    groups = th.tensor([0, 0, 1, 1])
+    unfloored = group_advantages(returns, groups, "group", eps=0.0, min_std=0.0)
+    floored = group_advantages(returns, groups, "group", eps=0.0, min_std=1e-3)
+    assert unfloored[:2].abs().max() == pytest.approx(1.0)  # rounding noise blown up to a full unit
+    assert floored[:2].abs().max() < 1e-5
+
+
+def test_process_advantages_normalise_step_rewards_across_the_group_and_sum_the_future():
+    # group 0: episodes [1, 0] and [0, 0, 2]; group 1: [1] and [1] (constant: zero advantage)
+    rewards = th.tensor([1.0, 0.0, 0.0, 0.0, 2.0, 1.0, 1.0], dtype=th.float64)
+    starts = th.tensor([1, 0, 1, 0, 0, 1, 1], dtype=th.bool)
+    groups = th.tensor([0, 0, 1, 1])
+    group0 = rewards[:5]
+    normalised = (group0 - group0.mean()) / group0.std(unbiased=False)
+    expected = th.stack(
+        [normalised[0] + normalised[1], normalised[1], normalised[2:5].sum(), normalised[3:5].sum(), normalised[4]]
+    )
+    adv = group_process_advantages(rewards, starts, groups, "group", eps=0.0)
+    th.testing.assert_close(adv[:5], expected)
+    assert th.all(adv[5:] == 0)
+
+
+def test_loss_aggregation_weights_match_their_formulas():
+    lengths = th.tensor([2, 3, 5])
+    mask = th.tensor([True, False, True])
+    expected = {
+        "seq_sum": [1 / 2] * 2 + [0.0] * 3 + [1 / 2] * 5,
+        "seq_mean": [1 / 4] * 2 + [0.0] * 3 + [1 / 10] * 5,
+        "token_mean": [1 / 7] * 2 + [0.0] * 3 + [1 / 7] * 5,
+        "constant": [1 / 20] * 2 + [0.0] * 3 + [1 / 20] * 5,
+    }
+    for mode, weights in expected.items():
+        th.testing.assert_close(
+            loss_aggregation_weights(lengths, mode, mask, max_length=10), th.tensor(weights, dtype=th.float64)
+        )
+    assert th.all(loss_aggregation_weights(lengths, "seq_sum", th.zeros(3, dtype=th.bool)) == 0)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# KL: sample estimators against the analytic KL, the adaptive rule
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def random_categorical(gen: th.Generator, k: int, scale: float = 1.0) -> th.Tensor:
+    return th.log_softmax(th.randn(k, generator=gen, dtype=th.float64) * scale, dim=0)
+
+
+def test_k3_is_unbiased_non_negative_and_zero_at_the_reference():
+    gen = th.Generator().manual_seed(0)
+    n = 200_000
+    for _ in range(5):
+        log_p, log_q = random_categorical(gen, 6), random_categorical(gen, 6)
+        exact_kl = (log_p.exp() * (log_p - log_q)).sum()
+        samples = th.multinomial(log_p.exp(), n, replacement=True, generator=gen)
+        k3 = kl_k3(log_p[samples], log_q[samples])
+        assert th.all(k3 >= 0)
+        standard_error = k3.std() / n**0.5
+        assert abs(k3.mean() - exact_kl) < 4 * standard_error
+        assert th.all(kl_k3(log_p[samples], log_p[samples]) == 0)
+
+
+# A two-sided z-test at 4 standard errors: false alarm probability 6e-5 per check.
+Z = 4.0
+
+
+def random_pairs(family: str, n_states: int, generator: th.Generator) -> tuple[list, list, th.Tensor]:
+    """
+    pi_old, pi_theta and pi_theta's parameter (logits or mean) for a batch of states, close enough that the
+    importance weights have finite variance.
+    """
+    if family == "categorical":
+        old_logits = th.randn(n_states, 6, generator=generator)
+        new_logits = (old_logits + 0.5 * th.randn(n_states, 6, generator=generator)).requires_grad_()
+        return [Categorical(logits=old_logits)], [Categorical(logits=new_logits)], new_logits
+    loc = th.randn(n_states, 3, generator=generator)
+    scale = th.exp(0.3 * th.randn(n_states, 3, generator=generator))
+    new_loc = (loc + 0.3 * th.randn(n_states, 3, generator=generator)).requires_grad_()
+    new_scale = scale * th.exp(0.1 * th.randn(n_states, 3, generator=generator))  # < sqrt(2) * scale: finite variance
+    return [Normal(loc, scale)], [Normal(new_loc, new_scale)], new_loc
+
+
+def log_prob(distribution: th.distributions.Distribution, actions: th.Tensor) -> th.Tensor:
+    lp = distribution.log_prob(actions)
+    return lp.sum(-1) if isinstance(distribution, Normal) else lp
+
+
+@pytest.mark.parametrize("family", ["categorical", "gaussian"])
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+def test_sample_estimators_agree_with_the_analytic_kl_in_expectation(family: str, direction: str):
+    generator = th.Generator().manual_seed(0)
+    n_states, n_samples = 8, 50_000
+    old, new, _ = random_pairs(family, n_states, generator)
+    exact = analytic_kl(old, new, direction).detach()  # (n_states,)
+    th.manual_seed(1)
+    actions = old[0].sample((n_samples,))  # (n_samples, n_states[, 3]) ~ pi_old
+    old_lp, new_lp = log_prob(old[0], actions), log_prob(new[0], actions).detach()
+    assert exact.min() > 0.01  # the pairs differ: the check has power
+    for estimator in ("k1", "k3"):
+        estimates = sampled_kl(old_lp, new_lp, estimator, direction)  # (n_samples, n_states)
+        mean, std_error = estimates.mean(0), estimates.std(0) / math.sqrt(n_samples)
+        assert th.all((mean - exact).abs() < Z * std_error), f"{estimator}: {mean} vs {exact} (se {std_error})"
+        if estimator == "k3":
+            assert estimates.min() >= 0
+
+
+@pytest.mark.parametrize("family", ["categorical", "gaussian"])
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+@pytest.mark.parametrize("estimator", ["k1", "k3"])
+def test_sample_estimators_give_unbiased_gradients_of_the_kl(family: str, direction: str, estimator: str):
+    """The penalty's gradient, not only its value: E[grad k] = grad KL, checked over independent sample groups."""
+    generator = th.Generator().manual_seed(2)
+    old, new, leaf = random_pairs(family, 4, generator)
+    exact = th.autograd.grad(analytic_kl(old, new, direction).sum(), leaf, retain_graph=True)[0]
+    th.manual_seed(3)
+    n_groups, group_size = 50, 4_000
+    gradients = []
+    for _ in range(n_groups):
+        actions = old[0].sample((group_size,))
+        estimate = sampled_kl(log_prob(old[0], actions), log_prob(new[0], actions), estimator, direction).mean(0).sum()
+        gradients.append(th.autograd.grad(estimate, leaf, retain_graph=True)[0])
+    stacked = th.stack(gradients)
+    mean, std_error = stacked.mean(0), stacked.std(0) / math.sqrt(n_groups)
+    assert exact.abs().max() > 0.05
+    assert th.all((mean - exact).abs() < Z * std_error + 1e-6), f"{mean} vs {exact} (se {std_error})"
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+def test_k3_is_never_negative(direction: str):
+    old_lp = th.zeros(2_001, dtype=th.float32)
+    new_lp = th.cat([th.linspace(-30.0, 30.0, 2_000), th.tensor([1e-7])])
+    assert sampled_kl(old_lp, new_lp, "k3", direction).min() >= 0
+    assert sampled_kl(new_lp, old_lp, "k3", direction).min() >= 0
+    # ... while k1 can be: it is unbiased only on average
+    assert sampled_kl(old_lp, new_lp, "k1", direction).min() < 0
+
+
+@pytest.mark.parametrize(
+    ("kl", "expected"),
+    [
+        (0.0, 0.5),  # d < d_targ / 1.5: halve
+        (0.0066, 0.5),
+        (0.01 / 1.5, 1.0),  # on the band's edges: keep
+        (0.01, 1.0),
+        (0.015, 1.0),
+        (0.0151, 2.0),  # d > 1.5 d_targ: double
+        (1.0, 2.0),
+    ],
+)
+def test_adaptive_rule_halves_keeps_or_doubles_beta(kl: float, expected: float):
+    assert adapted_kl_coef(1.0, kl, kl_target=0.01) == pytest.approx(expected)
+
+
+def test_adaptation_factor_and_threshold_settings_change_the_rule():
+    # factor: beta is divided / multiplied by it
+    assert adapted_kl_coef(1.0, 0.0, 0.01, factor=3.0) == pytest.approx(1 / 3)
+    assert adapted_kl_coef(1.0, 1.0, 0.01, factor=3.0) == pytest.approx(3.0)
+    # threshold: d = 3 d_targ doubles beta with the paper's 1.5 but is inside the band [d/4, 4d]
+    assert adapted_kl_coef(1.0, 0.03, 0.01) == pytest.approx(2.0)
+    assert adapted_kl_coef(1.0, 0.03, 0.01, threshold=4.0) == pytest.approx(1.0)
+    assert adapted_kl_coef(1.0, 0.003, 0.01) == pytest.approx(0.5)
+    assert adapted_kl_coef(1.0, 0.003, 0.01, threshold=4.0) == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Hand-computed values of the estimators that the slow references above do not pin down
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_per_decision_returns_match_hand_computed_values():
+    # Episodes [1, 2, 3] with rho_{0:t} = [2, 0.5, 1] and [4] with rho_0 = 3; gamma = 0.5:
+    # psi_2 = 1 * 3 = 3, psi_1 = 0.5 * 2 + 0.5 * 3 = 2.5, psi_0 = 2 * 1 + 0.5 * 2.5 = 3.25; psi_3 = 3 * 4 = 12.
+    rewards = t64([1, 2, 3, 4])
+    log_weights = t64(np.log([2.0, 0.5, 1.0, 3.0]))
+    starts = th.tensor([True, False, False, True])
+    psi = per_decision_returns(rewards, log_weights, starts, gamma=0.5)
+    assert psi.dtype == th.float64
+    np.testing.assert_allclose(psi.numpy(), [3.25, 2.5, 3.0, 12.0], rtol=1e-12)
+
+
+def test_self_normalized_log_weights_match_hand_computed_values():
+    # Episode A: weights [2, 4, 8]; episode B: [0.5] (length 1).
+    log_weights = t64(np.log([2.0, 4.0, 8.0, 0.5]))
+    starts = th.tensor([True, False, False, True])
+    # Cumulative: B keeps its last weight in every later D_t. D_0 = (2 + 0.5)/2, D_1 = (4 + 0.5)/2, D_2 = (8 + 0.5)/2.
+    cumulative = self_normalized_log_weights(log_weights, starts).exp().numpy()
+    np.testing.assert_allclose(cumulative, [2 / 1.25, 4 / 2.25, 8 / 4.25, 0.5 / 1.25], rtol=1e-12)
+    # Per-step ratios: D_t averages the episodes still running at t. D_0 = 1.25, D_1 = 4, D_2 = 8.
+    per_step = self_normalized_log_weights(log_weights, starts, cumulative=False).exp().numpy()
+    np.testing.assert_allclose(per_step, [2 / 1.25, 1.0, 1.0, 0.5 / 1.25], rtol=1e-12)
+
+
+def test_loss_aggregation_weights_hand_values_without_a_mask():
+    lengths = th.tensor([1, 3])
+    np.testing.assert_allclose(loss_aggregation_weights(lengths, "seq_sum").numpy(), [1 / 2] * 4)
+    np.testing.assert_allclose(loss_aggregation_weights(lengths, "seq_mean").numpy(), [1 / 2, 1 / 6, 1 / 6, 1 / 6])
+    np.testing.assert_allclose(loss_aggregation_weights(lengths, "token_mean").numpy(), [1 / 4] * 4)
+    np.testing.assert_allclose(loss_aggregation_weights(lengths, "constant", max_length=5).numpy(), [1 / 10] * 4)
+    with pytest.raises(ValueError, match="max_length"):
+        loss_aggregation_weights(lengths, "constant")
+    with pytest.raises(ValueError, match="loss_aggregation"):
+        loss_aggregation_weights(lengths, "sum")
+
+
+def test_sampled_kl_matches_hand_computed_values_in_both_directions():
+    # pi_old(a) = 0.5, pi_theta(a) = 0.25: r = 0.5
+    old_lp, lp = t64([math.log(0.5)]), t64([math.log(0.25)])
+    ln2 = math.log(2)
+    assert sampled_kl(old_lp, lp, "k1", "forward").item() == pytest.approx(ln2)  # -log r
+    assert sampled_kl(old_lp, lp, "k2", "forward").item() == pytest.approx(0.5 * ln2**2)  # (log r)^2 / 2
+    assert sampled_kl(old_lp, lp, "k3", "forward").item() == pytest.approx(0.5 - 1 + ln2)  # r - 1 - log r
+    assert sampled_kl(old_lp, lp, "k1", "reverse").item() == pytest.approx(-0.5 * ln2)  # r log r
+    assert sampled_kl(old_lp, lp, "k3", "reverse").item() == pytest.approx(-0.5 * ln2 - 0.5 + 1)  # r log r - r + 1
+
+
+def test_one_table_of_sample_kl_estimators_serves_grpo_and_ppokl():
+    import sb3_pg_ext.grpo.grpo as grpo_module
+    import sb3_pg_ext.ppo_kl.ppo_kl as ppo_kl_module
+
+    assert {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3} == KL_ESTIMATORS
+    assert grpo_module.KL_ESTIMATORS is KL_ESTIMATORS
+    assert set(ppo_kl_module.KL_ESTIMATOR_CHOICES) - {"analytic"} <= set(KL_ESTIMATORS)
+    # The functions that moved here are still importable from ppo_kl, as the same objects.
+    for name in ("adapted_kl_coef", "analytic_kl", "analytic_kl_from_parameters", "sampled_kl"):
+        assert getattr(ppo_kl_module, name) is globals()[name]
+
+
+def test_categorical_and_normal_kl_match_hand_computed_values():
+    p, q = th.tensor([[0.5, 0.5]]), th.tensor([[0.25, 0.75]])
+    expected = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
+    assert categorical_kl(p.log(), p, q.log(), q).item() == pytest.approx(expected)
+    # q puts no mass where p does: inf; p puts none where q does: that term is 0.
+    zero = th.tensor([[1.0, 0.0]])
+    assert math.isinf(categorical_kl(p.log(), p, zero.log(), zero).item())
+    assert categorical_kl(zero.log(), zero, p.log(), p).item() == pytest.approx(math.log(2))
+    # KL(N(0, 1) || N(1, 2)) = log 2 + (1 + 1) / (2 * 4) - 1/2
+    kl = normal_kl(th.tensor(0.0), th.tensor(1.0), th.tensor(1.0), th.tensor(2.0))
+    assert kl.item() == pytest.approx(math.log(2) - 0.25)
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+def test_analytic_kl_from_parameters_is_the_analytic_kl_of_the_rebuilt_distributions(direction: str):
+    # pi_old: Categorical [0.5, 0.5] and N(0, 1), laid out as [logits, loc, scale]; pi_theta: [0.25, 0.75] and N(1, 2).
+    old_params = th.tensor([[math.log(0.5), math.log(0.5), 0.0, 1.0]])
+    new = [Categorical(probs=th.tensor([[0.25, 0.75]])), Normal(th.tensor([[1.0]]), th.tensor([[2.0]]))]
+    old = [Categorical(probs=th.tensor([[0.5, 0.5]])), Normal(th.tensor([[0.0]]), th.tensor([[1.0]]))]
+    kl = analytic_kl_from_parameters(old_params, new, direction)
+    th.testing.assert_close(kl, analytic_kl(old, new, direction))
+    if direction == "forward":
+        expected = 0.5 * math.log(2) + 0.5 * math.log(2 / 3) + math.log(2) - 0.25
+        assert kl.item() == pytest.approx(expected)
+    with pytest.raises(ValueError, match="distribution parameters"):
+        analytic_kl_from_parameters(th.zeros(1, 5), new, direction)

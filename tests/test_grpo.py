@@ -15,13 +15,11 @@ from stable_baselines3.common.logger import KVWriter, Logger
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecNormalize
 
 from sb3_pg_ext import GRPO
+from sb3_pg_ext.common.groups import SeededGroupStart
 from sb3_pg_ext.envs import success_rate
 from sb3_pg_ext.estimators import (
     group_advantages,
-    group_process_advantages,
     kl_k1,
-    kl_k3,
-    loss_aggregation_weights,
 )
 from sb3_pg_ext.grpo.grpo import GROUP_SEED_LIMIT, GroupStartError, UpdateData
 from tests.learning import final_return
@@ -56,43 +54,8 @@ def flat_grad(model: GRPO, loss: th.Tensor) -> th.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Group-relative advantages
+# Group-relative advantages (the estimators' own tests are in tests/test_estimators.py)
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def test_group_advantages_have_zero_mean_and_unit_population_std_per_group():
-    gen = th.Generator().manual_seed(0)
-    returns = th.randn(6 * 5, generator=gen, dtype=th.float64) * 10 + 3
-    groups = th.arange(30) // 5
-    adv = group_advantages(returns, groups, "group", eps=0.0).view(6, 5)
-    th.testing.assert_close(adv.mean(1), th.zeros(6, dtype=th.float64), atol=1e-12, rtol=0)
-    # population std (1/G): exactly 1 after the division; the sample std (1/(G-1)) would give sqrt(G/(G-1))
-    th.testing.assert_close(adv.std(1, unbiased=False), th.ones(6, dtype=th.float64))
-    grouped = returns.view(6, 5)
-    expected = (grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, unbiased=False, keepdim=True) + 1e-4)
-    th.testing.assert_close(group_advantages(returns, groups, "group", eps=1e-4).view(6, 5), expected)
-
-
-def test_scale_rewards_variants():
-    returns = th.tensor([1.0, 3.0, 10.0, 30.0], dtype=th.float64)
-    groups = th.tensor([0, 0, 1, 1])
-    th.testing.assert_close(group_advantages(returns, groups, "none"), th.tensor([-1.0, 1.0, -10.0, 10.0], dtype=th.float64))
-    th.testing.assert_close(
-        group_advantages(returns, groups, "group", eps=0.0), th.tensor([-1.0, 1.0, -1.0, 1.0], dtype=th.float64)
-    )
-    batch_std = returns.std(unbiased=False)
-    th.testing.assert_close(
-        group_advantages(returns, groups, "batch", eps=0.0), th.tensor([-1.0, 1.0, -10.0, 10.0], dtype=th.float64) / batch_std
-    )
-
-
-def test_std_floor_bounds_near_constant_groups():
-    returns = th.tensor([5.0, 5.0 + 1e-9, 7.0, 8.0], dtype=th.float64)
-    groups = th.tensor([0, 0, 1, 1])
-    unfloored = group_advantages(returns, groups, "group", eps=0.0, min_std=0.0)
-    floored = group_advantages(returns, groups, "group", eps=0.0, min_std=1e-3)
-    assert unfloored[:2].abs().max() == pytest.approx(1.0)  # rounding noise blown up to a full unit
-    assert floored[:2].abs().max() < 1e-5
 
 
 def test_zero_variance_groups_get_zero_advantage_and_are_counted():
@@ -110,21 +73,6 @@ def test_zero_variance_groups_get_zero_advantage_and_are_counted():
     assert th.all(data.advantages[(episode_of_step >= 4) & (episode_of_step < 8)] == 0)
     assert th.any(data.advantages[episode_of_step < 4] != 0)
     assert model.logger.name_to_value["rollout/zero_std_groups"] == pytest.approx(1 / 3)
-
-
-def test_process_advantages_normalise_step_rewards_across_the_group_and_sum_the_future():
-    # group 0: episodes [1, 0] and [0, 0, 2]; group 1: [1] and [1] (constant: zero advantage)
-    rewards = th.tensor([1.0, 0.0, 0.0, 0.0, 2.0, 1.0, 1.0], dtype=th.float64)
-    starts = th.tensor([1, 0, 1, 0, 0, 1, 1], dtype=th.bool)
-    groups = th.tensor([0, 0, 1, 1])
-    group0 = rewards[:5]
-    normalised = (group0 - group0.mean()) / group0.std(unbiased=False)
-    expected = th.stack(
-        [normalised[0] + normalised[1], normalised[1], normalised[2:5].sum(), normalised[3:5].sum(), normalised[4]]
-    )
-    adv = group_process_advantages(rewards, starts, groups, "group", eps=0.0)
-    th.testing.assert_close(adv[:5], expected)
-    assert th.all(adv[5:] == 0)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -196,6 +144,28 @@ def test_group_start_error_names_the_episodes_of_the_group_with_one_env():
     assert re.search(r"every episode of group 0 was reset with seed \d+", message), message
     assert "episode 1 of the group (env 0: " in message and "than its episode 0 (the same env)" in message, message
     assert "than env 0" not in message
+
+
+class OneSeedForEveryGroup(SeededGroupStart):
+    """A group start that resets every group of the rollout with one seed: all episodes share their start."""
+
+    def __init__(self, group_size: int, n_groups: int):
+        super().__init__([7] * n_groups, group_size, "GRPO")
+        self.waves = 0
+
+    def start_wave(self, env, slots):
+        self.waves += 1
+        return super().start_wave(env, slots)
+
+
+def test_how_groups_start_is_one_seam_the_collector_calls_for_every_wave():
+    model = make_grpo(n_envs=2)  # 3 groups of 4 on 2 envs: 6 waves
+    group_start = OneSeedForEveryGroup(model.group_size, model.n_groups)
+    model._group_start = lambda: group_start
+    collect(model)
+    assert group_start.waves == 6
+    starts = initial_observations(model).reshape(model.n_groups * model.group_size, -1)
+    assert np.all(starts == starts[0])  # one seed for every group: every episode started alike
 
 
 @pytest.mark.parametrize(
@@ -335,20 +305,6 @@ def random_categorical(gen: th.Generator, k: int, scale: float = 1.0) -> th.Tens
     return th.log_softmax(th.randn(k, generator=gen, dtype=th.float64) * scale, dim=0)
 
 
-def test_k3_is_unbiased_non_negative_and_zero_at_the_reference():
-    gen = th.Generator().manual_seed(0)
-    n = 200_000
-    for _ in range(5):
-        log_p, log_q = random_categorical(gen, 6), random_categorical(gen, 6)
-        exact_kl = (log_p.exp() * (log_p - log_q)).sum()
-        samples = th.multinomial(log_p.exp(), n, replacement=True, generator=gen)
-        k3 = kl_k3(log_p[samples], log_q[samples])
-        assert th.all(k3 >= 0)
-        standard_error = k3.std() / n**0.5
-        assert abs(k3.mean() - exact_kl) < 4 * standard_error
-        assert th.all(kl_k3(log_p[samples], log_p[samples]) == 0)
-
-
 def kl_only_model(beta: float, kl_ratio_correction: bool, k: int = 4, kl_estimator: str = "k3") -> GRPO:
     """A GRPO whose policy is one Categorical: logits = action_net.bias (no hidden layer, weights zeroed)."""
     env = make_vec_env(lambda: IdentityEnv(dim=k), n_envs=1)
@@ -480,22 +436,6 @@ def test_k1_in_the_reward_gives_the_gradient_of_the_kl_regularised_objective():
 # ---------------------------------------------------------------------------------------------------------------------
 # Loss aggregation and minibatches
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def test_loss_aggregation_weights_match_their_formulas():
-    lengths = th.tensor([2, 3, 5])
-    mask = th.tensor([True, False, True])
-    expected = {
-        "seq_sum": [1 / 2] * 2 + [0.0] * 3 + [1 / 2] * 5,
-        "seq_mean": [1 / 4] * 2 + [0.0] * 3 + [1 / 10] * 5,
-        "token_mean": [1 / 7] * 2 + [0.0] * 3 + [1 / 7] * 5,
-        "constant": [1 / 20] * 2 + [0.0] * 3 + [1 / 20] * 5,
-    }
-    for mode, weights in expected.items():
-        th.testing.assert_close(
-            loss_aggregation_weights(lengths, mode, mask, max_length=10), th.tensor(weights, dtype=th.float64)
-        )
-    assert th.all(loss_aggregation_weights(lengths, "seq_sum", th.zeros(3, dtype=th.bool)) == 0)
 
 
 @pytest.mark.parametrize("loss_aggregation", ["seq_sum", "seq_mean", "token_mean", "constant"])

@@ -25,107 +25,10 @@ from sb3_pg_ext import ISPG, REINFORCE
 from sb3_pg_ext.common.buffers import EpisodeBatch
 from sb3_pg_ext.common.replay_buffers import DictEpisodeReplayBuffer, EpisodeReplayBuffer
 from sb3_pg_ext.estimators import (
-    clipped_log_ratios,
-    per_decision_log_weights,
-    per_decision_returns,
     reward_to_go,
-    self_normalized_log_weights,
 )
 from tests.conftest import ENV_FACTORIES, flat_parameters
 from tests.learning import final_return, steps_to_threshold
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Weights against slow references
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def random_episodes(n_steps: int, seed: int) -> tuple[th.Tensor, th.Tensor, th.Tensor, th.Tensor]:
-    """Random log-probabilities, rewards and episode boundaries (episodes of random lengths, some of length 1)."""
-    gen = th.Generator().manual_seed(seed)
-    starts = th.rand(n_steps, generator=gen) < 0.15
-    starts[0] = True
-    log_prob = -th.rand(n_steps, generator=gen) * 2.0
-    behaviour = -th.rand(n_steps, generator=gen) * 2.0
-    rewards = th.randn(n_steps, generator=gen)
-    return log_prob, behaviour, rewards, starts
-
-
-def slow_running_products(log_prob, behaviour, starts, clip=None) -> list[float]:
-    out, product = [], 1.0
-    for t in range(len(log_prob)):
-        if starts[t]:
-            product = 1.0
-        ratio = float(np.exp(float(log_prob[t]) - float(behaviour[t])))
-        product *= ratio if clip is None else min(clip, ratio)
-        out.append(product)
-    return out
-
-
-@pytest.mark.parametrize("clip", [None, 1.0, 1.5])
-def test_per_decision_weights_equal_slow_running_product(clip):
-    log_prob, behaviour, _, starts = random_episodes(400, seed=1)
-    weights = th.exp(per_decision_log_weights(log_prob, behaviour, starts, clip))
-    assert weights.dtype == th.float64
-    np.testing.assert_allclose(weights.numpy(), slow_running_products(log_prob, behaviour, starts, clip), rtol=1e-10)
-
-
-def test_per_decision_weights_are_exactly_one_on_policy():
-    log_prob, _, _, starts = random_episodes(400, seed=2)
-    weights = th.exp(per_decision_log_weights(log_prob, log_prob.clone(), starts))
-    assert th.equal(weights, th.ones_like(weights))
-    assert th.equal(th.exp(clipped_log_ratios(log_prob, log_prob.clone())), th.ones(400, dtype=th.float64))
-
-
-def test_per_decision_weights_do_not_overflow_on_long_episodes():
-    # 500 steps with ratio e^2 each: rho_{0:T} = e^1000 overflows, but the log-weights and the self-normalised
-    # weights (normalised in log space) stay finite.
-    log_prob, behaviour = th.zeros(500), th.full((500,), -2.0)
-    starts = th.zeros(500, dtype=th.bool)
-    starts[0] = True
-    log_w = per_decision_log_weights(log_prob, behaviour, starts)
-    assert th.isfinite(log_w).all() and log_w[-1].item() == pytest.approx(1000.0)
-    normalized = self_normalized_log_weights(log_w, starts)
-    assert th.isfinite(normalized).all()
-    assert th.allclose(normalized, th.zeros_like(normalized))  # one episode: each weight is its own mean
-
-
-def test_per_decision_returns_equal_slow_double_sum():
-    log_prob, behaviour, rewards, starts = random_episodes(300, seed=3)
-    gamma = 0.9
-    log_w = per_decision_log_weights(log_prob, behaviour, starts)
-    psi = per_decision_returns(rewards, log_w, starts, gamma)
-    weights = slow_running_products(log_prob, behaviour, starts)
-    ends = [*[t for t in range(1, 300) if starts[t]], 300]
-    expected = []
-    for t in range(300):
-        end = next(e for e in ends if e > t)
-        expected.append(sum(gamma ** (k - t) * weights[k] * float(rewards[k]) for k in range(t, end)))
-    np.testing.assert_allclose(psi.numpy(), expected, rtol=1e-9, atol=1e-12)
-
-
-def test_self_normalized_weights_divide_by_mean_over_the_batch():
-    log_prob, behaviour, _, starts = random_episodes(300, seed=4)
-    step = np.zeros(300, dtype=int)
-    for t in range(1, 300):
-        step[t] = 0 if starts[t] else step[t - 1] + 1
-    episode = np.cumsum(starts.numpy()) - 1
-    last_weight_step = {i: np.flatnonzero(episode == i)[-1] for i in np.unique(episode)}
-
-    # Cumulative weights rho_{0:t}: D_t averages over all N episodes, an ended one at its last weight.
-    w = th.exp(per_decision_log_weights(log_prob, behaviour, starts)).numpy()
-    normalized = th.exp(self_normalized_log_weights(th.log(th.as_tensor(w)), starts)).numpy()
-    for k in np.unique(step):
-        per_episode = [
-            w[np.flatnonzero((episode == i) & (step == min(k, step[last])))[0]] for i, last in last_weight_step.items()
-        ]
-        np.testing.assert_allclose(normalized[step == k], w[step == k] / np.mean(per_episode), rtol=1e-10)
-
-    # Per-step ratios rho_t: D_t averages over the episodes still running at t.
-    ratios = th.exp(clipped_log_ratios(log_prob, behaviour)).numpy()
-    normalized = th.exp(self_normalized_log_weights(th.log(th.as_tensor(ratios)), starts, cumulative=False)).numpy()
-    for k in np.unique(step):
-        np.testing.assert_allclose(normalized[step == k], ratios[step == k] / ratios[step == k].mean(), rtol=1e-10)
-
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Unbiasedness on an enumerable multi-step MDP
