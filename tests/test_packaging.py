@@ -48,6 +48,10 @@ def test_built_wheel_contains_hyperparams(tmp_path):
     shipped = {Path(n).name for n in names if n.startswith("sb3_pg_ext/hyperparams/")}
     expected = {p.name for p in (ROOT / "hyperparams").glob("*.yml")}
     assert expected and expected <= shipped, f"missing from the wheel: {expected - shipped}"
+    # the benchmark's defaults files (the final-policies preset's conf files)
+    defaults = {p.name for p in (ROOT / "sb3_pg_ext" / "benchmark" / "defaults").glob("*.yml")}
+    shipped_defaults = {Path(n).name for n in names if n.startswith("sb3_pg_ext/benchmark/defaults/")}
+    assert defaults and defaults <= shipped_defaults, f"missing from the wheel: {defaults - shipped_defaults}"
     written = {name for name in ("build", "dist") if (ROOT / name).exists()} - existed_before
     assert not written, f"building the wheel wrote {sorted(written)} into the checkout"
 

@@ -4,12 +4,13 @@ How a robust trial (``--eval-seeds K``) turns the evaluations of its K training 
 At every evaluation point each of the K runs plays ``--eval-episodes`` E episodes; the aggregate is computed over
 the K x E episode returns of that point (a list of K lists, one per seed):
 
-- ``iqm`` (default): the interquartile mean of the pooled K E returns, ``scipy.stats.trim_mean(x, 0.25)``: sort,
-  drop ``floor(0.25 n)`` values at each end, average the rest (rliable's IQM). With K E < 4 nothing is dropped.
+- ``iqm`` (default): the interquartile mean of the pooled K E returns, rliable's ``metrics.aggregate_iqm`` (the mean
+  of what is left after dropping ``floor(0.25 n)`` values at each end). With K E < 4 nothing is dropped.
 - ``mean``: the plain mean of the pooled returns (with K = 1, rl-zoo3's own objective).
 - ``bootstrap_lower``: the lower end of a 95% percentile-bootstrap interval of the IQM, two-level: each of the
   ``BOOTSTRAP_SAMPLES`` resamples draws K seeds with replacement, then E returns with replacement from each drawn
-  seed, and takes the IQM of the K E drawn returns; the result is the 2.5th percentile of those IQMs
+  seed, and takes rliable's IQM of the K E drawn returns (a two-level bootstrap, which rliable's stratified
+  bootstrap over runs does not offer); the result is the 2.5th percentile of those IQMs
   (``numpy.percentile``, linear interpolation). The random generator is ``numpy.random.default_rng(0)``, so the
   same returns always give the same number. Seed-to-seed spread lowers it, so a study maximising it prefers
   settings that work on every seed.
@@ -20,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from rliable.metrics import aggregate_iqm
 
 BOOTSTRAP_SAMPLES = 1000
 BOOTSTRAP_CONFIDENCE = 0.95
@@ -32,28 +34,9 @@ def _as_runs(returns: Sequence[Sequence[float]]) -> list[np.ndarray]:
     return runs
 
 
-def _trimmed_mean(values: np.ndarray, axis: int = -1) -> np.ndarray:
-    """
-    The IQM of rliable (``rliable.metrics.aggregate_iqm``, that is ``scipy.stats.trim_mean(values, 0.25)``): the mean
-    of the middle half (``floor(n/4)`` cut at each end). Not a call to it: rliable averages the middle half in the
-    order ``numpy.partition`` leaves it, this sums it sorted, and on non-integer returns the two can differ in the
-    last bits (integer returns, CartPole's, agree exactly); calling rliable here would change the values of the
-    studies already run. tests/test_zoo.py checks the two agree to 1e-12.
-
-    :param values: the returns
-    :param axis: the axis to average over
-    :return: the interquartile mean along ``axis``
-    """
-    n = values.shape[axis]
-    cut = int(0.25 * n)
-    ordered = np.sort(values, axis=axis)
-    kept = np.take(ordered, np.arange(cut, n - cut), axis=axis)
-    return kept.mean(axis=axis)
-
-
 def interquartile_mean(returns: Sequence[Sequence[float]]) -> float:
     """IQM of the pooled episode returns of all seeds."""
-    return float(_trimmed_mean(np.concatenate(_as_runs(returns))))
+    return float(aggregate_iqm(np.concatenate(_as_runs(returns))))
 
 
 def pooled_mean(returns: Sequence[Sequence[float]]) -> float:
@@ -76,7 +59,7 @@ def bootstrap_lower(
     for b in range(n_samples):
         chosen = rng.integers(n_runs, size=n_runs)
         drawn = [runs[k][rng.integers(sizes[k], size=sizes[k])] for k in chosen]
-        statistics[b] = _trimmed_mean(np.concatenate(drawn))
+        statistics[b] = aggregate_iqm(np.concatenate(drawn))
     return float(np.percentile(statistics, 100 * (1 - confidence) / 2))
 
 
