@@ -5,6 +5,10 @@ The rollout, groups of complete episodes that share their start, is collected by
 :class:`~sb3_pg_ext.common.groups.GroupedOnPolicyAlgorithm`; the advantages, loss weights and KL estimators are in
 :mod:`sb3_pg_ext.estimators`. This file turns a rollout into the update's data (:meth:`GRPO._prepare_update`), writes
 the clipped, KL-penalised objective (:meth:`GRPO._loss`) and runs its epochs (:meth:`GRPO.train`).
+
+It is longer than SB3's 200-450 lines per algorithm (about 560): the class docstring documents 36 keyword
+arguments and the constructor validates each of them and builds the reference policy; with collection and formulas
+elsewhere, what remains here is the objective and its update.
 """
 
 import warnings
@@ -91,18 +95,11 @@ class GRPO(GroupedOnPolicyAlgorithm):
     ``(R_{i,g} - mean_i) / (std_i + eps)`` of the step's episode, D_t an estimate of KL(pi_theta || pi_ref) and
     w_{e,t} the loss aggregation's weight (``seq_sum``: w = 1/(B G), the DeepSeekMath formula).
 
-    Groups are collected in *waves*: the VecEnv is reset with one seed per env (episode k of the rollout, in
-    group-major order, is played by env ``k mod n_envs`` in wave ``k // n_envs``), every env plays its episode to
-    the end, and the next wave resets the VecEnv again. An env that finishes early keeps stepping (a VecEnv steps all
-    its envs together): those steps are counted in ``num_timesteps`` but not trained on. With ``n_envs`` = 1 no
-    step is wasted. Each wave checks that the episodes of a group start from equal observations (before
-    VecNormalize's scaling) and raises :class:`GroupStartError` otherwise, naming the group, its seed, the episodes
-    of the group that differ and the envs that played them.
-
-    The budget: ``learn(total_timesteps)`` starts no new group once ``num_timesteps`` has reached
-    ``total_timesteps``; the groups already started are played to their end and trained on (a group is never cut),
-    so a run ends past its budget by at most the rest of the groups under way (e.g. ``learn(2000)`` on Pendulum-v1
-    with one env and G = 8: 3,200 steps, two groups of 200-step episodes), and its last update may hold fewer than
+    The rollout (:class:`~sb3_pg_ext.common.groups.GroupedOnPolicyAlgorithm`): groups collected in *waves* of one
+    episode per env, with any number of envs, each episode reset with its group's seed; each wave checks that the
+    episodes of a group start from equal observations and raises :class:`GroupStartError` otherwise. The budget of
+    ``learn(total_timesteps)``: no new group starts once it is reached, and a started group is never cut, so a run
+    may end past its budget by the rest of the groups under way and its last update may hold fewer than
     ``n_groups`` groups.
 
     No value network is built or trained: the policies are actor-only (:mod:`sb3_pg_ext.common.policies`). The
@@ -110,19 +107,10 @@ class GRPO(GroupedOnPolicyAlgorithm):
     says otherwise (torch's default 0.01 would move every parameter, ``log_std`` included, even when every advantage
     is 0).
 
-    The KL term's expected gradient. Actions come from pi_old, so what the loss term ``beta * D_t`` (or
-    ``beta * r_t D_t`` with ``kl_ratio_correction``) follows in expectation is, per estimator (exact enumeration over
-    the actions of small Categorical distributions through :meth:`_loss`, in ``tests/test_grpo.py``):
-
-    ============  ==================================  ===================================  =========================
-    estimator     no correction, pi_old = pi_theta    no correction, pi_old != pi_theta    ``kl_ratio_correction``
-    ============  ==================================  ===================================  =========================
-    k1            0 (no gradient at all)              E_old[grad log pi_theta] (biased)    grad KL(pi_theta||pi_ref)
-    k2            grad KL(pi_theta||pi_ref)           biased                               grad KL(pi_theta||pi_ref)
-    k3 (default)  grad KL(pi_ref||pi_theta) (forward) biased                               grad KL(pi_theta||pi_ref)
-    ============  ==================================  ===================================  =========================
-
-    The correction multiplies D_t by r_t = pi_theta/pi_old, not detached, for k1 and k3 (E_old[grad(r D)] =
+    The KL term's expected gradient. Actions come from pi_old, so the loss term ``beta * D_t`` does not follow
+    grad KL(pi_theta || pi_ref) in expectation (k1: no gradient on the first minibatch; k3: the forward KL's; the
+    table per estimator, checked by exact enumeration through :meth:`_loss`, is in docs/grpo.md).
+    ``kl_ratio_correction`` multiplies D_t by r_t = pi_theta/pi_old, not detached, for k1 and k3 (E_old[grad(r D)] =
     grad E_theta[D] = grad KL); for k2 by the *detached* r_t (E_theta[k2] is not the KL, but E_theta[grad k2] is
     its gradient, so E_old[sg(r) grad k2] = grad KL). ``kl_in_reward`` gives the exact gradient of the
     reverse-KL-regularised return instead.
@@ -131,7 +119,7 @@ class GRPO(GroupedOnPolicyAlgorithm):
     :param env: The environment to learn from (if registered in Gym, can be str)
     :param learning_rate: The learning rate, it can be a function of the current progress remaining (from 1 to 0)
     :param group_size: G, episodes per group (all reset with the group's seed); G >= 2
-    :param n_groups: B, groups per update (why 8: docs/grpo.md)
+    :param n_groups: B, groups per update
     :param n_epochs: M, epochs over the rollout per update
     :param batch_size: Minibatch size in steps (None: the whole rollout, one gradient step per epoch)
     :param clip_range: eps_low: the ratio is clipped below at 1 - eps_low (and above at 1 + eps_low unless
@@ -147,7 +135,7 @@ class GRPO(GroupedOnPolicyAlgorithm):
         ``"k2"`` (0.5 log(pi_ref/pi_theta)^2) or ``"k1"`` (log(pi_theta/pi_ref))
     :param kl_ratio_correction: Multiply D_t by r_t (not detached for k1 and k3, detached for k2): the term's
         expected gradient is then grad KL(pi_theta || pi_ref) exactly, for every estimator, although actions come
-        from pi_old (DeepSeek-V3.2; see the table above)
+        from pi_old (DeepSeek-V3.2; see above)
     :param kl_in_reward: Instead of a loss term, subtract beta * k1 = beta * log(pi_old/pi_ref) from every step's
         reward before the advantages (``kl_estimator`` is then unused)
     :param scale_rewards: Std that divides the centred returns: ``"group"`` (population std of the group),

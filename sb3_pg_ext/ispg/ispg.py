@@ -1,3 +1,14 @@
+"""
+ISPG: off-policy policy gradient with importance sampling on a replay buffer of complete episodes.
+
+The weights, returns and baselines are in :mod:`sb3_pg_ext.estimators` (importance-sampling section), the episode
+replay buffer in :mod:`sb3_pg_ext.common.replay_buffers`. This file is longer than SB3's 200-450 lines per algorithm
+(about 530) because ISPG is an ``OffPolicyAlgorithm`` that needs its own collection (SB3's acts without recording
+the behaviour log-probabilities, and counts episodes per env, not across envs), ~90 lines used by no other
+algorithm, and because its constructor validates every SB3 off-policy argument it accepts; the estimator itself
+(:meth:`ISPG._importance_weighted_returns`, :meth:`ISPG.train`) reads like the formula.
+"""
+
 from __future__ import annotations
 
 import warnings
@@ -99,11 +110,10 @@ class ISPG(BoundedProgressMixin, OffPolicyAlgorithm):
     :param policy: The policy model to use (MlpPolicy, CnnPolicy, MultiInputPolicy); an actor without a critic
     :param env: The environment to learn from (if registered in Gym, can be str)
     :param learning_rate: The learning rate, it can be a function of the current progress remaining (from 1 to 0).
-        Default: 5e-4 decayed linearly to 0 over each ``learn`` call (SB3's ``LinearSchedule(5e-4, 0.0, 1.0)``;
-        why: docs/ispg.md)
+        Default: 5e-4 decayed linearly to 0 over each ``learn`` call (SB3's ``LinearSchedule(5e-4, 0.0, 1.0)``)
     :param buffer_size: Size of the replay buffer in transitions (split between the envs, as in SB3); an episode
-        longer than ``buffer_size // n_envs`` steps can never be sampled. Default 5,000: with ``max_grad_norm=0.5``
-        it reached 475 on CartPole-v1 for 6 of 6 seeds, 20,000 for 5 of 6 (older episodes carry weights far from 1)
+        longer than ``buffer_size // n_envs`` steps can never be sampled. Older episodes carry importance weights
+        far from 1
     :param learning_starts: How many env steps to collect before the first gradient step (the policy acts from
         the start: there is no uniform warm-up, the behaviour log-probabilities must be those of the actor)
     :param batch_size: Number of complete **episodes** N per gradient step (drawn uniformly without replacement;
@@ -123,17 +133,14 @@ class ISPG(BoundedProgressMixin, OffPolicyAlgorithm):
         batch's other N-1 episodes, ``sum_{j != i} sum_t Q_{j,t} / sum_{j != i} T_j`` (the mean reward-to-go per
         step, not per episode: Q_t is a reward-to-go, and every step's psi carries its own b); b = 0 when the batch
         holds a single episode. ``"mean"``: the same mean over all the batch's steps, episode i included, which
-        correlates b with episode i's own score and biases the estimate (on the test MDP, 4% of the gradient at
-        N = 16). ``"none"``: b = 0
+        correlates b with episode i's own score and biases the estimate. ``"none"``: b = 0
     :param self_normalize: Weighted importance sampling per step index t: divide rho_{0:t} by its mean over the
         batch's N episodes, an episode that has ended counting with its final weight (for ``"one_step"``: rho_t by
         its mean over the episodes running at t); consistent, slightly biased, far lower variance
     :param ent_coef: Entropy coefficient: adds ``-ent_coef * mean_t H(pi(.|s_t))`` over the replayed states
         (not importance weighted; a regulariser, 0 keeps the pure estimator)
-    :param max_grad_norm: The maximum value for the gradient clipping (None: no clipping). Default 0.5: on
-        CartPole-v1 (3 seeds) it reached 475 in 7.5k/17.5k/5k env steps against 30k/130k/25k unclipped
-        (``benchmarks/results/ispg_tuning.json``). Clipping rescales a step without changing
-        its direction; it tames the rare batches that one large importance weight dominates
+    :param max_grad_norm: The maximum value for the gradient clipping (None: no clipping). Clipping rescales a step
+        without changing its direction; it tames the rare batches that one large importance weight dominates
     :param stats_window_size: Window size for the rollout logging, specifying the number of episodes to average
         the reported success rate, mean episode length, and mean reward over
     :param tensorboard_log: the log location for tensorboard (if None, no logging)

@@ -6,10 +6,7 @@ pi_old(.|s_t) at every state of every minibatch of every epoch. A frozen copy re
 the old actor on every minibatch, i.e. ``n_epochs`` passes over the rollout per update, and holds a second copy of
 the network (``copy.deepcopy`` of a gSDE policy even fails: it holds non-leaf tensors). Storing the parameters costs
 one no-grad pass over the rollout per update and ``P`` floats per step (the logits of Categorical, MultiCategorical
-and Bernoulli distributions; mean and std of Gaussians, gSDE included). Measured per update with rl-zoo3's settings
-(``python -m benchmarks.throughput ppo-kl --parts old-policy-cost``, CPU seconds, one thread, medians of 3):
-CartPole-v1 0.23 ms stored vs 4.8 ms frozen copy (a whole rollout + update is 54 ms); Pendulum-v1 7.5 ms vs 71 ms
-(1.35 s).
+and Bernoulli distributions; mean and std of Gaussians, gSDE included). The costs of both, measured: docs/ppo_kl.md.
 """
 
 from __future__ import annotations
@@ -74,7 +71,7 @@ def distributions_from_parameters(params: th.Tensor, like: Distribution) -> list
     """
     Inverse of :func:`distribution_parameters`: rebuild the torch distributions from stored parameters, with the
     layout (types and sizes) of ``like``, an SB3 distribution of the same policy. The parameters come from a
-    distribution that torch validated when it was built, so they are not validated again (a quarter of the cost).
+    distribution that torch validated when it was built, so they are not validated again.
     """
     rebuilt: list[th.distributions.Distribution] = []
     offset = 0

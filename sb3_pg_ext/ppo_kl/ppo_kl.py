@@ -4,6 +4,10 @@ PPOKL: PPO with a KL penalty (PPO-Penalty), fixed or adaptive coefficient.
 The KL math (sample estimators, the analytic KL on stored parameters, the adaptive rule) lives in
 :mod:`sb3_pg_ext.estimators`; the rollout buffers that keep pi_old's parameters in :mod:`sb3_pg_ext.ppo_kl.buffers`.
 This file is PPO's ``train`` with the penalty term, and the adaptation of beta.
+
+It is longer than SB3's 200-450 lines per algorithm (about 490) because ``train`` is SB3's ``PPO.train`` in full:
+PPO offers no hook between its loss terms, so the penalty, the checks before ``backward`` and the two-halves
+gradient clipping are written into a copy of the loop, and the class documents and validates every PPO argument.
 """
 
 import math

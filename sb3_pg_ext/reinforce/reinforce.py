@@ -70,8 +70,7 @@ class REINFORCE(EpisodicOnPolicyAlgorithm):
     :param policy: The policy model to use (MlpPolicy, CnnPolicy, MultiInputPolicy)
     :param env: The environment to learn from (if registered in Gym, can be str)
     :param learning_rate: The learning rate, it can be a function of the current progress remaining (from 1 to 0).
-        Default: linear decay from 5e-4 to 0 over ``learn()``'s budget (``LinearSchedule(5e-4, 0.0, 1.0)``; why:
-        docs/reinforce.md)
+        Default: linear decay from 5e-4 to 0 over ``learn()``'s budget (``LinearSchedule(5e-4, 0.0, 1.0)``)
     :param n_episodes: Number of complete episodes per gradient step (N >= 2 for ``"loo"`` and ``"optimal"``)
     :param min_steps: Keep starting episodes until the rollout also holds at least this many steps
         (0: exactly ``n_episodes`` episodes)
