@@ -733,7 +733,8 @@ def test_token_task_logs_success_rate_and_group_statistics(architecture: str):
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Learning: the policy that learn() returns after the whole budget (tests/learning.py), never the best evaluation on
-# the way. Budgets and seeds: docs/grpo.md, measured with benchmarks/final_returns.py.
+# the way. Budgets and seeds: docs/grpo.md; the bars were set on runs of a final-policy script retired in 0.2.0 (in
+# the git history before commit 78297a0); today's figures of the defaults: the final-policies preset, docs/benchmark.md.
 # ---------------------------------------------------------------------------------------------------------------------
 
 CARTPOLE_CI_BUDGET = 100_000

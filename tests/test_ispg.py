@@ -779,8 +779,9 @@ def test_ispg_learns_identity_env():
 
 
 # The protocol of every learning test (tests/learning.py): the policy that learn() returns after the whole budget,
-# deterministic 10-episode evaluation on an env seeded 10_000 + seed, never the best evaluation on the way. Budgets
-# and figures: docs/ispg.md, measured with `python -m benchmarks.final_returns --algo ispg`.
+# deterministic 10-episode evaluation on an env seeded 10_000 + seed, never the best evaluation on the way. Budgets:
+# docs/ispg.md. The bars below were set on runs of a final-policy script retired in 0.2.0 (in the git history before
+# commit 78297a0); today's figures of the defaults: the final-policies preset, docs/benchmark.md.
 CARTPOLE_CI_BUDGET = 50_000
 
 
@@ -788,7 +789,7 @@ CARTPOLE_CI_BUDGET = 50_000
 def test_ispg_defaults_end_solved_on_cartpole(seed: int):
     # The CI-sized run (about 35 CPU s per seed). The step size decays to 0 over the budget, so 50k steps is a
     # shorter schedule, not the first quarter of the 200k one: measured 500.0 / 454.9 / 483.3 on seeds 0 / 1 / 2
-    # (benchmarks/results/final_returns/ispg-lin5e-4-50k-seed*.json). The bar here is 425, below the measured
+    # (with the retired script above). The bar here is 425, below the measured
     # minimum and far above a failed run (a random policy scores about 20); the 475 bar is the slow test's, at 200k.
     model = ISPG("MlpPolicy", make_vec_env("CartPole-v1", n_envs=1, seed=seed), seed=seed, device="cpu")
     final = final_return(model, "CartPole-v1", CARTPOLE_CI_BUDGET, seed)
@@ -799,7 +800,7 @@ def test_ispg_defaults_end_solved_on_cartpole(seed: int):
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
 def test_ispg_defaults_end_solved_on_cartpole_after_200k_steps(seed: int):
-    # The bar: measured 500.0 on each of seeds 0-4 (benchmarks/results/final_returns/ispg-lin5e-4-seed*.json).
+    # The bar: measured 500.0 on each of seeds 0-4 (with the retired script above).
     model = ISPG("MlpPolicy", make_vec_env("CartPole-v1", n_envs=1, seed=seed), seed=seed, device="cpu")
     final = final_return(model, "CartPole-v1", 200_000, seed)
     print(f"\nISPG seed {seed}: final deterministic eval {final:.1f} after {model.num_timesteps} steps")

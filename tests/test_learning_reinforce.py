@@ -4,13 +4,15 @@ whole budget, then evaluate the policy that ``learn()`` returns (deterministic, 
 10_000 + seed), never the best evaluation on the way.
 
 - Default suite: seed 0, 50k steps (the default learning rate decays to 0 over that budget), final return >= 150:
-  a policy that has learned most of the task (a random one scores about 20). Measured with
-  ``python -m benchmarks.final_returns --algo reinforce --tag lin5e-4-50k --steps 50000 --seeds 0 1 2``:
-  361.8, 252.9, 186.0 for seeds 0, 1, 2 (about 35 CPU s each); the bar leaves room below the weakest seed, since
-  another machine's floating point can change a run's trajectory.
-- ``slow``: 5 seeds x 200k steps, each final policy >= 475. The same runs, measured with
-  ``python -m benchmarks.final_returns --algo reinforce --tag lin5e-4`` (``benchmarks/results/final_returns/``),
-  ended at 500.0, 494.5, 500.0, 500.0, 500.0 (about 125 CPU s each).
+  a policy that has learned most of the task (a random one scores about 20). Measured with a final-policy script
+  retired in 0.2.0 (in the git history before commit 78297a0): 361.8, 252.9, 186.0 for seeds 0, 1, 2 (about 35 CPU s
+  each); the bar leaves room below the weakest seed, since another machine's floating point can change a run's
+  trajectory.
+- ``slow``: 5 seeds x 200k steps, each final policy >= 475. The same runs, measured with that retired script, ended
+  at 500.0, 494.5, 500.0, 500.0, 500.0 (about 125 CPU s each).
+
+Today's figures of the defaults: the ``final-policies`` preset of ``python -m sb3_pg_ext.benchmark``, in
+docs/benchmark.md (Final policies of the defaults).
 """
 
 from __future__ import annotations
