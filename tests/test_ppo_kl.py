@@ -83,6 +83,90 @@ def test_minibatch_interval_adapts_after_every_step():
     assert per_minibatch.kl_coef == 0.5**8
 
 
+def test_beta_stays_within_its_bounds_and_logs_the_clamp(monkeypatch):
+    """Low KL for ever: beta halves down to the lower bound, stays there (logged), and doubles back up from it."""
+    model = PPOKL("MlpPolicy", cartpole(), kl_coef_bounds=(0.1, 0.4), kl_coef=0.4, seed=0, **FAST)
+    kls = iter([0.0] * 4 + [1.0] * 3)
+    monkeypatch.setattr(model, "_rollout_kl", lambda: next(kls))
+    betas, clipped = [], []
+    for _ in range(7):
+        model.learn(32, reset_num_timesteps=False)
+        betas.append(model.kl_coef)
+        clipped.append(model.logger.name_to_value["train/kl_coef_clipped"])
+    assert betas == [0.2, 0.1, 0.1, 0.1, 0.2, 0.4, 0.4]  # 0.05 and 0.8 clamped
+    assert clipped == [0, 0, 1, 1, 0, 0, 1]
+
+
+def test_default_bounds_keep_beta_recoverable(monkeypatch):
+    """Before the bounds, 1,075 low-KL rollouts left beta at exactly 0.0, which doubling never leaves."""
+    model = PPOKL("MlpPolicy", cartpole(), seed=0, **FAST)
+    assert model.kl_coef_bounds == (1e-6, 1e6)
+    model.kl_coef = 1.5e-6
+    monkeypatch.setattr(model, "_rollout_kl", lambda: 0.0)
+    model.learn(32)
+    assert model.kl_coef == 1e-6
+    monkeypatch.setattr(model, "_rollout_kl", lambda: 1.0)
+    model.learn(32, reset_num_timesteps=False)
+    assert model.kl_coef == 2e-6
+    model.kl_coef = 7e5
+    model.learn(32, reset_num_timesteps=False)
+    assert model.kl_coef == 1e6
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(kl_coef_bounds=(0.0, 1.0)), r"kl_coef_bounds\[0\]"),
+        (dict(kl_coef_bounds=(2.0, 1.0)), r"kl_coef_bounds\[1\]"),
+        (dict(kl_coef_bounds=(1.0, math.inf)), r"kl_coef_bounds\[1\]"),
+        (dict(kl_coef_bounds=1.0), "pair"),
+        (dict(kl_coef_bounds=(1e-3, 1e-2)), r"`kl_coef` must lie within `kl_coef_bounds` \[0.001, 0.01\]"),
+    ],
+)
+def test_bad_kl_coef_bounds_are_rejected(kwargs: dict, match: str):
+    with pytest.raises((ValueError, TypeError), match=match):
+        PPOKL("MlpPolicy", cartpole(), **kwargs)
+
+
+def test_bounds_are_unused_without_adaptation_and_saved(tmp_path):
+    fixed = PPOKL("MlpPolicy", cartpole(), adaptive_kl=False, kl_coef=0.0, seed=0, **FAST).learn(32)
+    assert fixed.kl_coef == 0.0 and "train/kl_coef_clipped" not in fixed.logger.name_to_value
+    model = PPOKL("MlpPolicy", cartpole(), kl_coef_bounds=(0.5, 2.0), seed=0, **FAST).learn(32)
+    model.save(tmp_path / "bounded.zip")
+    assert tuple(PPOKL.load(tmp_path / "bounded.zip").kl_coef_bounds) == (0.5, 2.0)
+
+
+class TanhDropout(th.nn.Module):
+    """An activation with dropout: the policy's output differs between training and eval mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dropout = th.nn.Dropout(0.5)
+
+    def forward(self, x: th.Tensor) -> th.Tensor:
+        return self.dropout(th.tanh(x))
+
+
+@pytest.mark.parametrize("estimator", ["analytic", "k3"])
+def test_rollout_kl_is_measured_in_the_mode_pi_old_acted_in(estimator: str):
+    """
+    With dropout and a 1e-10 step the policy does not change, so d ~ 0: measured in eval mode, as pi_old acted and
+    was stored. Measured in training mode (before the fix) d was the dropout's noise (about 0.004 here).
+    """
+    model = PPOKL(
+        "MlpPolicy",
+        cartpole(),
+        learning_rate=1e-10,
+        kl_estimator=estimator,
+        policy_kwargs=dict(activation_fn=TanhDropout, ortho_init=False),  # unscaled action_net: dropout shows
+        seed=0,
+        **FAST,
+    )
+    model.learn(32)
+    assert model.logger.name_to_value["train/kl"] < 1e-6
+    assert not model.policy.training  # left in eval mode, as collect_rollouts needs it
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # The stored old distribution (analytic KL)
 # ---------------------------------------------------------------------------------------------------------------------

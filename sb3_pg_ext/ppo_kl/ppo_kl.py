@@ -58,6 +58,8 @@ SelfPPOKL = TypeVar("SelfPPOKL", bound="PPOKL")
 KL_ESTIMATOR_CHOICES = ("analytic", "k1", "k3")
 KL_DIRECTIONS = ("forward", "reverse")
 KL_ADAPTATION_INTERVALS = ("rollout", "minibatch")
+#: Default ``kl_coef_bounds``: the adaptive beta stays within [1e-6, 1e6] (20 halvings or doublings from 1).
+KL_COEF_BOUNDS = (1e-6, 1e6)
 # SB3 action distributions whose parameters the rollout can store (DiagGaussian covers the tanh-squashed one).
 ANALYTIC_KL_DISTRIBUTIONS = (
     DiagGaussianDistribution,
@@ -81,7 +83,10 @@ class PPOKL(BoundedProgressMixin, PPO):
     with r_t = pi_theta(a_t|s_t) / pi_old(a_t|s_t). A ``clip_range`` replaces the first term by PPO's clipped
     surrogate E_t[min(r_t A_t, clip(r_t, 1 - eps, 1 + eps) A_t)]. With ``adaptive_kl``, once per rollout, after all
     epochs, d = the mean KL between pi_old and the updated policy over the rollout sets beta for the next rollout:
-    d < d_targ / 1.5 -> beta / 2, d > 1.5 * d_targ -> beta * 2 (factor and threshold are settings).
+    d < d_targ / 1.5 -> beta / 2, d > 1.5 * d_targ -> beta * 2 (factor and threshold are settings), and beta is then
+    clamped to ``kl_coef_bounds`` (default [1e-6, 1e6]), so that a long run of low (or high) KLs can neither drive it
+    to 0.0 (from which doubling never recovers) nor to inf; ``train/kl_coef_clipped`` logs 1 for an update whose
+    adaptation hit a bound (else 0).
 
     A drop-in for SB3's ``PPO``: every ``PPO`` argument keeps its meaning and validation; only ``clip_range``'s
     default differs (None: the pure penalty objective). beta is the plain attribute ``kl_coef``, so it is saved
@@ -125,6 +130,9 @@ class PPOKL(BoundedProgressMixin, PPO):
     :param kl_target: d_targ, the KL that the adaptive rule aims at
     :param kl_adaptation_factor: beta is multiplied or divided by this factor when d leaves the band
     :param kl_adaptation_threshold: the band is [d_targ / threshold, d_targ * threshold]
+    :param kl_coef_bounds: ``(low, high)`` with 0 < low <= high: the adaptive beta is clamped to [low, high] after
+        every adaptation (and the initial ``kl_coef`` must lie in it when ``adaptive_kl``); unused without
+        ``adaptive_kl``
     :param kl_adaptation_interval: ``"rollout"`` (default, the paper's): adapt once per rollout, after all epochs,
         with the mean KL of the updated policy over the rollout; ``"minibatch"``: adapt after every minibatch step
         with that minibatch's KL (TorchRL's choice; noisier)
@@ -182,6 +190,7 @@ class PPOKL(BoundedProgressMixin, PPO):
         kl_adaptation_factor: float = 2.0,
         kl_adaptation_threshold: float = 1.5,
         kl_adaptation_interval: str = "rollout",
+        kl_coef_bounds: tuple[float, float] = KL_COEF_BOUNDS,
         kl_estimator: str = "analytic",
         kl_direction: str = "forward",
         stats_window_size: int = 100,
@@ -204,6 +213,11 @@ class PPOKL(BoundedProgressMixin, PPO):
         check_choice("kl_direction", kl_direction, KL_DIRECTIONS)
         if adaptive_kl and kl_coef == 0:
             raise ValueError("`kl_coef` must be > 0 with `adaptive_kl=True` (0 cannot be adapted multiplicatively)")
+        kl_coef_bounds = _check_kl_coef_bounds(kl_coef_bounds)
+        if adaptive_kl and not kl_coef_bounds[0] <= kl_coef <= kl_coef_bounds[1]:
+            raise ValueError(
+                f"`kl_coef` must lie within `kl_coef_bounds` {list(kl_coef_bounds)} with `adaptive_kl=True`; got {kl_coef}"
+            )
         stores_old_distributions = rollout_buffer_class is None or issubclass(rollout_buffer_class, KLRolloutBuffer)
         if kl_estimator == "analytic" and not stores_old_distributions:
             raise ValueError(
@@ -245,11 +259,16 @@ class PPOKL(BoundedProgressMixin, PPO):
         self.kl_adaptation_factor = kl_adaptation_factor
         self.kl_adaptation_threshold = kl_adaptation_threshold
         self.kl_adaptation_interval = kl_adaptation_interval
+        self.kl_coef_bounds = kl_coef_bounds
+        self._kl_coef_clipped = False  # whether this update's adaptation hit a bound (logged, not saved)
         self.kl_estimator = kl_estimator
         self.kl_direction = kl_direction
 
         if _init_setup_model:
             self._setup_model()
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "_kl_coef_clipped"]
 
     def _setup_model(self) -> None:
         if self.rollout_buffer_class is None:
@@ -297,9 +316,14 @@ class PPOKL(BoundedProgressMixin, PPO):
         return max(self.batch_size, self.no_grad_batch_size)
 
     def _rollout_kl(self) -> float:
-        """d: the mean KL between pi_old and the current policy over the whole rollout (no gradient)."""
+        """
+        d: the mean KL between pi_old and the current policy over the whole rollout (no gradient), with the policy in
+        eval mode, the mode pi_old acted and was stored in (dropout and batch norm would otherwise make the two
+        differ by more than the update). The policy is left in eval mode, as ``collect_rollouts`` needs it.
+        """
         kls = []
         analytic = self.kl_estimator == "analytic"
+        self.policy.set_training_mode(False)
         with th.no_grad():
             for rollout_data in self.rollout_buffer.get(self._no_grad_batch_size()):
                 distribution = self.policy.get_distribution(rollout_data.observations)
@@ -339,6 +363,7 @@ class PPOKL(BoundedProgressMixin, PPO):
             clip_range_vf = self.clip_range_vf(self._current_progress_remaining)  # type: ignore[operator]
 
         entropy_losses, pg_losses, value_losses, kl_penalties = [], [], [], []
+        self._kl_coef_clipped = False
         clip_fractions = []
 
         continue_training = True
@@ -441,6 +466,8 @@ class PPOKL(BoundedProgressMixin, PPO):
         self.logger.record("train/kl_penalty", np.mean(kl_penalties))
         self.logger.record("train/kl", rollout_kl)
         self.logger.record("train/kl_coef", self.kl_coef)
+        if self.adaptive_kl:
+            self.logger.record("train/kl_coef_clipped", int(self._kl_coef_clipped))
         self.logger.record("train/approx_kl", np.mean(approx_kl_divs))
         self.logger.record("train/clip_fraction", np.mean(clip_fractions))
         self.logger.record("train/loss", loss.item())
@@ -462,7 +489,15 @@ class PPOKL(BoundedProgressMixin, PPO):
         )
 
     def _adapted_kl_coef(self, kl: float) -> float:
-        return adapted_kl_coef(self.kl_coef, kl, self.kl_target, self.kl_adaptation_factor, self.kl_adaptation_threshold)
+        """The adaptive rule's next beta, clamped to ``kl_coef_bounds`` (a clamp is logged as ``train/kl_coef_clipped``)."""
+        adapted = adapted_kl_coef(self.kl_coef, kl, self.kl_target, self.kl_adaptation_factor, self.kl_adaptation_threshold)
+        low, high = self.kl_coef_bounds
+        bounded = min(max(adapted, low), high)
+        if bounded != adapted:
+            self._kl_coef_clipped = True
+            if self.verbose >= 1:
+                print(f"{self.__class__.__name__}: kl_coef {adapted:.3g} clamped to its bound {bounded:.3g}")
+        return bounded
 
     def learn(
         self: SelfPPOKL,
@@ -481,6 +516,16 @@ class PPOKL(BoundedProgressMixin, PPO):
             reset_num_timesteps=reset_num_timesteps,
             progress_bar=progress_bar,
         )
+
+
+def _check_kl_coef_bounds(bounds: Any) -> tuple[float, float]:
+    """``kl_coef_bounds`` as a ``(low, high)`` pair of floats with 0 < low <= high < inf, or a ``ValueError``."""
+    if isinstance(bounds, str) or not hasattr(bounds, "__len__") or len(bounds) != 2:
+        raise ValueError(f"`kl_coef_bounds` must be a pair (low, high) with 0 < low <= high; got {bounds!r}")
+    low, high = bounds
+    check_float("kl_coef_bounds[0]", low, low=0.0, low_inclusive=False)
+    check_float("kl_coef_bounds[1]", high, low=float(low))
+    return float(low), float(high)
 
 
 # adapted_kl_coef, analytic_kl, analytic_kl_from_parameters, sampled_kl: re-exported from sb3_pg_ext.estimators,
