@@ -23,6 +23,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 
 from sb3_pg_ext import REINFORCE
 from sb3_pg_ext.common.buffers import EpisodeRolloutBuffer
+from sb3_pg_ext.common.checks import assert_finite, assert_finite_gradients, assert_finite_parameters
 from tests.pg_envs import GaussianBandit, IndependentStepsEnv, RandomLengthEnv
 
 LINEAR_SOFTMAX = {"net_arch": {"pi": [], "vf": []}}
@@ -683,6 +684,48 @@ def test_non_finite_gradient_raises_before_the_step(baseline: str, clean_calls: 
     for old, new in zip(before, model.policy.parameters(), strict=True):
         assert th.equal(old, new)
     assert model._n_updates == 0 and not model.policy.optimizer.state
+
+
+def one_nan_element(grad: th.Tensor) -> th.Tensor:
+    """A gradient hook that poisons ONE element and leaves the others finite."""
+    poisoned = grad.clone()
+    poisoned.view(-1)[-1] = float("nan")
+    return poisoned
+
+
+def test_one_non_finite_gradient_element_is_caught_naming_the_parameter():
+    """One NaN among finite gradient elements is enough (a check with any() instead of all() would let it through)."""
+    model = REINFORCE("MlpPolicy", make_vec_env(GaussianBandit, n_envs=2, seed=0), n_episodes=2, seed=0, device="cpu")
+    model.policy.action_net.weight.register_hook(one_nan_element)
+    before = [p.detach().clone() for p in model.policy.parameters()]
+    with pytest.raises(
+        FloatingPointError, match=r"REINFORCE: non-finite gradient of parameter 'action_net.weight' at update 1"
+    ):
+        model.learn(4)
+    for old, new in zip(before, model.policy.parameters(), strict=True):
+        assert th.equal(old, new)
+
+
+def test_finiteness_checks_catch_one_bad_element():
+    """Each check of sb3_pg_ext.common.checks raises for a single NaN/inf element among finite ones."""
+    for bad in (math.nan, math.inf):
+        values = th.ones(3, 4)
+        values[2, 1] = bad
+        with pytest.raises(FloatingPointError, match="non-finite advantages"):
+            assert_finite(values, "advantages", "REINFORCE", 1)
+        with pytest.raises(FloatingPointError, match="non-finite advantages"):
+            assert_finite(values.numpy(), "advantages", "REINFORCE", 1)
+        module = th.nn.Linear(4, 3)
+        with th.no_grad():
+            module.weight.copy_(values)
+        with pytest.raises(FloatingPointError, match="non-finite parameter 'weight'"):
+            assert_finite_parameters(module, "REINFORCE", 1)
+        module = th.nn.Linear(4, 3)
+        module.weight.grad = values.clone()
+        with pytest.raises(FloatingPointError, match="non-finite gradient of parameter 'weight'"):
+            assert_finite_gradients(module, "REINFORCE", 1)
+    module.weight.grad = th.ones(3, 4)
+    assert_finite_gradients(module, "REINFORCE", 1)  # all finite: no error
 
 
 # --------------------------------------------------------------------------------------------------------------------
