@@ -34,10 +34,12 @@ __all__ = [
     "clipped_log_ratios",
     "discounted_returns",
     "effective_sample_size",
+    "episode_discounted_returns",
     "episode_ids_from_starts",
     "episode_sums",
     "group_advantages",
     "group_process_advantages",
+    "group_reward_to_go_advantages",
     "kl_k1",
     "kl_k2",
     "kl_k3",
@@ -565,6 +567,63 @@ def group_process_advantages(
     return reward_to_go(normalised, episode_starts, 1.0)
 
 
+def episode_discounted_returns(rewards: th.Tensor, episode_starts: th.Tensor, gamma: float) -> th.Tensor:
+    """
+    Discounted return of every episode from its first step (GRPO's branch groups: the truncated discounted return
+    of a continuation of at most H steps):
+
+        R_i = sum_{k=0}^{L_i-1} gamma^k r_{i,k}
+
+    :param rewards: ``(T,)`` rewards of the concatenated episodes
+    :param episode_starts: ``(T,)`` bool, True at the first step of each episode
+    :param gamma: discount factor
+    :return: ``(N,)`` one return per episode
+    """
+    return reward_to_go(rewards, episode_starts, gamma)[_first_steps(episode_starts)]
+
+
+def group_reward_to_go_advantages(
+    rewards: th.Tensor,
+    episode_starts: th.Tensor,
+    group_ids: th.Tensor,
+    gamma: float = 1.0,
+    scale_rewards: str = "group",
+    eps: float = 1e-4,
+    min_std: float = 0.0,
+) -> th.Tensor:
+    """
+    Process advantage of every step of groups of continuations from a shared state (GRPO's branch groups,
+    ``advantage="process"``): the discounted reward-to-go from offset k, normalised across the continuations of the
+    group still running at offset k,
+
+        G_{i,g,k} = sum_{j >= k} gamma^{j-k} r_{i,g,j}
+        A_{i,g,k} = (G_{i,g,k} - mean_{g' in S_{i,k}} G_{i,g',k}) / (max(sigma, min_std) + eps)
+
+    with S_{i,k} the continuations of group i that have a step at offset k, and sigma the population std of
+    ``{G_{i,g',k}: g' in S_{i,k}}`` (``scale_rewards="group"``), of every step's reward-to-go of the batch
+    (``"batch"``), or no division (``"none"``); as in :func:`group_advantages`, equal values (in particular a
+    single continuation still running at k) get A = 0.
+
+    :param rewards: ``(T,)`` rewards of the concatenated continuations
+    :param episode_starts: ``(T,)`` bool, True at the first step of each continuation
+    :param group_ids: ``(N,)`` long, the group of each continuation
+    :param gamma: discount factor
+    :param scale_rewards: ``"group"``, ``"batch"`` or ``"none"``
+    :param eps: added to the std
+    :param min_std: floor of the std
+    :return: ``(T,)`` advantages
+    """
+    _check_flat("rewards", rewards)
+    _check_flat("episode_starts", episode_starts, rewards.shape[0])
+    episode_ids = episode_ids_from_starts(episode_starts)
+    _check_flat("group_ids", group_ids, int(episode_ids.max().item()) + 1 if episode_ids.numel() else 0)
+    to_go = reward_to_go(rewards, episode_starts, gamma)
+    offsets = step_index(episode_starts)
+    # One label per (group, offset): the continuations of a group that are still running at offset k.
+    labels = group_ids.long()[episode_ids] * (int(offsets.max().item()) + 1 if offsets.numel() else 1) + offsets
+    return group_advantages(to_go, labels, scale_rewards, eps, min_std)
+
+
 def loss_aggregation_weights(
     episode_lengths: th.Tensor,
     loss_aggregation: str,
@@ -654,13 +713,32 @@ def kl_k3(log_p: th.Tensor, log_q: th.Tensor) -> th.Tensor:
 
     Unbiased (E_p[r] = 1) and non-negative (r - 1 >= log r). This is GRPO's D_t with p = pi_theta, q = pi_ref.
 
+    Finite wherever the log-probabilities are: r overflows once log r exceeds log of the dtype's largest number
+    (88.7 in float32: ``kl_k3(-95, -5)`` was inf), so above c = :func:`kl_k3_linear_from` (a quarter of that: 22.2 in
+    float32, 177.4 in float64) k3 continues along its tangent at c,
+
+        k3 = e^c (1 + log r - c) - 1 - log r        (log r > c)
+
+    which is convex, increasing, non-negative and has the gradient e^c - 1 w.r.t. log r (a quarter, so that the
+    squares of many such gradients still sum to a finite norm). For log r <= c the value and gradient are the plain
+    formula's, bit for bit.
+
     :param log_p: log-probabilities of the samples under p (the sampling distribution)
     :param log_q: log-probabilities of the same samples under q
     :return: per-sample estimates
     """
     log_r = log_q - log_p
-    # expm1 keeps precision when r is close to 1; clamp at 0 against rounding.
+    c = kl_k3_linear_from(log_r.dtype)
+    # expm1 keeps precision when r is close to 1; beyond c, the tangent line (its extra term is exactly 0 below c).
+    r_minus_1 = th.expm1(th.clamp(log_r, max=c))
+    tangent_excess = (r_minus_1 + 1) * th.relu(log_r - c)  # relu: no gradient at log r = c, as below it
+    # clamp at 0 against rounding.
     return th.clamp(th.expm1(log_r) - log_r, min=0.0)
+
+
+def kl_k3_linear_from(dtype: th.dtype) -> float:
+    """c, the log r above which :func:`kl_k3` continues linearly: a quarter of log(largest finite ``dtype``)."""
+    return math.log(th.finfo(dtype).max) / 4
 
 
 #: The sample estimators of KL(p || q) by name: what ``kl_estimator="k1" | "k2" | "k3"`` selects in GRPO's loss

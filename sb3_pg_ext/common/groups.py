@@ -9,12 +9,26 @@ again. An env that finishes early keeps stepping (a VecEnv steps all its envs to
 ``num_timesteps`` but not trained on. With ``n_envs`` = 1 no step is wasted.
 
 How the episodes of a group start is the one seam, a :class:`GroupStart`: :meth:`GroupStart.start_wave` starts the
-episodes of a wave, :meth:`GroupStart.check` checks that the episodes of each group started alike. Today's way,
-:class:`SeededGroupStart`, resets every episode of a group with the group's seed.
+episodes of a wave, :meth:`GroupStart.check` checks that the episodes of each group started alike. Two ways:
+:class:`SeededGroupStart` resets every episode of a group with the group's seed (``group_start="reset"``);
+:class:`BranchGroupStart` (``group_start="branch"``) first plays *trunk* episodes, one per env, draws ``n_groups``
+branch states uniformly from the trunk's steps, and restores each into the envs of its group
+(:mod:`sb3_pg_ext.common.snapshots`), whose episodes are then *continuations* of at most ``branch_horizon`` steps.
+
+Branch groups, what is trained and what is counted: the trunk's steps are played with the current policy and not
+trained on; the continuations are the rollout's episodes (each one a new episode of the rollout buffer, although
+the env's own episode goes on: the episode-start flag is set for it). Every env step counts in ``num_timesteps``:
+the trunk's, the continuations' (and those the other envs play meanwhile) and the steps a replay snapshot plays to
+restore a state; each rollout logs them as ``rollout/trunk_steps``, ``rollout/branch_steps`` and
+``rollout/replay_steps``. ``rollout/ep_rew_mean`` and ``rollout/ep_len_mean`` describe the trunk's episodes only:
+they are whole episodes of the current policy from a reset, whereas a continuation that reaches the episode's end
+is logged by the ``Monitor`` with the whole episode's return (its trunk part and its own) and would weigh the
+statistics towards the branch states near an episode's end.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -24,6 +38,10 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs
 
 from sb3_pg_ext.common.buffers import EpisodeRolloutBuffer
 from sb3_pg_ext.common.episodic import EpisodicOnPolicyAlgorithm
+from sb3_pg_ext.common.snapshots import EnvSnapshot, SnapshotError, restore, snapshot
+
+#: What :meth:`EpisodicOnPolicyAlgorithm._play_kept_episodes` calls after every step: ``(dones, n_kept_envs)``.
+AfterStep = Callable[[np.ndarray, int], None]
 
 #: Training groups are reset with seeds in [0, GROUP_SEED_LIMIT); evaluate on seeds >= GROUP_SEED_LIMIT to keep
 #: evaluation prompts/start states drawn from seeds disjoint from training.
@@ -161,6 +179,103 @@ class SeededGroupStart(GroupStart):
         )
 
 
+def _set_env_observation(obs: VecEnvObs, env_idx: int, value: Any) -> None:
+    """Write the observation of env ``env_idx`` into a batch of observations (an array or a dict of arrays)."""
+    if isinstance(obs, dict):
+        for key in obs:
+            obs[key][env_idx] = value[key]
+    else:
+        obs[env_idx] = value  # type: ignore[index]
+
+
+def _copy_observations(obs: VecEnvObs) -> VecEnvObs:
+    if isinstance(obs, dict):
+        return {key: np.array(value, copy=True) for key, value in obs.items()}
+    return np.array(obs, copy=True)
+
+
+class BranchGroupStart(GroupStart):
+    """
+    Every continuation of group i starts from branch state i: a snapshot of a state of the trunk, drawn uniformly
+    without replacement from the trunk's steps (with replacement if the trunk has fewer than ``n_groups`` steps).
+
+    The draw is a reservoir sample taken while the trunk is played (:meth:`offer` at every trunk step), so that
+    only the drawn states are snapshotted. :meth:`start_wave` restores each env's branch state (the snapshot
+    verifies the restored observation) and counts the steps a replay snapshot played in :attr:`replay_steps`.
+
+    :param n_groups: B, branch states to draw
+    :param group_size: G, continuations per branch state
+    :param algorithm: name of the algorithm, for error messages
+    :param rng: the generator of the draw
+    """
+
+    def __init__(self, n_groups: int, group_size: int, algorithm: str, rng: np.random.Generator):
+        super().__init__(group_size, algorithm)
+        self.n_groups = n_groups
+        self.rng = rng
+        #: the drawn branch states, and (env index, trunk step) of each
+        self.branch_states: list[EnvSnapshot] = []
+        self.origins: list[tuple[int, int]] = []
+        self.n_offered = 0
+        #: env steps that restoring a replay snapshot played, since this group start was made
+        self.replay_steps = 0
+        #: the observations of every env before the next wave (set by the collector): envs without a continuation
+        #: in a wave keep theirs
+        self.last_obs: VecEnvObs | None = None
+
+    def _snapshot(self, env: VecEnv, env_idx: int) -> EnvSnapshot:
+        try:
+            return snapshot(env, env_idx)
+        except SnapshotError as error:
+            raise SnapshotError(f"{self.algorithm}(group_start='branch') cannot branch from env {env_idx}: {error}") from error
+
+    def offer(self, env: VecEnv, env_idx: int, step: int) -> None:
+        """
+        Offer the current state of env ``env_idx`` (step ``step`` of its trunk episode) to the draw: algorithm R's
+        reservoir sample, which keeps each of the states offered so far with probability n_groups / n_offered.
+        """
+        position = self.n_offered
+        self.n_offered += 1
+        if position >= self.n_groups:
+            position = int(self.rng.integers(0, position + 1))
+            if position >= self.n_groups:
+                return
+        state = self._snapshot(env, env_idx)
+        if position == len(self.branch_states):
+            self.branch_states.append(state)
+            self.origins.append((env_idx, step))
+        else:
+            self.branch_states[position] = state
+            self.origins[position] = (env_idx, step)
+
+    def finish_trunk(self) -> None:
+        """After the trunk: complete the draw with replacement if the trunk had fewer than ``n_groups`` steps."""
+        if not self.branch_states:
+            raise RuntimeError(f"{self.algorithm}: the trunk played no step to branch from")
+        extra = self.rng.integers(0, len(self.branch_states), size=self.n_groups - len(self.branch_states)).tolist()
+        self.branch_states += [self.branch_states[k] for k in extra]
+        self.origins += [self.origins[k] for k in extra]
+
+    def start_wave(self, env: VecEnv, slots: np.ndarray) -> VecEnvObs:
+        assert self.last_obs is not None, "set last_obs before a wave"
+        obs = _copy_observations(self.last_obs)
+        for env_idx in np.flatnonzero(slots >= 0).tolist():
+            restored = restore(env, env_idx, self.branch_states[int(slots[env_idx]) // self.group_size])
+            _set_env_observation(obs, env_idx, restored.observation)
+            self.replay_steps += restored.replay_steps
+        return obs
+
+    def how(self, group: int, env_idx: int) -> str:
+        origin_env, step = self.origins[group]
+        return f"was restored from branch state {group} (step {step} of the trunk episode of env {origin_env})"
+
+    def hint(self) -> str:
+        return (
+            "a restored env does not return the observation of the state it was restored to. Check the env's "
+            "snapshot support (sb3_pg_ext.common.snapshots), or pass verify_group_starts=False."
+        )
+
+
 class GroupedOnPolicyAlgorithm(EpisodicOnPolicyAlgorithm):
     """
     An :class:`EpisodicOnPolicyAlgorithm` whose rollouts are ``n_groups`` groups of ``group_size`` complete
@@ -170,20 +285,71 @@ class GroupedOnPolicyAlgorithm(EpisodicOnPolicyAlgorithm):
     ``total_timesteps``; the groups already started are played to their end (a group is never cut), so a rollout
     may hold fewer than ``n_groups`` groups, and ``learn`` may run past its budget by the rest of the started groups.
 
-    Subclasses set ``group_size``, ``n_groups``, ``n_episodes = group_size * n_groups``, ``verify_group_starts``
-    and ``_group_seed_rng`` (the generator of the groups' reset seeds) and implement ``train``.
+    With ``group_start="branch"`` a rollout first plays the trunk (one episode per env, each reset with a seed from
+    ``_group_seed_rng``), then its groups of continuations, each cut after ``branch_horizon`` steps (closed as
+    truncated in the buffer). The budget check before the first wave is skipped, so that a trunk is always followed
+    by its groups.
+
+    Subclasses set ``group_size``, ``n_groups``, ``n_episodes = group_size * n_groups``, ``verify_group_starts``,
+    ``group_start`` (``"reset"`` or ``"branch"``), ``branch_horizon`` (None: to the episode's end) and
+    ``_group_seed_rng`` (the generator of the groups' reset seeds and of the branch draws) and implement ``train``.
     """
 
     group_size: int
     n_groups: int
     verify_group_starts: bool
     _group_seed_rng: np.random.Generator | None
+    group_start: str = "reset"
+    branch_horizon: int | None = None
+    #: False while continuations are played: the Monitor's end-of-episode records then stay out of ep_info_buffer
+    _record_episodes: bool = True
 
     def _group_start(self) -> GroupStart:
-        """How the groups of the next rollout start: reset with one seed per group, drawn from ``_group_seed_rng``."""
+        """
+        How the groups of the next rollout start: reset with one seed per group, drawn from ``_group_seed_rng``
+        (``group_start="reset"``), or from branch states drawn from a trunk (``"branch"``: the trunk is played by
+        :meth:`collect_rollouts`).
+        """
         assert self._group_seed_rng is not None
+        if self.group_start == "branch":
+            return BranchGroupStart(self.n_groups, self.group_size, self.__class__.__name__, self._group_seed_rng)
         seeds = self._group_seed_rng.integers(0, GROUP_SEED_LIMIT, size=self.n_groups).tolist()
         return SeededGroupStart(seeds, self.group_size, self.__class__.__name__)
+
+    def _update_info_buffer(self, infos: list[dict[str, Any]], dones: np.ndarray | None = None) -> None:
+        if self._record_episodes:
+            super()._update_info_buffer(infos, dones)
+
+    def _play_trunk(self, env: VecEnv, callback: BaseCallback, branch: BranchGroupStart) -> bool:
+        """
+        Play one trunk episode per env with the current policy (reset with seeds from ``_group_seed_rng``), offering
+        every state it visits to ``branch``'s draw; the steps go to a scratch buffer and are not trained on.
+
+        :return: False if a callback stopped training
+        """
+        assert self._group_seed_rng is not None
+        n_envs = env.num_envs
+        seed_next_reset(env, self._group_seed_rng.integers(0, GROUP_SEED_LIMIT, size=n_envs).tolist())
+        self._last_obs = env.reset()  # type: ignore[assignment]
+        self._last_episode_starts = np.ones((n_envs,), dtype=bool)
+        if self.use_sde:
+            self.policy.reset_noise(n_envs)
+        trunk = EpisodeRolloutBuffer(self.observation_space, self.action_space, device="cpu", n_envs=n_envs)
+        slots = np.arange(n_envs)
+        steps = np.zeros(n_envs, dtype=np.int64)
+        for env_idx in range(n_envs):
+            branch.offer(env, env_idx, 0)
+
+        def offer_states(dones: np.ndarray, n_kept_envs: int) -> None:
+            """Offer the state every trunk episode still running has reached."""
+            for env_idx in np.flatnonzero(slots >= 0).tolist():
+                steps[env_idx] += 1
+                branch.offer(env, env_idx, int(steps[env_idx]))
+
+        if not self._play_kept_episodes(env, callback, trunk, slots, offer_states):
+            return False
+        branch.finish_trunk()
+        return True
 
     def _on_rollout_start(self) -> None:
         """Called at the start of :meth:`collect_rollouts`, after the buffer is reset. Does nothing here."""
@@ -217,26 +383,51 @@ class GroupedOnPolicyAlgorithm(EpisodicOnPolicyAlgorithm):
         n_episodes = self.n_episodes  # lowered to the groups started so far once the budget is reached
         callback.on_rollout_start()
 
-        for wave_start in range(0, self.n_episodes, n_envs):
-            if self._budget_reached():
-                # Budget reached: finish the groups already started, start no new one.
-                n_episodes = min(n_episodes, -(-wave_start // self.group_size) * self.group_size)
-            if wave_start >= n_episodes:
-                break
-            slots = np.arange(wave_start, wave_start + n_envs)
-            slots[slots >= n_episodes] = -1
-            self._last_obs = group_start.start_wave(env, slots)  # type: ignore[assignment]
-            self._last_episode_starts = np.ones((n_envs,), dtype=bool)
-            if self.verify_group_starts:
-                # Compare the observations before VecNormalize's running scaling, which changes from wave to wave.
-                raw = self._vec_normalize_env.get_original_obs() if self._vec_normalize_env is not None else self._last_obs
-                group_start.check(env, raw, slots)  # type: ignore[arg-type]
-            if self.use_sde:
-                self.policy.reset_noise(n_envs)
-            if not self._play_kept_episodes(env, callback, rollout_buffer, slots):
+        branch = group_start if isinstance(group_start, BranchGroupStart) else None
+        horizon_cut = None
+        if branch is not None:
+            if not self._play_trunk(env, callback, branch):
                 return False
+            trunk_steps = self.num_timesteps - start_timesteps
+            horizon_cut = self._horizon_cut(rollout_buffer)
+        self._record_episodes = branch is None
+        try:
+            for wave_start in range(0, self.n_episodes, n_envs):
+                if self._budget_reached() and (branch is None or wave_start > 0):
+                    # Budget reached: finish the groups already started, start no new one.
+                    n_episodes = min(n_episodes, -(-wave_start // self.group_size) * self.group_size)
+                if wave_start >= n_episodes:
+                    break
+                slots = np.arange(wave_start, wave_start + n_envs)
+                slots[slots >= n_episodes] = -1
+                if branch is not None:
+                    branch.last_obs = self._last_obs
+                    replayed = branch.replay_steps
+                self._last_obs = group_start.start_wave(env, slots)  # type: ignore[assignment]
+                if branch is not None:
+                    # A restore that replays actions plays env steps: they count towards the budget.
+                    self.num_timesteps += branch.replay_steps - replayed
+                # A continuation is a new episode of the rollout (the env's own episode goes on).
+                self._last_episode_starts = np.ones((n_envs,), dtype=bool)
+                if self.verify_group_starts:
+                    # Compare the observations before VecNormalize's running scaling, which changes from wave to wave.
+                    raw = self._vec_normalize_env.get_original_obs() if self._vec_normalize_env is not None else self._last_obs
+                    group_start.check(env, raw, slots)  # type: ignore[arg-type]
+                if self.use_sde:
+                    self.policy.reset_noise(n_envs)
+                after_step = None if horizon_cut is None else horizon_cut(slots)
+                if not self._play_kept_episodes(env, callback, rollout_buffer, slots, after_step):
+                    return False
+        finally:
+            self._record_episodes = True
 
-        # Steps that envs without a kept episode played while a wave finished (0 with n_envs = 1).
+        if branch is not None:
+            self.logger.record("rollout/trunk_steps", trunk_steps)
+            self.logger.record("rollout/replay_steps", branch.replay_steps)
+            self.logger.record(
+                "rollout/branch_steps", self.num_timesteps - start_timesteps - trunk_steps - branch.replay_steps
+            )
+        # Steps that envs without a kept episode played while a wave finished (0 with n_envs = 1), and the trunk's.
         self.logger.record(
             "rollout/kept_step_fraction", rollout_buffer.n_stored_steps / max(self.num_timesteps - start_timesteps, 1)
         )
@@ -244,9 +435,35 @@ class GroupedOnPolicyAlgorithm(EpisodicOnPolicyAlgorithm):
         callback.on_rollout_end()
         return True
 
+    def _horizon_cut(
+        self, rollout_buffer: EpisodeRolloutBuffer
+    ) -> Callable[[np.ndarray], Callable[[np.ndarray, int], None] | None]:
+        """
+        For a wave's ``slots``: the ``after_step`` of :meth:`_play_kept_episodes` that closes every continuation
+        still running after ``branch_horizon`` steps (as truncated), or None without a horizon.
+        """
+
+        def for_wave(slots: np.ndarray) -> AfterStep | None:
+            if self.branch_horizon is None:
+                return None
+            horizon = self.branch_horizon
+            lengths = np.zeros(len(slots), dtype=np.int64)
+
+            def cut(dones: np.ndarray, n_kept_envs: int) -> None:
+                lengths[:] += 1
+                for env_idx in np.flatnonzero((slots >= 0) & (lengths >= horizon)).tolist():
+                    rollout_buffer.end_episode(int(slots[env_idx]), env_idx, truncated=True)
+                    self._on_kept_episode_end(int(slots[env_idx]), {})
+                    slots[env_idx] = -1
+
+            return cut
+
+        return for_wave
+
 
 __all__ = [
     "GROUP_SEED_LIMIT",
+    "BranchGroupStart",
     "GroupStart",
     "GroupStartError",
     "GroupedOnPolicyAlgorithm",

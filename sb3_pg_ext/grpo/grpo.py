@@ -34,10 +34,12 @@ from sb3_pg_ext.common.checks import (
 from sb3_pg_ext.common.groups import GROUP_SEED_LIMIT, GroupedOnPolicyAlgorithm, GroupStartError
 from sb3_pg_ext.estimators import (
     KL_ESTIMATORS,
+    episode_discounted_returns,
     episode_ids_from_starts,
     episode_sums,
     group_advantages,
     group_process_advantages,
+    group_reward_to_go_advantages,
     kl_k1,
     loss_aggregation_weights,
 )
@@ -46,6 +48,7 @@ from sb3_pg_ext.grpo.policies import ActorCnnPolicy, ActorPolicy, MultiInputActo
 SelfGRPO = TypeVar("SelfGRPO", bound="GRPO")
 
 SCALE_REWARDS = ("group", "batch", "none")
+GROUP_STARTS = ("reset", "branch")
 ADVANTAGES = ("outcome", "process")
 LOSS_AGGREGATIONS = ("seq_sum", "seq_mean", "token_mean", "constant")
 
@@ -102,6 +105,17 @@ class GRPO(GroupedOnPolicyAlgorithm):
     may end past its budget by the rest of the groups under way and its last update may hold fewer than
     ``n_groups`` groups.
 
+    Branch groups (``group_start="branch"``, TRPO's vine rollouts and VinePPO's Monte-Carlo advantages in group
+    form): each rollout first plays one *trunk* episode per env with pi_old, draws ``n_groups`` branch states s_b
+    uniformly from the trunk's steps, restores each into the ``group_size`` envs of its group
+    (:mod:`sb3_pg_ext.common.snapshots`) and plays ``group_size`` continuations of at most ``branch_horizon``
+    steps (fewer on termination or the env's own truncation). Continuation g of group i has the truncated
+    discounted return R_{i,g} = sum_k gamma^k r_{g,k}; ``"outcome"`` advantages normalise it within the group as
+    above; ``"process"`` ones give the action at offset k its discounted reward-to-go from k, normalised across the
+    continuations of its group still running at k. Only the continuations are trained on. Every env step counts in
+    ``num_timesteps`` (trunk, continuations, replay), logged as ``rollout/trunk_steps``, ``rollout/branch_steps``
+    and ``rollout/replay_steps``; ``rollout/ep_rew_mean`` describes the trunk episodes.
+
     No value network is built or trained: the policies are actor-only (:mod:`sb3_pg_ext.common.policies`). The
     optimiser is AdamW with ``weight_decay=0`` unless ``policy_kwargs=dict(optimizer_kwargs=dict(weight_decay=...))``
     says otherwise (torch's default 0.01 would move every parameter, ``log_std`` included, even when every advantage
@@ -141,7 +155,16 @@ class GRPO(GroupedOnPolicyAlgorithm):
     :param scale_rewards: Std that divides the centred returns: ``"group"`` (population std of the group),
         ``"batch"`` (of the whole rollout) or ``"none"``
     :param advantage: ``"outcome"`` (the episode's normalised return at every step) or ``"process"``
-        (DeepSeekMath process supervision: step rewards normalised across the group, summed from t to the end)
+        (DeepSeekMath process supervision: step rewards normalised across the group, summed from t to the end;
+        with branch groups: the discounted reward-to-go from offset k, normalised across the group's continuations
+        still running at k)
+    :param group_start: How a group starts: ``"reset"`` (every episode of the group reset with the group's seed)
+        or ``"branch"`` (continuations from a state of a trunk episode, restored by env snapshots; the env must
+        support them: :mod:`sb3_pg_ext.common.snapshots`, and ``SubprocVecEnv`` needs ``SnapshotWrapper``)
+    :param branch_horizon: H, the most steps of a continuation (``group_start="branch"`` only; None: to the end of
+        the episode)
+    :param gamma: Discount of the continuations' returns (``group_start="branch"`` only: reset groups' returns are
+        undiscounted episode sums, so it must be 1 there)
     :param loss_aggregation: ``"seq_sum"`` (1/(BG) sum_e sum_t), ``"seq_mean"`` (each episode divided by its
         length), ``"token_mean"`` (mean over all steps) or ``"constant"`` (divided by ``max_length``)
     :param max_length: L of ``"constant"`` aggregation; None: the env's ``spec.max_episode_steps``
@@ -198,6 +221,9 @@ class GRPO(GroupedOnPolicyAlgorithm):
         kl_in_reward: bool = False,
         scale_rewards: str = "group",
         advantage: str = "outcome",
+        group_start: str = "reset",
+        branch_horizon: int | None = None,
+        gamma: float = 1.0,
         loss_aggregation: str = "seq_sum",
         max_length: int | None = None,
         drop_zero_std_groups: bool = False,
@@ -246,6 +272,26 @@ class GRPO(GroupedOnPolicyAlgorithm):
             raise ValueError("`kl_ratio_correction` corrects the KL loss term; with `kl_in_reward=True` there is none")
         check_choice("scale_rewards", scale_rewards, SCALE_REWARDS)
         check_choice("advantage", advantage, ADVANTAGES)
+        check_choice("group_start", group_start, GROUP_STARTS)
+        if branch_horizon is not None:
+            check_int("branch_horizon", branch_horizon, minimum=1)
+        check_float("gamma", gamma, 0.0, 1.0, low_inclusive=False)
+        if group_start == "reset":
+            if branch_horizon is not None:
+                raise ValueError(
+                    f"`branch_horizon={branch_horizon}` is only used with `group_start='branch'` (reset groups play "
+                    "whole episodes): set `group_start='branch'` or leave `branch_horizon=None`"
+                )
+            if gamma != 1.0:
+                raise ValueError(
+                    f"`gamma={gamma}` discounts the continuations of `group_start='branch'`; with `group_start='reset'` "
+                    "the returns are undiscounted episode sums: leave `gamma=1.0`"
+                )
+        elif mask_truncated:
+            raise ValueError(
+                "`mask_truncated=True` leaves cut-off episodes out of the loss, but with `group_start='branch'` every "
+                "continuation that reaches `branch_horizon` is cut off: use one or the other"
+            )
         check_choice("loss_aggregation", loss_aggregation, LOSS_AGGREGATIONS)
         if max_length is not None:
             check_int("max_length", max_length, minimum=1)
@@ -273,7 +319,7 @@ class GRPO(GroupedOnPolicyAlgorithm):
             env,
             learning_rate=learning_rate,
             n_steps=0,  # SB3 steps per env: unused, a rollout is n_groups groups of group_size episodes
-            gamma=1.0,  # GRPO's returns are undiscounted episode sums
+            gamma=gamma,  # reset groups: undiscounted episode sums (gamma = 1); branch groups: the continuations'
             gae_lambda=1.0,
             ent_coef=ent_coef,
             vf_coef=0.0,
@@ -289,6 +335,8 @@ class GRPO(GroupedOnPolicyAlgorithm):
             _init_setup_model=False,
             supported_action_spaces=(spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary),
         )
+        if loss_aggregation == "constant" and max_length is None and branch_horizon is not None:
+            max_length = branch_horizon  # the longest continuation
         if loss_aggregation == "constant" and max_length is None:
             spec = self.env.get_attr("spec", indices=[0])[0] if self.env is not None else None
             max_length = getattr(spec, "max_episode_steps", None)
@@ -313,6 +361,8 @@ class GRPO(GroupedOnPolicyAlgorithm):
         self.kl_in_reward = kl_in_reward
         self.scale_rewards = scale_rewards
         self.advantage = advantage
+        self.group_start = group_start
+        self.branch_horizon = branch_horizon
         self.loss_aggregation = loss_aggregation
         self.max_length = max_length
         self.drop_zero_std_groups = drop_zero_std_groups
@@ -407,11 +457,20 @@ class GRPO(GroupedOnPolicyAlgorithm):
                 rewards = rewards - self.beta * kl_per_step.to(th.float64)
                 self.logger.record("train/kl_ref", kl_per_step.mean().item())
 
-        # R_{i,g}: the undiscounted return of each episode; A: relative to its group.
-        returns = episode_sums(rewards, batch.episode_starts)
+        # R_{i,g}: the undiscounted return of each episode (reset groups) or the truncated discounted return
+        # sum_k gamma^k r_k of each continuation (branch groups); A: relative to its group.
+        if self.group_start == "branch":
+            returns = episode_discounted_returns(rewards, batch.episode_starts, self.gamma)
+        else:
+            returns = episode_sums(rewards, batch.episode_starts)
         if self.advantage == "outcome":
             episode_advantages = group_advantages(returns, group_ids, self.scale_rewards, self.advantage_eps, self.min_std)
             advantages = episode_advantages[episode_ids_from_starts(batch.episode_starts)]
+        elif self.group_start == "branch":
+            # G_k = sum_{j >= k} gamma^{j-k} r_j, normalised across the group's continuations still running at k
+            advantages = group_reward_to_go_advantages(
+                rewards, batch.episode_starts, group_ids, self.gamma, self.scale_rewards, self.advantage_eps, self.min_std
+            )
         else:
             advantages = group_process_advantages(
                 rewards, batch.episode_starts, group_ids, self.scale_rewards, self.advantage_eps, self.min_std
