@@ -43,6 +43,7 @@ __all__ = [
     "kl_k1",
     "kl_k2",
     "kl_k3",
+    "kl_k3_linear_from",
     "leave_one_out_baseline",
     "loss_aggregation_weights",
     "normal_kl",
@@ -733,7 +734,7 @@ def kl_k3(log_p: th.Tensor, log_q: th.Tensor) -> th.Tensor:
     r_minus_1 = th.expm1(th.clamp(log_r, max=c))
     tangent_excess = (r_minus_1 + 1) * th.relu(log_r - c)  # relu: no gradient at log r = c, as below it
     # clamp at 0 against rounding.
-    return th.clamp(th.expm1(log_r) - log_r, min=0.0)
+    return th.clamp(r_minus_1 - log_r + tangent_excess, min=0.0)
 
 
 def kl_k3_linear_from(dtype: th.dtype) -> float:

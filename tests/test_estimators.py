@@ -29,6 +29,7 @@ from sb3_pg_ext.estimators import (
     kl_k1,
     kl_k2,
     kl_k3,
+    kl_k3_linear_from,
     leave_one_out_baseline,
     loss_aggregation_weights,
     normal_kl,
@@ -172,6 +173,67 @@ def test_kl_estimators_match_hand_computed_values():
     assert kl_k2(log_p, log_q).item() == pytest.approx(0.5 * math.log(2) ** 2)
     assert kl_k3(log_p, log_q).item() == pytest.approx(0.5 - 1 - math.log(0.5))
     assert kl_k3(log_p, log_p).item() == 0.0
+
+
+@pytest.mark.parametrize("dtype", [th.float32, th.float64])
+def test_k3_is_finite_where_the_log_probabilities_are(dtype: th.dtype):
+    """kl_k3(-95, -5) was inf in float32 (r = e^90); now the tangent at c continues it: finite, increasing, convex."""
+    c = kl_k3_linear_from(dtype)
+    assert c == pytest.approx(math.log(th.finfo(dtype).max) / 4)
+    assert math.isfinite(kl_k3(th.tensor([-95.0], dtype=dtype), th.tensor([-5.0], dtype=dtype)).item())
+    log_p = th.tensor([-5.0 - 2 * c, -1e6, -1e20], dtype=dtype, requires_grad=True)
+    log_q = th.tensor([-5.0, 0.0, 0.0], dtype=dtype)
+    k3 = kl_k3(log_p, log_q)
+    k3.sum().backward()
+    assert bool(th.isfinite(k3).all()) and bool(th.isfinite(log_p.grad).all())
+    log_r = (log_q - log_p).double()
+    expected = math.exp(c) * (1 + log_r - c) - 1 - log_r  # the tangent line at c
+    th.testing.assert_close(k3.double(), expected, rtol=1e-6, atol=0.0)
+    th.testing.assert_close(log_p.grad.double(), th.full_like(log_r, -(math.exp(c) - 1)), rtol=1e-6, atol=0.0)
+    assert bool((k3[1:] > k3[:-1]).all())
+    # continuous at c
+    at_c = kl_k3(th.tensor([0.0], dtype=dtype), th.tensor([c], dtype=dtype)).item()
+    assert at_c == pytest.approx(math.expm1(c) - c, rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [th.float32, th.float64])
+def test_k3_is_the_plain_formula_bit_for_bit_below_the_overflow_guard(dtype: th.dtype):
+    """Values and gradients for log r <= c are exactly clamp(expm1(log r) - log r, 0) and its gradient."""
+    c = kl_k3_linear_from(dtype)
+    log_r = th.cat(
+        [th.linspace(-80, c, 20001, dtype=dtype), th.randn(1000, generator=th.Generator().manual_seed(0)).to(dtype)]
+    )
+    log_p = th.zeros_like(log_r).requires_grad_(True)
+    plain_p = th.zeros_like(log_r).requires_grad_(True)
+    ours = kl_k3(log_p, log_r)
+    plain = th.clamp(th.expm1(log_r - plain_p) - (log_r - plain_p), min=0.0)
+    assert th.equal(ours, plain)
+    ours.sum().backward()
+    plain.sum().backward()
+    assert th.equal(log_p.grad, plain_p.grad)
+
+
+def test_grpo_kl_term_is_finite_on_box_actions_where_the_kl_is_large():
+    """
+    GRPO's loss with beta > 0 on Pendulum-v1 (Box): log pi_ref - log pi_theta = 90 made the k3 term inf in float32
+    and the update raised FloatingPointError; the loss and its gradient are now finite.
+    """
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from sb3_pg_ext import GRPO
+    from sb3_pg_ext.grpo.grpo import UpdateData
+
+    model = GRPO("MlpPolicy", make_vec_env("Pendulum-v1", n_envs=1, seed=0), beta=0.04, seed=0, device="cpu")
+    n = 8
+    observations = th.randn(n, 3, generator=th.Generator().manual_seed(0))
+    actions = th.zeros(n, 1)
+    with th.no_grad():
+        log_prob = model.policy.get_distribution(observations).log_prob(actions)
+    data = UpdateData(observations, actions, log_prob, log_prob + 90.0, th.zeros(n), th.full((n,), 1.0 / n))
+    loss, stats = model._loss(data, th.arange(n), 0.2, 0.2)
+    assert math.isfinite(loss.item()) and bool(th.isfinite(stats["kl_ref"]).all())
+    loss.backward()
+    assert all(bool(th.isfinite(p.grad).all()) for p in model.policy.parameters() if p.grad is not None)
 
 
 def test_kl_estimators_are_unbiased_or_nonnegative_as_documented():
