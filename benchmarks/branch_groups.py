@@ -1,0 +1,109 @@
+"""
+GRPO with branch groups against reset groups on Pendulum-v1, with the same code: the final policy of ``learn()``.
+
+Each run trains GRPO for ``--budget`` env steps (every step counted: trunk, continuations, replay), then evaluates
+the deterministic policy that ``learn()`` returned on 10 episodes of an env seeded ``GROUP_SEED_LIMIT + seed``
+(training resets use seeds below ``GROUP_SEED_LIMIT``, so evaluation starts are disjoint from training ones). One
+torch thread. Each finished run is written to its own JSON file under ``--out``, atomically; a run whose file
+exists is skipped.
+
+    nice -n 5 python -m benchmarks.branch_groups --seeds 0 1 2 --budget 100000
+
+Settings (the best of a first exploration): 16 branch states x 4 continuations (``n_groups=16``,
+``group_size=4``), ``branch_horizon=16``, ``gamma=0.9``, minibatch 64, 10 epochs, learning rate 1e-3, initial
+log std 0, outcome advantages, one env. ``reset``: the same, with reset groups (undiscounted episode returns).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch as th
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.evaluation import evaluate_policy
+
+from sb3_pg_ext import GRPO
+from sb3_pg_ext.common.groups import GROUP_SEED_LIMIT
+
+ENV_ID = "Pendulum-v1"
+COMMON: dict[str, Any] = dict(
+    group_size=4,
+    n_groups=16,
+    batch_size=64,
+    n_epochs=10,
+    learning_rate=1e-3,
+    policy_kwargs=dict(log_std_init=0.0),
+)
+SETTINGS: dict[str, dict[str, Any]] = {
+    "branch": dict(COMMON, group_start="branch", branch_horizon=16, gamma=0.9),
+    "reset": dict(COMMON, group_start="reset"),
+}
+
+
+def write_atomically(path: Path, record: dict[str, Any]) -> None:
+    """Write ``record`` as JSON to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
+        json.dump(record, handle, indent=2)
+    os.replace(handle.name, path)
+
+
+def run(setting: str, seed: int, budget: int, n_eval_episodes: int) -> dict[str, Any]:
+    """Train one GRPO run and evaluate its final deterministic policy."""
+    th.set_num_threads(1)
+    kwargs = SETTINGS[setting]
+    start = time.time()
+    env = make_vec_env(ENV_ID, n_envs=1, seed=seed)
+    model = GRPO("MlpPolicy", env, seed=seed, device="cpu", **kwargs)
+    model.learn(budget)
+    train_seconds = time.time() - start
+    eval_env = make_vec_env(ENV_ID, n_envs=1, seed=GROUP_SEED_LIMIT + seed)
+    returns, _ = evaluate_policy(
+        model, eval_env, n_eval_episodes=n_eval_episodes, deterministic=True, return_episode_rewards=True
+    )
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False).stdout.strip()
+    return {
+        "env_id": ENV_ID,
+        "setting": setting,
+        "seed": seed,
+        "budget": budget,
+        "num_timesteps": model.num_timesteps,
+        "kwargs": kwargs,
+        "eval_env_seed": GROUP_SEED_LIMIT + seed,
+        "eval_returns": [float(r) for r in returns],
+        "eval_mean": float(np.mean(returns)),
+        "final_std": float(th.exp(model.policy.log_std).mean().item()),
+        "train_seconds": round(train_seconds, 1),
+        "torch_threads": th.get_num_threads(),
+        "commit": commit,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--budget", type=int, default=100_000)
+    parser.add_argument("--n-eval-episodes", type=int, default=10)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/branch_groups"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    for seed in args.seeds:
+        for setting in args.settings:
+            path = args.out / f"{ENV_ID}_{setting}_{args.budget}_seed{seed}.json"
+            if path.exists():
+                continue
+            record = run(setting, seed, args.budget, args.n_eval_episodes)
+            write_atomically(path, record)
+            print(f"{setting} seed {seed}: {record['eval_mean']:.1f} ({record['train_seconds']} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
