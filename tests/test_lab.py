@@ -1,0 +1,294 @@
+"""
+The estimator lab (sb3_pg_ext.lab): the gradient it reads is the one the algorithm's update applies; on the bandit
+its variance and bias agree with the exact values within their standard errors; an interrupted run resumes without
+recomputing what is stored; the report rebuilds from the stored files alone; bad command lines exit with status 2.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch as th
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+from sb3_pg_ext import GRPO, ISPG, REINFORCE
+from sb3_pg_ext.lab import LabRun, read_gradient
+from sb3_pg_ext.lab.cli import main
+from sb3_pg_ext.lab.options import ReinforceAdapter
+from sb3_pg_ext.lab.report import build_report
+from tests.pg_envs import GaussianBandit, IndependentStepsEnv
+
+SGD = {"optimizer_class": th.optim.SGD, "optimizer_kwargs": {}}
+
+
+def _flat_parameters(model) -> np.ndarray:
+    return th.cat([p.detach().reshape(-1).double() for p in model.policy.parameters() if p.requires_grad]).numpy()
+
+
+def _collect(model, batch_size: int) -> None:
+    """One batch with the algorithm's own collector."""
+    _, callback = model._setup_learn(10**9, None)
+    if isinstance(model, ISPG):
+        from stable_baselines3.common.type_aliases import TrainFreq, TrainFrequencyUnit
+
+        model.collect_rollouts(model.env, callback, TrainFreq(batch_size, TrainFrequencyUnit.EPISODE), model.replay_buffer)
+    else:
+        model.collect_rollouts(model.env, callback, model.rollout_buffer)
+
+
+def _models(seed: int):
+    env = lambda: make_vec_env(IndependentStepsEnv, n_envs=1, seed=seed, vec_env_cls=DummyVecEnv)  # noqa: E731
+    common = {"learning_rate": 1.0, "max_grad_norm": None, "policy_kwargs": SGD, "seed": seed, "device": "cpu"}
+    return {
+        "reinforce": (REINFORCE("MlpPolicy", env(), n_episodes=6, baseline="value", **common), lambda m: m.train()),
+        "reinforce-optimal": (
+            REINFORCE("MlpPolicy", env(), n_episodes=6, reward_to_go=False, baseline="optimal", **common),
+            lambda m: m.train(),
+        ),
+        "ispg": (ISPG("MlpPolicy", env(), batch_size=6, **common), lambda m: m.train(gradient_steps=1, batch_size=6)),
+        "grpo": (
+            GRPO("MlpPolicy", env(), group_size=3, n_groups=2, n_epochs=1, batch_size=None, **common),
+            lambda m: m.train(),
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", ["reinforce", "reinforce-optimal", "ispg", "grpo"])
+def test_read_gradient_is_the_gradient_the_update_applies(name: str) -> None:
+    """Same parameters, same batch: a real SGD step with lr = 1 moves the parameters by exactly -g."""
+    model, train = _models(3)[name]
+    _collect(model, 6)
+    before = _flat_parameters(model)
+    gradient = read_gradient(model, lambda: train(model))
+    np.testing.assert_array_equal(_flat_parameters(model), before)  # the lab's read changed nothing
+    assert np.linalg.norm(gradient) > 0
+    train(model)  # the algorithm's own step with plain SGD, lr = 1
+    np.testing.assert_allclose(before - _flat_parameters(model), gradient, rtol=1e-5, atol=1e-6)
+
+
+def test_read_gradient_refuses_several_steps() -> None:
+    model = GRPO(
+        "MlpPolicy",
+        make_vec_env(IndependentStepsEnv, n_envs=1, seed=0),
+        group_size=2,
+        n_groups=2,
+        n_epochs=2,
+        seed=0,
+        device="cpu",
+    )
+    _collect(model, 4)
+    with pytest.raises(RuntimeError, match="took 2 optimiser steps"):
+        read_gradient(model, model.train)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Exact values on the bandit
+# ---------------------------------------------------------------------------------------------------------------------
+
+BANDIT = {"means": (1.0, 2.0, 3.5), "noise_std": 1.0}
+
+
+def _bandit() -> GaussianBandit:
+    return GaussianBandit(**BANDIT)
+
+
+def _policy_parameters(model):
+    return [p for name, p in model.policy.named_parameters() if "value" not in name]
+
+
+def bandit_exact_gradient(model) -> np.ndarray:
+    """grad J, J = sum_a pi(a) means[a], by autograd through the policy (its policy parameters, flattened)."""
+    probs = model.policy.get_distribution(th.ones(1, 1)).distribution.probs[0]
+    objective = (probs * th.tensor(BANDIT["means"], dtype=probs.dtype)).sum()
+    grads = th.autograd.grad(objective, _policy_parameters(model), allow_unused=True)
+    return (
+        th.cat(
+            [(th.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, _policy_parameters(model), strict=True)]
+        )
+        .double()
+        .numpy()
+    )
+
+
+def bandit_exact_trace(model, batch_size: int) -> float:
+    """
+    tr Cov of the no-baseline estimator over N one-step episodes:
+    (sum_a pi_a ||s_a||^2 (mu_a^2 + sigma^2) - ||grad J||^2) / N, with s_a = grad log pi(a).
+    """
+    probs = model.policy.get_distribution(th.ones(1, 1)).distribution.probs[0]
+    second = 0.0
+    for a, mean in enumerate(BANDIT["means"]):
+        score = th.autograd.grad(th.log(probs[a]), _policy_parameters(model), retain_graph=True)
+        norm_sq = sum(float((s.double() ** 2).sum()) for s in score)
+        second += float(probs[a].detach()) * norm_sq * (mean**2 + BANDIT["noise_std"] ** 2)
+    grad = bandit_exact_gradient(model)
+    return (second - float(grad @ grad)) / batch_size
+
+
+@pytest.fixture(scope="module")
+def bandit_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[REINFORCE, dict[str, dict]]:
+    checkpoint = REINFORCE("MlpPolicy", _bandit(), policy_kwargs={"net_arch": []}, seed=1, device="cpu")
+    with th.no_grad():  # a policy away from uniform: pi = softmax(0.5, 0, -0.5)
+        checkpoint.policy.action_net.bias.copy_(th.tensor([0.5, 0.0, -0.5]))
+    lab = LabRun(
+        "reinforce",
+        _bandit,
+        checkpoint,
+        tmp_path_factory.mktemp("bandit"),
+        batch_sizes=[3],
+        options=["whole-none", "whole-mean", "whole-loo", "whole-optimal"],
+        n_batches=300,
+        exact_gradient=bandit_exact_gradient,
+    )
+    records = {path.stem.split("__")[0]: json.loads(path.read_text()) for path in lab.run()}
+    return checkpoint, records
+
+
+def test_lab_variance_matches_the_exact_variance_on_the_bandit(bandit_run) -> None:
+    checkpoint, records = bandit_run
+    record = records["whole-none"]
+    exact = bandit_exact_trace(checkpoint, 3)
+    assert abs(record["policy"]["trace"] - exact) <= 3 * record["policy"]["trace_se"], (record["policy"], exact)
+
+
+def test_lab_bias_matches_the_exact_bias_on_the_bandit(bandit_run) -> None:
+    """Unbiased options: B^2 = 0 within 3 SE; the batch mean baseline shrinks E[g] to (N-1)/N grad J: B^2 = 1/N^2 (N = 3)."""
+    _, records = bandit_run
+    for option in ("whole-none", "whole-loo", "whole-optimal"):
+        bias = records[option]["bias"]
+        assert abs(bias["bias_sq_rel"]) <= 3 * bias["bias_sq_rel_se"], (option, bias)
+    bias = records["whole-mean"]["bias"]
+    assert abs(bias["bias_sq_rel"] - 1 / 9) <= 3 * bias["bias_sq_rel_se"], bias
+    assert bias["bias_sq_rel"] > 3 * bias["bias_sq_rel_se"]  # the bias is detected, not lost in the noise
+
+
+def test_lab_sees_baselines_cut_variance_on_the_bandit(bandit_run) -> None:
+    """
+    The leave-one-out and optimal baselines cut the variance well below no baseline. (Not asserted: the optimal
+    baseline below the leave-one-out mean; with N = 3 its per-coordinate estimate from 2 other episodes is noisy
+    enough to lose, which docs/lab.md reports.)
+    """
+    _, records = bandit_run
+    trace = {option: record["policy"]["trace"] for option, record in records.items()}
+    se = {option: record["policy"]["trace_se"] for option, record in records.items()}
+    for option in ("whole-loo", "whole-optimal"):
+        assert trace[option] + 3 * se[option] < trace["whole-none"] - 3 * se["whole-none"], (option, trace)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Resume, report, command line
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _small_run(out: Path) -> LabRun:
+    checkpoint = REINFORCE("MlpPolicy", IndependentStepsEnv(), seed=0, device="cpu")
+    return LabRun(
+        "reinforce",
+        IndependentStepsEnv,
+        checkpoint,
+        out,
+        batch_sizes=[2, 4],
+        options=["whole-none", "rtg-loo-return"],
+        n_batches=3,
+        reference_factor=3,
+    )
+
+
+@pytest.fixture
+def count_batches(monkeypatch: pytest.MonkeyPatch):
+    """Counts the batches the lab draws; ``fail_after`` makes the n-th + 1 draw raise (an interrupted run)."""
+    state = {"calls": 0, "fail_after": None}
+    original = ReinforceAdapter.sample
+
+    def sample(self, model, callback, batch_size):
+        if state["fail_after"] is not None and state["calls"] >= state["fail_after"]:
+            raise KeyboardInterrupt
+        state["calls"] += 1
+        return original(self, model, callback, batch_size)
+
+    monkeypatch.setattr(ReinforceAdapter, "sample", sample)
+    return state
+
+
+def test_resumed_run_recomputes_nothing_stored(tmp_path: Path, count_batches) -> None:
+    count_batches["fail_after"] = 3 + 3 + 2  # the reference, the first file, and into the second
+    with pytest.raises(KeyboardInterrupt):
+        _small_run(tmp_path).run()
+    stored = sorted((tmp_path / "options").glob("*.json"))
+    assert [path.name for path in stored] == ["whole-none__n2.json"]
+    assert not list((tmp_path / "options").glob(".*"))  # no partial file left behind
+    first = stored[0].read_text()
+
+    count_batches.update(calls=0, fail_after=None)
+    _small_run(tmp_path).run()
+    assert count_batches["calls"] == 3 * 3  # the three missing files only: neither the reference nor the first file
+    assert stored[0].read_text() == first
+    count_batches["calls"] = 0
+    _small_run(tmp_path).run()
+    assert count_batches["calls"] == 0
+
+
+def test_report_rebuilds_from_the_stored_files_alone(tmp_path: Path) -> None:
+    model = REINFORCE("MlpPolicy", "CartPole-v1", policy_kwargs={"net_arch": [8]}, seed=0, device="cpu")
+    model.save(tmp_path / "early.zip")
+    out = tmp_path / "lab"
+    args = ["run", "--algo", "reinforce", "--env", "CartPole-v1", "--model", str(tmp_path / "early.zip")]
+    args += [
+        "--batch-sizes",
+        "2",
+        "3",
+        "--batches",
+        "2",
+        "--reference-factor",
+        "2",
+        "--options",
+        "whole-none",
+        "rtg-mean-gradient",
+    ]
+    assert main([*args, "--out", str(out)]) == 0
+    before = build_report(out, plots=False)
+    (tmp_path / "early.zip").unlink()
+    for path in out.rglob("*.npy"):
+        path.unlink()
+    after = build_report(out)
+    assert after.startswith(before.rstrip("\n"))
+    assert "`rtg-mean-gradient`" in after and "checkpoint early" in after
+    assert after.count("\n| 2 | `") == 2 and after.count("\n| 3 | `") == 2
+    assert (out / "reinforce" / "CartPole-v1" / "early" / "plots" / "variance.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["run", "--algo", "ppo", "--env", "CartPole-v1", "--train-fraction", "0.1"],
+            "unknown --algo 'ppo'; valid: grpo, ispg, reinforce",
+        ),
+        (
+            ["run", "--algo", "reinforce", "--env", "CartPole-v1", "--train-fraction", "0.1", "--options", "bogus"],
+            "valid: whole-none",
+        ),
+        (
+            ["run", "--algo", "reinforce", "--env", "CartPole-v1", "--train-fraction", "0.1", "--batch-sizes", "1"],
+            "--batch-sizes must be >= 2",
+        ),
+        (
+            ["run", "--algo", "reinforce", "--env", "CartPole-v1", "--train-fraction", "2"],
+            "--train-fraction must be in (0, 1]",
+        ),
+        (
+            ["run", "--algo", "reinforce", "--env", "CartPole-v1", "--train-fraction", "0.5", "--behind", "2"],
+            "for --algo ispg only",
+        ),
+        (["options", "--algo", "a2c"], "unknown --algo 'a2c'"),
+    ],
+)
+def test_cli_rejects_bad_values_with_status_2(args: list[str], message: str, tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--out", str(tmp_path)] if args[0] == "run" else args)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
