@@ -823,3 +823,28 @@ def test_ispg_reaches_475_on_cartpole_in_fewer_steps_than_reinforce():
     reinforce = [max_steps + eval_freq if steps is None else steps for steps in runs["reinforce"]]
     assert np.median(runs["ispg"]) < np.median(reinforce), runs
     assert sum(runs["ispg"]) < sum(reinforce), runs
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Episodes longer than an env's share of the buffer: never sampled, warned once
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_episode_longer_than_the_buffer_share_warns_once_naming_env_length_share_and_fix():
+    """Pendulum-v1 episodes last 200 steps; 300 rows // 2 envs = 150 per env: none can be held, one warning says so."""
+    model = ISPG("MlpPolicy", make_vec_env("Pendulum-v1", n_envs=2, seed=0), buffer_size=300, seed=0, device="cpu")
+    with pytest.warns(UserWarning, match=r"share of the replay buffer") as record:
+        model.learn(1000)  # 5 episodes per env end, each longer than the share
+    messages = [str(w.message) for w in record if "share of the replay buffer" in str(w.message)]
+    assert len(messages) == 1, messages
+    assert "Pendulum-v1 (env 0) lasted 200 steps" in messages[0]
+    assert "(150 = buffer_size 300 // 2 envs)" in messages[0]
+    assert "Increase `buffer_size` or use fewer envs" in messages[0]
+    assert model.replay_buffer.n_episodes == 0  # what the warning is about: nothing to sample
+
+
+def test_episodes_that_fit_the_buffer_share_do_not_warn(recwarn):
+    model = ISPG("MlpPolicy", make_vec_env("Pendulum-v1", n_envs=2, seed=0), buffer_size=400, seed=0, device="cpu")
+    model.learn(1000)
+    assert not [w for w in recwarn if "share of the replay buffer" in str(w.message)]
+    assert model.replay_buffer.n_episodes == 2  # 200-step episodes fill the 200 rows of each env exactly

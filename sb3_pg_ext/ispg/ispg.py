@@ -240,6 +240,9 @@ class ISPG(BoundedProgressMixin, OffPolicyAlgorithm):
         self.max_grad_norm = max_grad_norm
         #: log mu(a_t|s_t) of the actions chosen by the last ``_sample_action`` (one per env).
         self._last_behaviour_log_probs: np.ndarray | None = None
+        #: length so far of the episode each env is playing (to warn about episodes the buffer cannot hold).
+        self._running_episode_lengths: np.ndarray | None = None
+        self._warned_unsampleable_episode = False
 
         if _init_setup_model:
             self._setup_model()
@@ -251,7 +254,12 @@ class ISPG(BoundedProgressMixin, OffPolicyAlgorithm):
         super()._setup_model()
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_last_behaviour_log_probs"]
+        return [
+            *super()._excluded_save_params(),
+            "_last_behaviour_log_probs",
+            "_running_episode_lengths",
+            "_warned_unsampleable_episode",
+        ]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         return ["policy", "policy.optimizer"], []
@@ -313,7 +321,38 @@ class ISPG(BoundedProgressMixin, OffPolicyAlgorithm):
         assert self._last_behaviour_log_probs is not None and self._last_episode_starts is not None
         replay_buffer.set_behaviour(self._last_behaviour_log_probs, self._last_episode_starts)
         super()._store_transition(replay_buffer, buffer_action, new_obs, reward, dones, infos)
+        self._warn_about_unsampleable_episodes(replay_buffer.buffer_size, np.asarray(dones, dtype=bool))
         self._last_episode_starts = np.array(dones, dtype=bool)
+
+    def _warn_about_unsampleable_episodes(self, rows_per_env: int, dones: np.ndarray) -> None:
+        """
+        Warn (once per model) when an episode ends longer than an env's share of the buffer (``buffer_size //
+        n_envs`` rows): its first steps were overwritten before it ended, so it can never be sampled, and training
+        leans towards the short episodes.
+        """
+        assert self._last_episode_starts is not None
+        previous = self._running_episode_lengths
+        if previous is None or previous.shape != dones.shape:
+            previous = np.zeros(dones.shape, dtype=np.int64)
+        self._running_episode_lengths = np.where(self._last_episode_starts, 1, previous + 1)
+        too_long = np.flatnonzero(dones & (self._running_episode_lengths > rows_per_env))
+        if too_long.size == 0 or self._warned_unsampleable_episode:
+            return
+        self._warned_unsampleable_episode = True
+        env_index = int(too_long[0])
+        try:
+            spec = self.env.get_attr("spec", [env_index])[0] if self.env is not None else None
+        except AttributeError:
+            spec = None
+        env_name = getattr(spec, "id", None) or "the environment"
+        warnings.warn(
+            f"{self.__class__.__name__}: an episode of {env_name} (env {env_index}) lasted "
+            f"{int(self._running_episode_lengths[env_index])} steps, more than each env's share of the replay buffer "
+            f"({rows_per_env} = buffer_size {self.buffer_size} // {self.n_envs} envs): such episodes are never "
+            "sampled, so training leans towards shorter ones. Increase `buffer_size` or use fewer envs. "
+            "(Warned once.)",
+            stacklevel=2,
+        )
 
     def collect_rollouts(
         self,
