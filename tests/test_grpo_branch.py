@@ -1,0 +1,378 @@
+"""GRPO's branch groups (``group_start="branch"``): continuations from restored trunk states, their advantages, the
+budget they count, and the usual round trips (save/load, SubprocVecEnv, VecNormalize)."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import numpy as np
+import pytest
+import torch as th
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.logger import Logger, configure
+from stable_baselines3.common.utils import set_random_seed
+from stable_baselines3.common.vec_env import SubprocVecEnv, VecNormalize
+
+from sb3_pg_ext import GRPO
+from sb3_pg_ext.common.groups import GROUP_SEED_LIMIT, BranchGroupStart
+from sb3_pg_ext.common.snapshots import SnapshotError, SnapshotWrapper
+from sb3_pg_ext.estimators import episode_discounted_returns, group_reward_to_go_advantages
+from tests.learning import RecordingWriter
+
+PENDULUM = "Pendulum-v1"
+STEP_KEYS = ("rollout/trunk_steps", "rollout/branch_steps", "rollout/replay_steps", "time/total_timesteps")
+
+
+def make_branch(
+    env_id: str = PENDULUM, n_envs: int = 1, vec_env_cls=None, seed: int = 0, snapshot_wrapper: bool = False, **kwargs
+) -> GRPO:
+    vec_env_kwargs = dict(start_method="fork") if vec_env_cls is SubprocVecEnv else None
+    env = make_vec_env(
+        env_id,
+        n_envs=n_envs,
+        seed=seed,
+        vec_env_cls=vec_env_cls,
+        vec_env_kwargs=vec_env_kwargs,
+        wrapper_class=SnapshotWrapper if snapshot_wrapper else None,
+    )
+    defaults = dict(group_start="branch", group_size=3, n_groups=4, branch_horizon=5, gamma=0.9, n_epochs=1, batch_size=None)
+    return GRPO("MlpPolicy", env, seed=seed, device="cpu", **{**defaults, **kwargs})
+
+
+def collect(model: GRPO) -> None:
+    """One rollout into ``model.rollout_buffer``, as ``learn`` does it."""
+    _, callback = model._setup_learn(10**9, None)
+    assert model.collect_rollouts(model.env, callback, model.rollout_buffer)
+
+
+def recorded(model: GRPO) -> RecordingWriter:
+    writer = RecordingWriter(STEP_KEYS)
+    model.set_logger(Logger(folder=None, output_formats=[writer]))
+    return writer
+
+
+def flat_parameters(model: GRPO) -> np.ndarray:
+    return th.cat([p.detach().reshape(-1).cpu() for p in model.policy.parameters()]).numpy()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The estimators, against hand-computed values
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_truncated_discounted_returns_by_hand():
+    # two continuations: [1, 2, 3] (cut at H = 3) and [4, 5] (terminated after 2 steps); gamma = 0.5
+    rewards = th.tensor([1.0, 2.0, 3.0, 4.0, 5.0], dtype=th.float64)
+    starts = th.tensor([True, False, False, True, False])
+    returns = episode_discounted_returns(rewards, starts, 0.5)
+    th.testing.assert_close(returns, th.tensor([1 + 0.5 * 2 + 0.25 * 3, 4 + 0.5 * 5], dtype=th.float64))
+
+
+def test_process_advantages_normalise_across_the_continuations_still_running():
+    # One group of three continuations, gamma = 0.5; the second one terminates after one step.
+    #   c0: rewards [1, 0, 2]  -> G_0 = 1 + 0 + 0.5, G_1 = 0 + 1 = 1, G_2 = 2
+    #   c1: rewards [3]        -> G_0 = 3
+    #   c2: rewards [0, 4, 0]  -> G_0 = 0 + 2 + 0 = 2, G_1 = 4, G_2 = 0
+    rewards = th.tensor([1.0, 0.0, 2.0, 3.0, 0.0, 4.0, 0.0], dtype=th.float64)
+    starts = th.tensor([True, False, False, True, True, False, False])
+    group_ids = th.tensor([0, 0, 0])
+    advantages = group_reward_to_go_advantages(rewards, starts, group_ids, 0.5, "none", eps=0.0)
+    # offset 0: {1.5, 3, 2}, mean 13/6; offset 1: {1, 4} (c1 has ended), mean 2.5; offset 2: {2, 0}, mean 1
+    expected = th.tensor([1.5 - 13 / 6, 1 - 2.5, 2 - 1, 3 - 13 / 6, 2 - 13 / 6, 4 - 2.5, 0 - 1], dtype=th.float64)
+    th.testing.assert_close(advantages, expected)
+    scaled = group_reward_to_go_advantages(rewards, starts, group_ids, 0.5, "group", eps=0.0)
+    std_0 = th.tensor([1.5, 3.0, 2.0], dtype=th.float64).std(unbiased=False)
+    th.testing.assert_close(scaled[[0, 3, 4]], expected[[0, 3, 4]] / std_0)
+    th.testing.assert_close(scaled[[1, 5]], th.tensor([-1.0, 1.0], dtype=th.float64))  # two values: +-1 std
+    # A continuation alone at its offset (another group's c0 longer than the rest) gets 0.
+    alone = group_reward_to_go_advantages(
+        th.tensor([1.0, 2.0, 5.0, 1.0]), th.tensor([True, False, False, True]), th.tensor([0, 0]), 1.0, "group"
+    )
+    assert alone[1] == 0 and alone[2] == 0 and alone[0] != 0
+
+
+def test_process_advantages_keep_groups_apart():
+    rewards = th.tensor([1.0, 2.0, 10.0, 20.0])
+    starts = th.tensor([True, True, True, True])
+    advantages = group_reward_to_go_advantages(rewards, starts, th.tensor([0, 0, 1, 1]), 0.9, "none")
+    th.testing.assert_close(advantages, th.tensor([-0.5, 0.5, -5.0, 5.0]))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Collection
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n_envs", [1, 2, 3])
+def test_continuations_start_from_their_group_state_and_stop_at_the_horizon(n_envs: int):
+    model = make_branch(n_envs=n_envs)
+    collect(model)
+    batch = model.rollout_buffer.get()
+    assert batch.n_episodes == model.n_groups * model.group_size
+    assert th.all(batch.episode_lengths <= model.branch_horizon)
+    # Pendulum never terminates: a continuation ends at H, or earlier at the time limit, alike in its whole group.
+    lengths = batch.episode_lengths.view(model.n_groups, model.group_size)
+    assert th.all(lengths == lengths[:, :1]) and th.all(batch.episode_truncated)
+    starts = batch.observations[batch.episode_starts].numpy().reshape(model.n_groups, model.group_size, -1)
+    for group in starts:
+        np.testing.assert_array_equal(group, np.broadcast_to(group[0], group.shape))
+    assert len({tuple(group[0]) for group in starts}) == model.n_groups
+    np.testing.assert_array_equal(batch.episode_env_indices.numpy(), np.arange(batch.n_episodes) % n_envs)
+
+
+def test_continuations_end_early_when_the_episode_terminates():
+    # CartPole from scratch: episodes of about 20 steps, so many continuations of up to 50 steps terminate earlier.
+    model = make_branch("CartPole-v1", group_size=4, n_groups=8, branch_horizon=50)
+    collect(model)
+    batch = model.rollout_buffer.get()
+    lengths = batch.episode_lengths
+    assert th.all(lengths <= 50) and th.any(lengths < 50)
+    # A terminated continuation is closed as not truncated (it may terminate at step H itself); one cut at the
+    # horizon as truncated (CartPole's time limit, 500 steps, is out of reach here).
+    assert th.all(lengths[batch.episode_truncated] == 50) and not th.any(batch.episode_truncated[lengths < 50])
+    # The advantages are the group-normalised truncated discounted returns of the continuations (CartPole: r = 1).
+    data = model._prepare_update(batch)
+    returns = (1 - 0.9 ** lengths.double()) / (1 - 0.9)
+    grouped = returns.view(8, 4)
+    expected = (grouped - grouped.mean(1, keepdim=True)) / (
+        grouped.std(1, unbiased=False, keepdim=True).clamp(min=1e-3) + 1e-4
+    )
+    expected = th.where(grouped.amax(1, keepdim=True) == grouped.amin(1, keepdim=True), th.zeros_like(expected), expected)
+    th.testing.assert_close(
+        data.advantages.double(), th.repeat_interleave(expected.reshape(-1), lengths), atol=1e-5, rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize("advantage", ["outcome", "process"])
+def test_update_uses_the_continuations_discounted_returns(advantage: str):
+    """The advantages GRPO trains on, recomputed by hand from the rollout's rewards with loops."""
+    model = make_branch(advantage=advantage, scale_rewards="none")
+    collect(model)
+    batch = model.rollout_buffer.get()
+    data = model._prepare_update(batch)
+    rewards = batch.rewards.double().numpy()
+    bounds = np.concatenate([[0], np.cumsum(batch.episode_lengths.numpy())])
+    continuations = [rewards[bounds[e] : bounds[e + 1]] for e in range(batch.n_episodes)]
+    to_go = [np.array([sum(0.9**j * r[k + j] for j in range(len(r) - k)) for k in range(len(r))]) for r in continuations]
+    expected = []
+    for e, g in enumerate(to_go):
+        group = range(e - e % 3, e - e % 3 + 3)
+        if advantage == "outcome":
+            expected += [g[0] - np.mean([to_go[f][0] for f in group])] * len(g)
+        else:
+            expected += [g[k] - np.mean([to_go[f][k] for f in group if len(to_go[f]) > k]) for k in range(len(g))]
+    np.testing.assert_allclose(data.advantages.double().numpy(), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_trunk_steps_are_not_trained_on_and_episode_statistics_come_from_the_trunk():
+    model = make_branch("CartPole-v1", n_envs=2, group_size=4, n_groups=8, branch_horizon=50)
+    collect(model)  # one rollout: 2 trunk episodes, then 32 continuations (many of which reach the episode's end)
+    batch_steps = model.rollout_buffer.n_stored_steps
+    trunk = model.logger.name_to_value["rollout/trunk_steps"]
+    branch = model.logger.name_to_value["rollout/branch_steps"]
+    # The buffer holds the 32 continuations only: kept steps of the continuation phase, none of the trunk's.
+    assert model.rollout_buffer.get().n_episodes == 32
+    assert batch_steps <= branch and trunk > 0
+    # The Monitor logged the terminated continuations too; ep_info_buffer holds the 2 trunk episodes only.
+    assert len(model.ep_info_buffer) == 2
+    assert all(info["l"] >= 8 for info in model.ep_info_buffer)
+
+
+def test_branch_states_are_drawn_uniformly_from_the_trunk_steps():
+    """The reservoir keeps each of N offered states with probability n_groups / N (here 3/10), for every position."""
+
+    class Counting(BranchGroupStart):
+        def _snapshot(self, env, env_idx):
+            return self.n_offered - 1  # the offered state's position in the stream
+
+    counts = np.zeros(10)
+    rng = np.random.default_rng(0)
+    n_draws = 4_000
+    for _ in range(n_draws):
+        draw = Counting(3, 2, "GRPO", rng)
+        for step in range(10):
+            draw.offer(None, 0, step)  # type: ignore[arg-type]
+        assert len(set(draw.branch_states)) == 3  # without replacement
+        counts[draw.branch_states] += 1
+    # Binomial(4000, 0.3): std 29; 4.5 std either side
+    assert np.all(np.abs(counts - 0.3 * n_draws) < 4.5 * np.sqrt(n_draws * 0.3 * 0.7)), counts
+    short = Counting(5, 2, "GRPO", rng)
+    for step in range(2):
+        short.offer(None, 0, step)  # type: ignore[arg-type]
+    short.finish_trunk()  # fewer trunk steps than groups: completed with replacement
+    assert len(short.branch_states) == 5 and set(short.branch_states) == {0, 1}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Budget: every env step counts
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env_id", "n_envs", "snapshot_wrapper"),
+    [(PENDULUM, 1, False), (PENDULUM, 2, False), ("CartPole-v1", 3, False), ("LunarLander-v3", 2, True)],
+    ids=["pendulum-1", "pendulum-2", "cartpole-3", "lunarlander-replay-2"],
+)
+def test_budget_counts_trunk_branch_and_replay_steps_exactly(env_id: str, n_envs: int, snapshot_wrapper: bool):
+    model = make_branch(env_id, n_envs=n_envs, snapshot_wrapper=snapshot_wrapper, group_size=2, n_groups=3)
+    writer = recorded(model)
+    counted = {"steps": 0}
+    step = model.env.step
+
+    def counting_step(actions):
+        counted["steps"] += model.env.num_envs
+        return step(actions)
+
+    model.env.step = counting_step  # type: ignore[method-assign]
+    model.learn(1_500)
+    rows = [row for row in writer.rows if "rollout/trunk_steps" in row]
+    assert len(rows) >= 2
+    previous = 0
+    for row in rows:
+        played = row["rollout/trunk_steps"] + row["rollout/branch_steps"] + row["rollout/replay_steps"]
+        assert played == row["time/total_timesteps"] - previous
+        previous = row["time/total_timesteps"]
+    assert previous == model.num_timesteps
+    replayed = sum(row["rollout/replay_steps"] for row in rows)
+    # The VecEnv's own steps are the trunk's and the continuations'; the replay steps are played inside the restore.
+    assert counted["steps"] == model.num_timesteps - replayed
+    if snapshot_wrapper:
+        assert replayed > 0
+    else:
+        assert replayed == 0
+
+
+def test_a_trunk_is_always_followed_by_its_groups():
+    model = make_branch()
+    model.learn(150)  # the first trunk (200 steps) spends the budget; its groups are still played and trained on
+    assert model._n_updates == 1
+    assert model.logger.name_to_value["train/episodes_in_loss"] > 0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Vectorised envs, VecNormalize, save/load, reproducibility
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_dummy_and_subproc_vec_env_agree():
+    dummy = make_branch(n_envs=2, snapshot_wrapper=True).learn(800)
+    subproc = make_branch(n_envs=2, vec_env_cls=SubprocVecEnv, snapshot_wrapper=True)
+    try:
+        subproc.learn(800)
+        assert subproc.num_timesteps == dummy.num_timesteps
+        np.testing.assert_allclose(flat_parameters(dummy), flat_parameters(subproc), rtol=0, atol=1e-6)
+    finally:
+        subproc.env.close()
+
+
+def test_subproc_vec_env_without_snapshot_wrapper_is_refused_naming_the_env():
+    model = make_branch(n_envs=2, vec_env_cls=SubprocVecEnv)
+    try:
+        with pytest.raises(SnapshotError, match=r"group_start='branch'.*Pendulum-v1.*SnapshotWrapper"):
+            model.learn(100)
+    finally:
+        model.env.close()
+
+
+def test_an_env_without_snapshots_is_refused_naming_the_env():
+    model = make_branch("LunarLander-v3")  # Box2D: needs SnapshotWrapper's replay
+    with pytest.raises(SnapshotError, match=r"group_start='branch'.*LunarLander-v3.*SnapshotWrapper"):
+        model.learn(100)
+
+
+def test_vec_normalize():
+    env = VecNormalize(make_vec_env(PENDULUM, n_envs=2, seed=0), gamma=0.9)
+    model = GRPO("MlpPolicy", env, seed=0, device="cpu", group_start="branch", group_size=2, n_groups=3, branch_horizon=5)
+    model.learn(1_000)
+    assert env.obs_rms.count > model.num_timesteps - 10  # statistics from every vectorised step (not the restores)
+    assert model._n_updates >= 2
+    assert np.all(np.isfinite(flat_parameters(model)))
+
+
+def test_same_seed_same_parameters():
+    first = make_branch(seed=3).learn(700)
+    second = make_branch(seed=3).learn(700)
+    other = make_branch(seed=4).learn(700)
+    np.testing.assert_array_equal(flat_parameters(first), flat_parameters(second))
+    assert not np.allclose(flat_parameters(first), flat_parameters(other))
+
+
+def test_branch_options_survive_save_load_and_one_more_update_is_identical(tmp_path):
+    model = make_branch(advantage="process", learning_rate=3e-3)
+    model.learn(700)
+    collect(model)
+    rollout = copy.deepcopy(model.rollout_buffer)
+    model.save(tmp_path / "model.zip")
+    loaded = GRPO.load(tmp_path / "model.zip", env=model.get_env(), device="cpu")
+    for name in ("group_start", "branch_horizon", "gamma", "advantage"):
+        assert getattr(loaded, name) == getattr(model, name), name
+    assert loaded._group_seed_rng.bit_generator.state == model._group_seed_rng.bit_generator.state
+    before = flat_parameters(model)
+    for algo in (model, loaded):
+        algo.set_logger(configure(folder=None, format_strings=[]))
+        set_random_seed(123)
+        algo.rollout_buffer = copy.deepcopy(rollout)
+        algo.train()
+    assert not np.array_equal(before, flat_parameters(model)), "the extra update did not change the policy"
+    np.testing.assert_array_equal(flat_parameters(model), flat_parameters(loaded))
+
+
+def test_branch_groups_train_below_the_evaluation_seed_range(monkeypatch):
+    import sb3_pg_ext.common.groups as groups_module
+
+    resets: list[list[int | None]] = []
+    seed_next_reset = groups_module.seed_next_reset
+    monkeypatch.setattr(
+        groups_module, "seed_next_reset", lambda env, seeds: (resets.append(seeds), seed_next_reset(env, seeds))
+    )
+    make_branch(n_envs=2).learn(500)
+    assert resets and all(0 <= seed < GROUP_SEED_LIMIT for wave in resets for seed in wave)
+
+
+def test_snapshots_of_a_rollout_are_picklable():
+    model = make_branch()
+    draw = BranchGroupStart(2, 2, "GRPO", np.random.default_rng(0))
+    _, callback = model._setup_learn(10**9, None)
+    assert model._play_trunk(model.env, callback, draw)
+    assert len(pickle.loads(pickle.dumps(draw.branch_states))) == 2
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Invalid settings
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        (dict(group_start="vine"), ("group_start", "'reset'", "'branch'")),
+        (dict(group_start="branch", branch_horizon=0), ("branch_horizon", ">= 1")),
+        (dict(group_start="branch", gamma=0.0), ("gamma", "(0.0, 1.0]")),
+        (dict(branch_horizon=8), ("branch_horizon", "group_start='branch'")),
+        (dict(gamma=0.9), ("gamma", "group_start='reset'", "1.0")),
+        (dict(group_start="branch", mask_truncated=True), ("mask_truncated", "branch_horizon")),
+    ],
+)
+def test_invalid_branch_settings_raise_clear_errors(kwargs: dict, words: tuple[str, ...]):
+    env = make_vec_env(PENDULUM, n_envs=1)
+    with pytest.raises(ValueError) as info:
+        GRPO("MlpPolicy", env, **kwargs)
+    for word in words:
+        assert word in str(info.value), (word, str(info.value))
+
+
+def test_constant_loss_aggregation_divides_by_the_horizon():
+    model = make_branch(loss_aggregation="constant", branch_horizon=7)
+    assert model.max_length == 7
+
+
+def test_reset_groups_are_unchanged_by_default():
+    env = make_vec_env("CartPole-v1", n_envs=1)
+    model = GRPO("MlpPolicy", env)
+    assert model.group_start == "reset" and model.branch_horizon is None and model.gamma == 1.0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Learning
+# ---------------------------------------------------------------------------------------------------------------------
