@@ -614,6 +614,46 @@ def test_robust_trial_runs_are_reproducible_and_independent_of_each_other(in_tmp
     assert not np.array_equal(three[0], three[1]) or not np.array_equal(three[1], three[2])
 
 
+def test_parallel_robust_trials_give_the_values_of_serial_ones(in_tmp):
+    """
+    --n-jobs 2 runs two trials in threads of one process; each robust trial seeds and swaps the process-global
+    random state, so without the process-wide lock the two trials drew each other's numbers. The same four trials
+    (enqueued: fixed numbers and settings) give the same values with 1 and 2 jobs.
+    """
+
+    def values(n_jobs: int) -> dict[int, float]:
+        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(in_tmp / f"{n_jobs}.log")))
+        study = optuna.create_study(storage=storage, study_name="par", direction="maximize")
+        for learning_rate in (3e-3, 3e-2):
+            study.enqueue_trial(
+                dict(
+                    learning_rate=learning_rate,
+                    lr_schedule="constant",
+                    ent_coef=1e-3,
+                    max_grad_norm=0.5,
+                    net_arch="tiny",
+                    activation_fn="tanh",
+                    one_minus_gamma=0.01,
+                    n_episodes_pow=1,
+                    baseline="mean",
+                    reward_to_go=True,
+                    normalize_advantage=False,
+                    discount_weighting="return",
+                )
+            )
+        robust_trial(
+            400, 2, f"jobs{n_jobs}", "--n-trials", "2", "--n-jobs", str(n_jobs), "--storage", str(in_tmp / f"{n_jobs}.log"),
+            "--study-name", "par", "--pruner", "none",
+        )  # fmt: skip
+        trials = optuna.load_study(study_name="par", storage=storage).trials
+        assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+        return {t.number: t.value for t in trials}
+
+    serial, parallel = values(1), values(2)
+    assert serial == parallel
+    assert len(set(serial.values())) > 1  # the trials differ, so the equality is not trivial
+
+
 def test_robust_trial_without_log_path_writes_no_files(in_tmp, monkeypatch):
     # SB3's EvalCallback keeps the returns only with a log_path: a scratch folder, deleted with the trial
     scratch = in_tmp / "tmp"

@@ -58,6 +58,12 @@ def trial_seeds(base_seed: int, trial_number: int, n_seeds: int) -> list[int]:
 
 RandomState = tuple[Any, dict[str, Any], th.Tensor]
 
+#: Held by a robust trial from building its K models to the end of their training: the runs seed and swap the
+#: process-global random generators, so two trials of one process (``--n-jobs`` > 1: Optuna's threads) must not
+#: interleave, or each would draw the other's numbers. Robust trials of one process therefore run one at a time
+#: (their K runs already take turns); run several processes on one ``--storage`` for parallel trials.
+SEEDED_SECTION = threading.Lock()
+
 
 def get_global_rng_state() -> RandomState:
     """The global generators that SB3 seeds (``set_random_seed``): Python's ``random``, NumPy's and PyTorch's (CPU)."""
@@ -313,44 +319,45 @@ class PGExperimentManager(ExperimentManager):
         assert log_root is not None
 
         models, callbacks, eval_envs = [], [], []
-        try:
+        with SEEDED_SECTION:  # seeding and swapping the global generators: one robust trial at a time
             try:
-                for run, seed in enumerate(seeds):
-                    model = ALGOS[self.algo](
-                        env=self.create_envs(self.n_envs, no_log=True),
-                        tensorboard_log=None,
-                        seed=seed,
-                        verbose=trial_verbosity,
-                        device=self.device,
-                        **copy.deepcopy(kwargs),
-                    )
-                    models.append(model)
-                    eval_env = self.create_envs(n_envs=self.n_eval_envs, eval_env=True)
-                    eval_envs.append(eval_env)
-                    board.save_rng(run)
-                    callbacks.append(
-                        SeedEvaluationCallback(
-                            board,
-                            run,
-                            eval_env,
-                            self.n_eval_episodes,
-                            eval_freq,
-                            self.n_evaluations,
-                            self.deterministic_eval,
-                            os.path.join(log_root, f"trial_{trial.number!s}", f"seed_{run}"),
+                try:
+                    for run, seed in enumerate(seeds):
+                        model = ALGOS[self.algo](
+                            env=self.create_envs(self.n_envs, no_log=True),
+                            tensorboard_log=None,
+                            seed=seed,
+                            verbose=trial_verbosity,
+                            device=self.device,
+                            **copy.deepcopy(kwargs),
                         )
-                    )
-            except PRUNED_ERRORS as e:
-                # settings the algorithm refuses at construction: pruned, as rl-zoo3 prunes a failing trial
-                for env in [*(m.env for m in models), *eval_envs]:
-                    if env is not None:
-                        env.close()
-                print(e)
-                raise optuna.exceptions.TrialPruned() from e
-            errors = self._train_runs(trial, board, models, callbacks, eval_envs)
-        finally:
-            if scratch is not None:
-                scratch.cleanup()
+                        models.append(model)
+                        eval_env = self.create_envs(n_envs=self.n_eval_envs, eval_env=True)
+                        eval_envs.append(eval_env)
+                        board.save_rng(run)
+                        callbacks.append(
+                            SeedEvaluationCallback(
+                                board,
+                                run,
+                                eval_env,
+                                self.n_eval_episodes,
+                                eval_freq,
+                                self.n_evaluations,
+                                self.deterministic_eval,
+                                os.path.join(log_root, f"trial_{trial.number!s}", f"seed_{run}"),
+                            )
+                        )
+                except PRUNED_ERRORS as e:
+                    # settings the algorithm refuses at construction: pruned, as rl-zoo3 prunes a failing trial
+                    for env in [*(m.env for m in models), *eval_envs]:
+                        if env is not None:
+                            env.close()
+                    print(e)
+                    raise optuna.exceptions.TrialPruned() from e
+                errors = self._train_runs(trial, board, models, callbacks, eval_envs)
+            finally:
+                if scratch is not None:
+                    scratch.cleanup()
 
         trial.set_user_attr(
             "seed_returns",
