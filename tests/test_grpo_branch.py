@@ -277,8 +277,31 @@ def test_subproc_vec_env_without_snapshot_wrapper_is_refused_naming_the_env():
 
 def test_an_env_without_snapshots_is_refused_naming_the_env():
     model = make_branch("LunarLander-v3")  # Box2D: needs SnapshotWrapper's replay
-    with pytest.raises(SnapshotError, match=r"group_start='branch'.*LunarLander-v3.*SnapshotWrapper"):
+    with pytest.raises(SnapshotError, match=r"group_start='branch'.*LunarLander-v3.*SnapshotWrapper") as info:
         model.learn(100)
+    assert isinstance(info.value, ValueError)  # a setting that does not fit the env: rl-zoo3's tuning prunes it
+
+
+def test_the_sampler_tunes_the_group_start_and_the_branch_options():
+    import optuna
+
+    from sb3_pg_ext.zoo.samplers import convert_grpo_params, sample_grpo_params
+
+    env = make_vec_env(PENDULUM, n_envs=1)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0), direction="maximize")
+    starts = set()
+    for _ in range(12):
+        trial = study.ask()
+        kwargs = sample_grpo_params(trial, 0, 1, {})
+        starts.add(kwargs["group_start"])
+        if kwargs["group_start"] == "branch":
+            assert kwargs["branch_horizon"] in (8, 16, 32, 64) and kwargs["gamma"] in (0.9, 0.95, 0.98, 0.99)
+        else:
+            assert "branch_horizon" not in kwargs and "gamma" not in kwargs
+        assert convert_grpo_params(trial.params).get("gamma") == kwargs.get("gamma")
+        GRPO("MlpPolicy", env, device="cpu", **kwargs)
+        study.tell(trial, 0.0)
+    assert starts == {"reset", "branch"}
 
 
 def test_vec_normalize():

@@ -52,6 +52,14 @@ class GroupStartError(RuntimeError):
     """The episodes of a group did not start from the same observation."""
 
 
+class BranchStartError(SnapshotError, ValueError):
+    """
+    ``group_start="branch"`` on an env that cannot be snapshotted: a :class:`SnapshotError` naming the env, and a
+    ``ValueError`` too, since the setting does not fit the env (so rl-zoo3's tuning prunes such a trial instead of
+    stopping the study).
+    """
+
+
 def seed_next_reset(env: VecEnv, seeds: list[int | None]) -> None:
     """
     Make the next ``env.reset()`` reset env i with ``seeds[i]`` (None: unseeded).
@@ -227,7 +235,9 @@ class BranchGroupStart(GroupStart):
         try:
             return snapshot(env, env_idx)
         except SnapshotError as error:
-            raise SnapshotError(f"{self.algorithm}(group_start='branch') cannot branch from env {env_idx}: {error}") from error
+            raise BranchStartError(
+                f"{self.algorithm}(group_start='branch') cannot branch from env {env_idx}: {error}"
+            ) from error
 
     def offer(self, env: VecEnv, env_idx: int, step: int) -> None:
         """
@@ -464,6 +474,7 @@ class GroupedOnPolicyAlgorithm(EpisodicOnPolicyAlgorithm):
 __all__ = [
     "GROUP_SEED_LIMIT",
     "BranchGroupStart",
+    "BranchStartError",
     "GroupStart",
     "GroupStartError",
     "GroupedOnPolicyAlgorithm",

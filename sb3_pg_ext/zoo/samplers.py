@@ -190,6 +190,8 @@ def convert_grpo_params(params: dict[str, Any]) -> dict[str, Any]:
     hyperparams = dict(params)
     if not hyperparams.pop("use_kl", False):
         hyperparams["beta"] = 0.0
+    if "branch_gamma" in hyperparams:
+        hyperparams["gamma"] = hyperparams.pop("branch_gamma")
     return _convert_common(hyperparams, actor_critic=False)
 
 
@@ -201,7 +203,13 @@ def sample_grpo_params(trial: optuna.Trial, n_actions: int, n_envs: int, additio
     in {0.1, 0.2, 0.3}, ``clip_range_high`` in {None, 0.28} (DAPO's asymmetric clip), a KL penalty (``use_kl``;
     then ``beta`` log-uniform in [1e-4, 0.3] and every ``kl_estimator``), every ``scale_rewards``,
     ``loss_aggregation`` among seq_sum/seq_mean/token_mean (``"constant"`` needs a length bound that not every env
-    has), ``drop_zero_std_groups`` on/off. No gamma: GRPO's returns are undiscounted.
+    has), ``drop_zero_std_groups`` on/off. No gamma for reset groups, whose returns are undiscounted.
+
+    Drawn last (so that the draws above keep their order): ``group_start`` reset/branch; with branch groups,
+    ``branch_horizon`` H in {8, 16, 32, 64} and ``branch_gamma`` in {0.9, 0.95, 0.98, 0.99} (the continuations'
+    discount; H = 16 with gamma = 0.9 was the best of a first exploration on Pendulum-v1). Branch groups need env
+    snapshots: on an env without them a branch trial raises a ``ValueError`` at its first rollout, which rl-zoo3
+    prunes.
     """
     params = _sample_common(trial, gamma=False)
     params["group_size"] = trial.suggest_categorical("group_size", [2, 4, 8, 16, 32])
@@ -217,6 +225,10 @@ def sample_grpo_params(trial: optuna.Trial, n_actions: int, n_envs: int, additio
     params["scale_rewards"] = trial.suggest_categorical("scale_rewards", ["group", "batch", "none"])
     params["loss_aggregation"] = trial.suggest_categorical("loss_aggregation", ["seq_sum", "seq_mean", "token_mean"])
     params["drop_zero_std_groups"] = trial.suggest_categorical("drop_zero_std_groups", [False, True])
+    params["group_start"] = trial.suggest_categorical("group_start", ["reset", "branch"])
+    if params["group_start"] == "branch":
+        params["branch_horizon"] = trial.suggest_categorical("branch_horizon", [8, 16, 32, 64])
+        params["branch_gamma"] = trial.suggest_categorical("branch_gamma", [0.9, 0.95, 0.98, 0.99])
     return _as_model_kwargs(convert_grpo_params(params))
 
 
