@@ -20,6 +20,7 @@ from sb3_pg_ext.lab import LabRun, read_gradient
 from sb3_pg_ext.lab.cli import main
 from sb3_pg_ext.lab.options import ReinforceAdapter
 from sb3_pg_ext.lab.report import build_report
+from sb3_pg_ext.lab.stats import bias_statistics
 from tests.pg_envs import GaussianBandit, IndependentStepsEnv
 
 SGD = {"optimizer_class": th.optim.SGD, "optimizer_kwargs": {}}
@@ -149,10 +150,55 @@ def bandit_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[REINFORCE, dic
 
 
 def test_lab_variance_matches_the_exact_variance_on_the_bandit(bandit_run) -> None:
+    """tr(S) of the no-baseline estimator within 3 SE of the exact trace (R = 300: SE about 7% of the trace)."""
     checkpoint, records = bandit_run
     record = records["whole-none"]
     exact = bandit_exact_trace(checkpoint, 3)
     assert abs(record["policy"]["trace"] - exact) <= 3 * record["policy"]["trace_se"], (record["policy"], exact)
+
+
+@pytest.mark.slow
+def test_lab_variance_matches_the_exact_variance_sharply(bandit_run, tmp_path: Path) -> None:
+    """The same with R = 1500 (SE about 2.5% of the trace: a 10% error in the variance fails it)."""
+    checkpoint, _ = bandit_run
+    lab = LabRun(
+        "reinforce",
+        _bandit,
+        checkpoint,
+        tmp_path,
+        batch_sizes=[3],
+        options=["whole-none"],
+        n_batches=1500,
+        exact_gradient=bandit_exact_gradient,
+    )
+    record = json.loads(lab.run()[0].read_text())
+    exact = bandit_exact_trace(checkpoint, 3)
+    assert abs(record["policy"]["trace"] - exact) <= 3 * record["policy"]["trace_se"], (record["policy"], exact)
+    assert record["policy"]["trace_se"] < 0.035 * exact
+
+
+def test_bias_estimate_is_unbiased_with_a_calibrated_standard_error() -> None:
+    """
+    Synthetic gradients g_r ~ N(ref + b, diag(v)) against a reference from K draws of N(ref, diag(v)): over 400
+    repetitions, the mean of B^2 is ||b||^2 (the plain ||m - ref||^2 would add tr(C), here 10x ||b||^2) and the
+    spread of B^2 matches the reported standard error.
+    """
+    rng = np.random.default_rng(0)
+    p, n, k = 200, 8, 16
+    reference, bias = np.ones(p), np.zeros(p)
+    bias[:5] = 0.5  # ||b||^2 = 1.25
+    scale = np.linspace(0.5, 1.5, p)
+    estimates, errors = [], []
+    for _ in range(400):
+        gradients = reference + bias + scale * rng.standard_normal((n, p))
+        reference_gradients = reference + scale * rng.standard_normal((k, p))
+        stats = bias_statistics(gradients, reference_gradients.mean(0), reference_gradients)
+        ref_sq = float(reference_gradients.mean(0) @ reference_gradients.mean(0))
+        estimates.append(stats["bias_sq_rel"] * ref_sq)
+        errors.append(stats["bias_sq_rel_se"] * ref_sq)
+    estimates_arr = np.asarray(estimates)
+    assert abs(estimates_arr.mean() - 1.25) <= 3 * estimates_arr.std() / np.sqrt(len(estimates))
+    assert 0.8 < np.mean(errors) / estimates_arr.std() < 1.25
 
 
 def test_lab_bias_matches_the_exact_bias_on_the_bandit(bandit_run) -> None:
@@ -237,18 +283,8 @@ def test_report_rebuilds_from_the_stored_files_alone(tmp_path: Path) -> None:
     model.save(tmp_path / "early.zip")
     out = tmp_path / "lab"
     args = ["run", "--algo", "reinforce", "--env", "CartPole-v1", "--model", str(tmp_path / "early.zip")]
-    args += [
-        "--batch-sizes",
-        "2",
-        "3",
-        "--batches",
-        "2",
-        "--reference-factor",
-        "2",
-        "--options",
-        "whole-none",
-        "rtg-mean-gradient",
-    ]
+    args += ["--batch-sizes", "2", "3", "--batches", "3", "--reference-factor", "3"]
+    args += ["--options", "whole-none", "rtg-mean-gradient"]
     assert main([*args, "--out", str(out)]) == 0
     before = build_report(out, plots=False)
     (tmp_path / "early.zip").unlink()

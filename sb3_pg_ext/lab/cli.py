@@ -71,10 +71,10 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             parser.error(f"unknown {args.algo} --options {unknown}; valid: {', '.join(grid)}")
     if any(size < 2 for size in args.batch_sizes):
         parser.error(f"--batch-sizes must be >= 2 episodes, got {args.batch_sizes}")
-    if args.batches < 2:
-        parser.error(f"--batches must be >= 2, got {args.batches}")
-    if args.reference_factor < 2:
-        parser.error(f"--reference-factor must be >= 2, got {args.reference_factor}")
+    if args.batches < 3:
+        parser.error(f"--batches must be >= 3, got {args.batches}")
+    if args.reference_factor < 3:
+        parser.error(f"--reference-factor must be >= 3, got {args.reference_factor}")
     if args.behind < 0 or (args.behind and args.algo != "ispg"):
         parser.error(f"--behind {args.behind}: a count >= 0, for --algo ispg only")
     env_dir = args.out / args.algo / args.env.replace("/", "-")

@@ -93,10 +93,10 @@ class LabRun:
         unknown = [name for name in self.options if name not in grid]
         if unknown:
             raise ValueError(f"unknown {self.algo} options {unknown}; valid: {', '.join(grid)}")
-        if self.n_batches < 2:
-            raise ValueError(f"n_batches must be >= 2 (a variance needs two batches), got {self.n_batches}")
-        if self.reference_factor < 2:
-            raise ValueError(f"reference_factor must be >= 2, got {self.reference_factor}")
+        if self.n_batches < 3:
+            raise ValueError(f"n_batches must be >= 3 (the bias's standard error needs three), got {self.n_batches}")
+        if self.reference_factor < 3:
+            raise ValueError(f"reference_factor must be >= 3, got {self.reference_factor}")
         if not self.batch_sizes or min(self.batch_sizes) < 2:
             raise ValueError(f"batch sizes must be >= 2 episodes, got {self.batch_sizes}")
         if self.behind < 0:

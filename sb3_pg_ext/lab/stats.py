@@ -13,7 +13,8 @@ With g_1..g_R the flattened gradients of R independent batches, m their mean and
 - bias: with X = m - g_ref, C = S/R + S_ref/K (the reference, the mean of K batch gradients, has covariance
   S_ref/K; C = S/R for an exact reference),
   B^2 = ||X||^2 - tr(S)/R - tr(S_ref)/K is an unbiased estimate of ||E[g] - g_ref_true||^2, with variance
-  2 tr(C^2) + 4 X^T C X (Gaussian approximation). The relative bias is sqrt(max(B^2, 0)) / ||g_ref||, with the
+  2 tr(C^2) + 4 b^T C b (Gaussian approximation; tr(C^2) from the unbiased estimate of tr(Sigma^2), b^T C b from
+  X^T C X - tr(C^2)). The relative bias is sqrt(max(B^2, 0)) / ||g_ref||, with the
   standard error half the width of the interval sqrt(max(B^2 -/+ SE(B^2), 0)) / ||g_ref||.
 """
 
@@ -105,18 +106,19 @@ def bias_statistics(gradients: np.ndarray, reference: np.ndarray, reference_grad
     ref_sq = float(reference @ reference)
     # tr(C), tr(C^2) and X^T C X, from Gram matrices (never a P x P matrix)
     trace_c = float((centred**2).sum()) / (n - 1) / n
-    gram = centred @ centred.T
-    trace_c2 = float((gram**2).sum()) / (n - 1) ** 2 / n**2
+    trace_c2 = unbiased_trace_of_square(centred) / n**2
     xcx = float(((centred @ x) ** 2).sum()) / (n - 1) / n
     if reference_gradients is not None:
         k = reference_gradients.shape[0]
         ref_centred = reference_gradients - reference_gradients.mean(0)
         trace_c += float((ref_centred**2).sum()) / (k - 1) / k
-        trace_c2 += float(((ref_centred @ ref_centred.T) ** 2).sum()) / (k - 1) ** 2 / k**2
+        trace_c2 += unbiased_trace_of_square(ref_centred) / k**2
+        # tr(S S_ref) is unbiased for tr(Sigma Sigma_ref): the two samples are independent
         trace_c2 += 2 * float(((centred @ ref_centred.T) ** 2).sum()) / ((n - 1) * (k - 1)) / (n * k)
         xcx += float(((ref_centred @ x) ** 2).sum()) / (k - 1) / k
     bias_sq = float(x @ x) - trace_c
-    bias_sq_se = math.sqrt(max(2 * trace_c2 + 4 * xcx, 0.0))
+    # Var(||X||^2) = 2 tr(C^2) + 4 b^T C b, and E[X^T C X] = b^T C b + tr(C^2)
+    bias_sq_se = math.sqrt(2 * trace_c2 + 4 * max(xcx - trace_c2, 0.0))
     low, high = max(bias_sq - bias_sq_se, 0.0), max(bias_sq + bias_sq_se, 0.0)
     norm_mean = float(np.linalg.norm(mean))
     return {
@@ -127,6 +129,22 @@ def bias_statistics(gradients: np.ndarray, reference: np.ndarray, reference_grad
         "bias_rel_se": (math.sqrt(high) - math.sqrt(low)) / 2 / math.sqrt(ref_sq),
         "distance_rel": math.sqrt(float(x @ x) / ref_sq),
     }
+
+
+def unbiased_trace_of_square(centred: np.ndarray) -> float:
+    """
+    An unbiased estimate of tr(Sigma^2) from n centred samples (Gaussian case; n >= 3): the plain tr(S^2) adds about
+    tr(Sigma)^2 / (n - 1), which dominates when the dimension is large.
+
+        tr(Sigma^2) ~ (n-1)^2 / ((n-2)(n+1)) * (tr(S^2) - tr(S)^2 / (n-1))
+
+    :param centred: ``(n, P)`` samples minus their mean
+    :return: the estimate, clipped at 0
+    """
+    n = centred.shape[0]
+    trace_s = float((centred**2).sum()) / (n - 1)
+    trace_s2 = float(((centred @ centred.T) ** 2).sum()) / (n - 1) ** 2
+    return max((n - 1) ** 2 / ((n - 2) * (n + 1)) * (trace_s2 - trace_s**2 / (n - 1)), 0.0)
 
 
 def gradient_statistics(
