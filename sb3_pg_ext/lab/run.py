@@ -221,6 +221,9 @@ class LabRun:
         batch_size = max(self.batch_sizes)
         if self.exact_gradient is not None:
             model = self.build(option, batch_size, self.file_seed("reference"))
+            target = self.target_state()
+            if target is not None:  # ISPG: the gradient of the target policy pi
+                model.policy.load_state_dict(target)
             reference = np.asarray(self.exact_gradient(model), dtype=np.float64)
             gradients = None
             record = {"exact": True, "option": None, "batch_size": None, "K": 0}
