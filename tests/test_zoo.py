@@ -269,7 +269,8 @@ def test_plot_commands_read_the_launcher_logs(in_tmp):
         )
     plt.close("all")
     main(["plot_train", "-a", "grpo", "-e", ENV, "-f", "logs", "-w", "2"])
-    assert plt.get_fignums(), "plot_train drew no figure"
+    # no display (Agg): the figure is saved rather than shown
+    assert (in_tmp / "logs" / f"plot_train_grpo_{ENV}.png").stat().st_size > 0
     plt.close("all")
     main(["all_plots", "-a", "grpo", "-e", ENV, "-f", "logs", "-o", "grpo_results", "--no-display", "-max", "200"])
     assert (in_tmp / "grpo_results.pkl").is_file()
@@ -277,6 +278,39 @@ def test_plot_commands_read_the_launcher_logs(in_tmp):
     main(["plot_from_file", "-i", "grpo_results.pkl", "-o", "grpo_plot.png", "--format", "png"])
     assert (in_tmp / "grpo_plot.png").stat().st_size > 0
     plt.close("all")
+
+
+def test_plots_of_one_run_per_algorithm_and_without_a_display(in_tmp, capsys):
+    """
+    One run per algorithm: all_plots stored each run's last evaluations as a scalar, which plot_from_file skipped
+    and then failed on (``min() arg is an empty sequence``). Without a display, plot_train and all_plots showed
+    their figures nowhere: they are saved, and the path printed.
+    """
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    assert matplotlib.get_backend().lower() == "agg"
+    for algo in ("reinforce", "grpo"):
+        main(f"train --algo {algo} --env {ENV} -n 200 --eval-freq 100 --eval-episodes 2 -f logs --verbose 0 --seed 1".split())
+    capsys.readouterr()
+    main(["plot_train", "-a", "grpo", "-e", ENV, "-f", "logs", "-w", "2"])
+    figure = in_tmp / "logs" / f"plot_train_grpo_{ENV}.png"
+    assert figure.stat().st_size > 0 and f"figure saved to {Path('logs') / figure.name}" in capsys.readouterr().out
+    main(["all_plots", "-a", "reinforce", "grpo", "-e", ENV, "-f", "logs", "-o", "both", "-max", "200"])
+    assert (in_tmp / "both.pkl").is_file() and (in_tmp / "both.png").stat().st_size > 0
+    main(["plot_from_file", "-i", "both.pkl", "-o", "both_curves.png", "--format", "png"])
+    assert (in_tmp / "both_curves.png").stat().st_size > 0
+    assert not plt.get_fignums()
+
+
+def test_version_names_the_package_rl_zoo3_and_sb3(capsys):
+    import rl_zoo3
+
+    from sb3_pg_ext import __version__
+
+    main(["--version"])
+    out = capsys.readouterr().out.strip()
+    assert out == f"sb3-pg-zoo {__version__} (sb3-pg-ext; rl-zoo3 {rl_zoo3.__version__}, stable-baselines3 2.9.2)"
 
 
 def test_console_script_is_declared():
@@ -814,3 +848,49 @@ def test_eval_flags_are_validated():
         PGExperimentManager(argparse.Namespace(), "grpo", ENV, "logs", eval_seeds=0)
     with pytest.raises(ValueError, match="eval-aggregate"):
         PGExperimentManager(argparse.Namespace(), "grpo", ENV, "logs", eval_aggregate="median")
+
+
+# -- bad launcher input: one line naming the value and the valid ones, exit 2 ------------------------------------------
+
+
+def launcher_error(capsys, *args: str) -> str:
+    """Run ``sb3-pg-zoo train`` on ``args``; assert exit 2 and one error line; return that line."""
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--algo", "reinforce", "--env", ENV, "-n", "64", "-f", "logs", "--verbose", "0", *args])
+    assert info.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("sb3-pg-zoo train: error: "), lines
+    return lines[0]
+
+
+def test_unknown_hyperparameter_lists_the_constructor_keywords(in_tmp, capsys):
+    line = launcher_error(capsys, "-params", "n_episode:4")
+    assert "unknown hyperparameter 'n_episode' for reinforce on CartPole-v1" in line
+    assert "REINFORCE takes: " in line and "n_episodes" in line and "baseline" in line
+
+
+def test_params_given_a_file_name_says_what_it_expects(in_tmp, capsys):
+    line = launcher_error(capsys, "-params", "my.yml")
+    assert "-params 'my.yml' is not a key:value pair" in line and "--conf-file" in line
+    line = launcher_error(capsys, "-params", "baseline:mean value")
+    assert "-params 'baseline:mean value': the value 'mean value' is not a Python expression" in line
+
+
+def test_unknown_study_and_trial_out_of_range_name_the_valid_ones(in_tmp, capsys):
+    storage = str(in_tmp / "studies.log")
+    journal = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage))
+    study = optuna.create_study(storage=journal, study_name="known", direction="maximize")
+    study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=1.0))
+    study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=2.0))
+    optuna.create_study(storage=journal, study_name="other")
+    line = launcher_error(capsys, "--storage", storage, "--study-name", "unknown", "--trial-id", "0")
+    assert f"--study-name 'unknown' is not in {storage}; its studies: known, other" in line
+    line = launcher_error(capsys, "--storage", storage, "--study-name", "known", "--trial-id", "9")
+    assert "--trial-id 9 is out of range for study 'known': 0 to 1" in line
+
+
+def test_eval_seeds_without_optimize_is_an_error(in_tmp, capsys):
+    line = launcher_error(capsys, "--eval-seeds", "2")
+    assert "--eval-seeds applies only to -optimize" in line
+    line = launcher_error(capsys, "--eval-seeds", "2", "--eval-aggregate", "mean")
+    assert "--eval-seeds and --eval-aggregate apply only to -optimize" in line

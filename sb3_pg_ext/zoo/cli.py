@@ -22,18 +22,26 @@ Each command parses its arguments with rl-zoo3's own parser and runs rl-zoo3's o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import importlib
+import os
+import pickle
 import sys
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, cast
 
+import numpy as np
+import rl_zoo3
+import stable_baselines3
 from rl_zoo3.utils import ALGOS
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
+from sb3_pg_ext import __version__
 from sb3_pg_ext.zoo.aggregate import AGGREGATES
-from sb3_pg_ext.zoo.exp_manager import PGExperimentManager
+from sb3_pg_ext.zoo.exp_manager import LauncherUsageError, PGExperimentManager
 from sb3_pg_ext.zoo.registry import ZOO_ALGOS, register
 
 PROG = "sb3-pg-zoo"
@@ -74,6 +82,7 @@ def train(args: Sequence[str]) -> None:
         parser.print_help()
         print()
     ours, rest = parser.parse_known_args(list(args))
+    check_hyperparams_flag(rest)
     zoo_train = importlib.import_module("rl_zoo3.train")
     manager = functools.partial(PGExperimentManager, eval_seeds=ours.eval_seeds, eval_aggregate=ours.eval_aggregate)
     # rl_zoo3.train.train() looks the name up in its module when it runs: rebinding it there for the call swaps
@@ -84,6 +93,49 @@ def train(args: Sequence[str]) -> None:
         _run(f"{PROG} train", rest, zoo_train.train)
     finally:
         zoo_train.ExperimentManager = original  # type: ignore[attr-defined]
+
+
+HYPERPARAMS_FLAGS = ("-params", "--hyperparams")
+
+
+def check_hyperparams_flag(args: Sequence[str]) -> None:
+    """
+    Raise :class:`LauncherUsageError` unless every value of ``-params``/``--hyperparams`` is a ``key:value`` pair
+    whose value is a Python expression (rl-zoo3 ``eval``s it; a file name gave a raw ``SyntaxError``).
+    """
+    values: list[str] = []
+    taking = False
+    for arg in args:
+        if arg in HYPERPARAMS_FLAGS:
+            taking = True
+            continue
+        if taking and arg.startswith("-") and not _is_number(arg):
+            taking = False
+        if taking:
+            values.append(arg)
+    for value in values:
+        key, sep, expression = value.partition(":")
+        hint = (
+            "-params takes key:value pairs, e.g. -params n_episodes:16 learning_rate:0.001 "
+            'policy_kwargs:"dict(net_arch=[64])" (a hyperparameter file goes to --conf-file)'
+        )
+        if not sep or not key:
+            raise LauncherUsageError(f"-params {value!r} is not a key:value pair; {hint}")
+        try:
+            compile(expression, "<-params>", "eval")
+        except SyntaxError:
+            raise LauncherUsageError(
+                f"-params {value!r}: the value {expression!r} is not a Python expression (quote strings: "
+                f"{key}:\"'text'\"); {hint}"
+            ) from None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def off_policy_algos() -> list[str]:
@@ -118,11 +170,100 @@ def enjoy(args: Sequence[str]) -> None:
         ALGOS.update(replaced)
 
 
+#: matplotlib backends that cannot show a window (matplotlib picks ``agg`` where there is no display).
+NON_INTERACTIVE_BACKENDS = frozenset({"agg", "cairo", "pdf", "pgf", "ps", "svg", "template"})
+
+
+def _option_value(args: Sequence[str], *flags: str) -> str | None:
+    """The value after the last of ``flags`` in ``args`` (None if absent)."""
+    value = None
+    for i, arg in enumerate(args[:-1]):
+        if arg in flags:
+            value = args[i + 1]
+    return value
+
+
+def _default_figure_path(name: str, args: Sequence[str]) -> str:
+    """Where a plot command's figures go when there is no display: beside ``-o`` or in the experiment folder."""
+    if name == "plot_train":
+        folder = _option_value(args, "-f", "--exp-folder") or "."
+        algo = _option_value(args, "-a", "--algo") or "algo"
+        env = _option_value(args, "-e", "--env") or "env"
+        return os.path.join(folder, f"plot_train_{algo}_{env}.png")
+    output = _option_value(args, "-o", "--output")
+    if output is None:
+        return f"{name}.png"
+    # all_plots: -o names the results file (without suffix); plot_from_file: the image it saves itself
+    return f"{output}.png" if name == "all_plots" else f"{os.path.splitext(output)[0]}_figure.png"
+
+
+@contextlib.contextmanager
+def _figures_saved_without_display(path: str) -> Iterator[list[str]]:
+    """
+    Where matplotlib cannot show a window, ``plt.show()`` saves every open figure instead (``path``, then
+    ``path`` with ``_2``, ``_3``, ... before the suffix) and prints where; elsewhere it shows them as usual.
+    """
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    saved: list[str] = []
+    if matplotlib.get_backend().lower() not in NON_INTERACTIVE_BACKENDS:
+        yield saved
+        return
+    original = plt.show
+
+    def show(*args: Any, **kwargs: Any) -> None:
+        root, ext = os.path.splitext(path)
+        for figure_number in plt.get_fignums():
+            target = path if not saved else f"{root}_{len(saved) + 1}{ext}"
+            os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+            plt.figure(figure_number).savefig(target)
+            saved.append(target)
+            print(f"{PROG}: no display (matplotlib backend {matplotlib.get_backend()}): figure saved to {target}")
+        plt.close("all")
+
+    plt.show = show  # type: ignore[assignment]
+    try:
+        yield saved
+    finally:
+        plt.show = original  # type: ignore[assignment]
+
+
+def _single_runs_as_lists(path: str, target: str) -> None:
+    """
+    Copy the results file of ``all_plots`` at ``path`` to ``target`` with every ``last_evals`` made a 1-D array:
+    with one run, ``all_plots`` stores it as a scalar, which ``plot_from_file`` skips, and with every entry skipped
+    it fails with ``min() arg is an empty sequence``.
+    """
+    with open(path, "rb") as file:
+        results = pickle.load(file)
+    for env, entries in results.items():
+        if env == "results_table" or not isinstance(entries, dict):
+            continue
+        for entry in entries.values():
+            if isinstance(entry, dict) and "last_evals" in entry:
+                entry["last_evals"] = np.atleast_1d(entry["last_evals"])
+    with open(target, "wb") as file:
+        pickle.dump(results, file)
+
+
 def _plots(name: str) -> Callable[[Sequence[str]], None]:
     def command(args: Sequence[str]) -> None:
-        _run(f"{PROG} {name}", args, _rl_zoo_function(f"rl_zoo3.plots.{name}", name))
+        args = list(args)
+        function = _rl_zoo_function(f"rl_zoo3.plots.{name}", name)
+        with contextlib.ExitStack() as stack:
+            source = _option_value(args, "-i", "--input")
+            if name == "plot_from_file" and source is not None and os.path.isfile(source):
+                folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="sb3-pg-zoo-"))
+                copy = os.path.join(folder, os.path.basename(source))
+                _single_runs_as_lists(source, copy)
+                args[len(args) - 1 - args[::-1].index(source)] = copy
+            stack.enter_context(_figures_saved_without_display(_default_figure_path(name, args)))
+            _run(f"{PROG} {name}", args, function)
 
-    command.__doc__ = f"rl-zoo3's ``{name}``."
+    command.__doc__ = (
+        f"rl-zoo3's ``{name}``; without a display, the figures are saved (and their paths printed) instead of shown."
+    )
     return command
 
 
@@ -145,6 +286,13 @@ RUNNERS: dict[str, Callable[[Sequence[str]], None]] = {
 }
 
 
+def version() -> str:
+    """The ``--version`` line: the package's version and those of rl-zoo3 and SB3 it runs."""
+    return (
+        f"{PROG} {__version__} (sb3-pg-ext; rl-zoo3 {rl_zoo3.__version__}, stable-baselines3 {stable_baselines3.__version__})"
+    )
+
+
 def main(argv: Sequence[str] | None = None, commands: Sequence[str] = COMMANDS) -> None:
     """
     Entry point of ``python -m sb3_pg_ext.zoo`` (and, through :mod:`sb3_pg_ext.cli`, of ``sb3-pg-zoo``).
@@ -154,10 +302,13 @@ def main(argv: Sequence[str] | None = None, commands: Sequence[str] = COMMANDS) 
         ``benchmark``, which it runs itself)
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("--version", "-V"):
+        print(version())
+        return
     if not argv or argv[0] in ("-h", "--help"):
         print(f"usage: {PROG} {{{','.join(commands)}}} [rl-zoo3 arguments]")
         print(f"algorithms added to rl-zoo3's: {', '.join(ZOO_ALGOS)}")
-        print(f"'{PROG} <command> -h' lists a command's arguments")
+        print(f"'{PROG} <command> -h' lists a command's arguments; '{PROG} --version' the versions")
         if not argv:
             raise SystemExit(2)
         return
@@ -165,7 +316,21 @@ def main(argv: Sequence[str] | None = None, commands: Sequence[str] = COMMANDS) 
     if command not in RUNNERS:
         raise SystemExit(f"{PROG}: unknown command {command!r}; use one of {', '.join(commands)}")
     register()
-    RUNNERS[command](args)
+    try:
+        RUNNERS[command](args)
+    except LauncherUsageError as error:
+        print(f"{PROG} {command}: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
-__all__ = ["COMMANDS", "PROG", "RUNNERS", "enjoy", "main", "off_policy_algos", "train"]
+__all__ = [
+    "COMMANDS",
+    "PROG",
+    "RUNNERS",
+    "check_hyperparams_flag",
+    "enjoy",
+    "main",
+    "off_policy_algos",
+    "train",
+    "version",
+]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import inspect
 import os
 import random
 import tempfile
@@ -42,6 +43,17 @@ from sb3_pg_ext.zoo.registry import ZOO_ALGOS
 #: Errors that prune a trial instead of ending the study: rl-zoo3's (AssertionError, ValueError) and the
 #: FloatingPointError that the package's algorithms raise on non-finite losses, gradients or parameters.
 PRUNED_ERRORS = (AssertionError, ValueError, FloatingPointError)
+
+
+class LauncherUsageError(ValueError):
+    """Bad launcher input (an unknown hyperparameter, study or trial): ``sb3-pg-zoo`` prints it on one line, exit 2."""
+
+
+def _optuna_storage(storage: str) -> Any:
+    """rl-zoo3's storage argument: a ``.log`` path is a journal file, anything else an RDB URL."""
+    if storage.endswith(".log"):
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage))
+    return storage
 
 
 class _TrialNumber(int):
@@ -255,14 +267,47 @@ class PGExperimentManager(ExperimentManager):
         self.eval_seeds = 1 if eval_seeds is None else int(eval_seeds)
         self.eval_aggregate = "iqm" if eval_aggregate is None else eval_aggregate
         if self.eval_seeds < 1:
-            raise ValueError(f"--eval-seeds must be >= 1; got {self.eval_seeds}")
+            raise LauncherUsageError(f"--eval-seeds must be >= 1; got {self.eval_seeds}")
         if self.eval_aggregate not in AGGREGATES:
-            raise ValueError(f"--eval-aggregate must be one of {sorted(AGGREGATES)}; got {self.eval_aggregate!r}")
+            raise LauncherUsageError(f"--eval-aggregate must be one of {sorted(AGGREGATES)}; got {self.eval_aggregate!r}")
+        if self.robust_trials and not self.optimize_hyperparameters:
+            flags = " and ".join(
+                flag
+                for flag, value in (("--eval-seeds", eval_seeds), ("--eval-aggregate", eval_aggregate))
+                if value is not None
+            )
+            raise LauncherUsageError(
+                f"{flags} {'apply' if ' and ' in flags else 'applies'} only to -optimize (robust trials); a training "
+                "run without -optimize trains one seed (--seed): add -optimize or drop the flag"
+            )
         if self.robust_trials and algo == "ars":
-            raise ValueError("--eval-seeds does not support ARS (its asynchronous evaluation needs rl-zoo3's objective)")
+            raise LauncherUsageError(
+                "--eval-seeds does not support ARS (its asynchronous evaluation needs rl-zoo3's objective)"
+            )
         # saved in args.yml with the run's other arguments
         args.eval_seeds = eval_seeds
         args.eval_aggregate = eval_aggregate
+
+    def _preprocess_hyperparams(self, hyperparams: dict[str, Any]) -> tuple[dict[str, Any], Any, Any, Any]:
+        """rl-zoo3's, then: every key left for the constructor must be one of its keywords (else a clear error)."""
+        preprocessed = super()._preprocess_hyperparams(hyperparams)
+        check_constructor_keywords(ALGOS[self.algo], preprocessed[0], self.algo, self.env_name.gym_id)
+        return preprocessed
+
+    def load_trial(self, storage: str, study_name: str, trial_id: int | None = None, convert: bool = True) -> dict[str, Any]:
+        """rl-zoo3's, with an unknown study or a trial number out of range named in a clear error."""
+        optuna_storage = _optuna_storage(storage)
+        names = optuna.get_all_study_names(storage=optuna_storage)
+        if study_name not in names:
+            raise LauncherUsageError(
+                f"--study-name {study_name!r} is not in {storage}; its studies: {', '.join(sorted(names)) or 'none'}"
+            )
+        if trial_id is not None:
+            n_trials = len(optuna.load_study(storage=optuna_storage, study_name=study_name).trials)
+            if not 0 <= int(trial_id) < n_trials:
+                valid = f"0 to {n_trials - 1}" if n_trials else "none: the study has no trial"
+                raise LauncherUsageError(f"--trial-id {int(trial_id)} is out of range for study {study_name!r}: {valid}")
+        return super().load_trial(storage, study_name, trial_id, convert)
 
     def objective(self, trial: optuna.Trial) -> float:
         """
@@ -416,4 +461,28 @@ class PGExperimentManager(ExperimentManager):
         return errors
 
 
-__all__ = ["EvaluationBoard", "PGExperimentManager", "SeedEvaluationCallback", "trial_seeds"]
+def check_constructor_keywords(algo_class: Any, hyperparams: dict[str, Any], algo: str, env_id: str) -> None:
+    """
+    Raise :class:`LauncherUsageError` naming the keys of ``hyperparams`` that ``algo_class``'s constructor does not
+    take, and listing the ones it does (nothing to check when it takes ``**kwargs``).
+    """
+    parameters = inspect.signature(algo_class.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    valid = sorted(name for name in parameters if name not in ("self", "env", "_init_setup_model"))
+    unknown = sorted(key for key in hyperparams if key not in parameters or key in ("self", "_init_setup_model"))
+    if unknown:
+        raise LauncherUsageError(
+            f"unknown hyperparameter{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} for {algo} on "
+            f"{env_id} (from the hyperparameter file or -params); {algo_class.__name__} takes: {', '.join(valid)}"
+        )
+
+
+__all__ = [
+    "EvaluationBoard",
+    "LauncherUsageError",
+    "PGExperimentManager",
+    "SeedEvaluationCallback",
+    "check_constructor_keywords",
+    "trial_seeds",
+]
