@@ -248,6 +248,7 @@ def test_ispg_lab_measures_the_target_policy_unbiasedly(tmp_path: Path) -> None:
     ISPG, behaviour policy 3 updates behind: the target policy is stored and differs from the checkpoint, and the
     per-decision, prefix and one-step estimates of its gradient are unbiased within 3 SE (exact on this env).
     """
+
     def quiet_env() -> IndependentStepsEnv:
         return IndependentStepsEnv(noise_std=0.1)
 
@@ -369,6 +370,11 @@ def test_report_rebuilds_from_the_stored_files_alone(tmp_path: Path) -> None:
             "for --algo ispg only",
         ),
         (["options", "--algo", "a2c"], "unknown --algo 'a2c'"),
+        (["run", "--algo", "ispg", "--env", "CartPole-v1", "--model", "missing.zip"], "no saved model at missing.zip"),
+        (
+            ["run", "--algo", "ispg", "--env", "CartPole-v1", "--zoo-folder", "/no/such/run"],
+            "no zoo run folder at /no/such/run",
+        ),
     ],
 )
 def test_cli_rejects_bad_values_with_status_2(args: list[str], message: str, tmp_path: Path, capsys) -> None:

@@ -56,7 +56,9 @@ def zoo_model_path(folder: Path, env_id: str) -> Path:
     :param env_id: the env id (the file is named after it)
     """
     folder = Path(folder)
-    if any(folder.rglob("vecnormalize.pkl")):
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no zoo run folder at {folder}")
+    if (folder / "vecnormalize.pkl").exists() or any(folder.glob("*/vecnormalize.pkl")):
         raise ValueError(f"{folder} holds a VecNormalize run (vecnormalize.pkl); the lab does not support normalised envs yet")
     for name in (f"{env_id}.zip", f"{env_id.replace('/', '-')}.zip", "best_model.zip"):
         if (folder / name).is_file():

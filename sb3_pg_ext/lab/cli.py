@@ -78,19 +78,21 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.behind < 0 or (args.behind and args.algo != "ispg"):
         parser.error(f"--behind {args.behind}: a count >= 0, for --algo ispg only")
     env_dir = args.out / args.algo / args.env.replace("/", "-")
-    if args.model is not None:
-        label = args.label or args.model.stem
-        checkpoint = load_model(args.algo, args.model)
-    elif args.zoo_folder is not None:
-        label = args.label or args.zoo_folder.name
-        checkpoint = load_model(args.algo, zoo_model_path(args.zoo_folder, args.env))
-    else:
-        if not 0.0 < args.train_fraction <= 1.0:
-            parser.error(f"--train-fraction must be in (0, 1], got {args.train_fraction}")
-        label = args.label or f"train{args.train_fraction:g}-seed{args.seed}"
-        checkpoint = train_fraction(
-            args.algo, args.env, args.train_fraction, args.seed, env_dir / "checkpoints" / f"{label}.zip"
-        )
+    try:
+        if args.model is not None:
+            label = args.label or args.model.stem
+            checkpoint = load_model(args.algo, args.model)
+        elif args.zoo_folder is not None:
+            label = args.label or args.zoo_folder.name
+            checkpoint = load_model(args.algo, zoo_model_path(args.zoo_folder, args.env))
+        else:
+            if not 0.0 < args.train_fraction <= 1.0:
+                parser.error(f"--train-fraction must be in (0, 1], got {args.train_fraction}")
+            label = args.label or f"train{args.train_fraction:g}-seed{args.seed}"
+            path = env_dir / "checkpoints" / f"{label}.zip"
+            checkpoint = train_fraction(args.algo, args.env, args.train_fraction, args.seed, path)
+    except (FileNotFoundError, ValueError, KeyError) as error:
+        parser.error(str(error))
     folder = env_dir / (label + (f"-behind{args.behind}" if args.algo == "ispg" else ""))
     lab = LabRun(
         algo=args.algo,
