@@ -18,6 +18,7 @@ import matplotlib
 import numpy as np
 import optuna
 import pytest
+import torch as th
 import yaml
 from rl_zoo3 import hyperparams_opt
 from rl_zoo3.utils import ALGOS
@@ -894,3 +895,22 @@ def test_eval_seeds_without_optimize_is_an_error(in_tmp, capsys):
     assert "--eval-seeds applies only to -optimize" in line
     line = launcher_error(capsys, "--eval-seeds", "2", "--eval-aggregate", "mean")
     assert "--eval-seeds and --eval-aggregate apply only to -optimize" in line
+
+
+def test_train_defaults_to_one_torch_thread_on_cpu(in_tmp):
+    """rl-zoo3 leaves torch's default (a thread per core); the launcher passes --num-threads 1 on CPU unless told."""
+    from sb3_pg_ext.zoo.cli import with_cpu_thread_default
+
+    assert with_cpu_thread_default(["--algo", "ppo"])[-2:] == ["--num-threads", "1"]
+    assert with_cpu_thread_default(["--device", "cpu"])[-2:] == ["--num-threads", "1"]
+    assert with_cpu_thread_default(["--num-threads", "4"]) == ["--num-threads", "4"]
+    assert with_cpu_thread_default(["--num-threads=-1"]) == ["--num-threads=-1"]
+    assert with_cpu_thread_default(["--device", "cuda"]) == ["--device", "cuda"]
+    before = th.get_num_threads()
+    try:
+        for given, expected in (([], 1), (["--num-threads", "-1"], 2)):
+            th.set_num_threads(2)
+            main(["train", "--algo", "reinforce", "--env", ENV, "-n", "64", "-f", "logs", "--verbose", "0", *given])
+            assert th.get_num_threads() == expected
+    finally:
+        th.set_num_threads(before)

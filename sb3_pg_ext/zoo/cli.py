@@ -35,6 +35,7 @@ from typing import Any, cast
 import numpy as np
 import rl_zoo3
 import stable_baselines3
+import torch as th
 from rl_zoo3.utils import ALGOS
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
@@ -83,6 +84,7 @@ def train(args: Sequence[str]) -> None:
         print()
     ours, rest = parser.parse_known_args(list(args))
     check_hyperparams_flag(rest)
+    rest = with_cpu_thread_default(rest)
     zoo_train = importlib.import_module("rl_zoo3.train")
     manager = functools.partial(PGExperimentManager, eval_seeds=ours.eval_seeds, eval_aggregate=ours.eval_aggregate)
     # rl_zoo3.train.train() looks the name up in its module when it runs: rebinding it there for the call swaps
@@ -93,6 +95,25 @@ def train(args: Sequence[str]) -> None:
         _run(f"{PROG} train", rest, zoo_train.train)
     finally:
         zoo_train.ExperimentManager = original  # type: ignore[attr-defined]
+
+
+#: ``--num-threads`` when the user gives none and training runs on the CPU (see :func:`with_cpu_thread_default`).
+CPU_THREADS_DEFAULT = 1
+
+
+def with_cpu_thread_default(args: Sequence[str]) -> list[str]:
+    """
+    ``args`` with ``--num-threads 1`` added when they give no ``--num-threads`` and the run is on the CPU
+    (``--device cpu``, or ``auto`` without CUDA). rl-zoo3 leaves torch's default (one thread per core), which on
+    these small networks is no faster on an idle machine and several times slower on a busy one (figures:
+    docs/zoo.md). ``--num-threads -1`` keeps torch's default.
+    """
+    args = list(args)
+    if "--num-threads" in args or any(arg.startswith("--num-threads=") for arg in args):
+        return args
+    device = _option_value(args, "--device") or "auto"
+    on_cpu = device.startswith("cpu") or (device == "auto" and not th.cuda.is_available())
+    return [*args, "--num-threads", str(CPU_THREADS_DEFAULT)] if on_cpu else args
 
 
 HYPERPARAMS_FLAGS = ("-params", "--hyperparams")
