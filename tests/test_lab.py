@@ -274,6 +274,28 @@ def test_ispg_lab_measures_the_target_policy_unbiasedly(tmp_path: Path) -> None:
         assert bias["cosine"] > 0.5, (option, bias)
 
 
+@pytest.mark.slow
+def test_grpo_lab_sees_the_group_mean_shrink_the_gradient(tmp_path: Path) -> None:
+    """
+    GRPO on the bandit, scale_rewards="none": the group mean includes the episode itself, so E[g] = (G-1)/G grad J
+    and B^2 / ||grad J||^2 = 1/G^2 (G = 4), within 3 SE, and above 3 SE.
+    """
+    checkpoint = GRPO("MlpPolicy", _bandit(), policy_kwargs={"net_arch": []}, seed=0, device="cpu")
+    lab = LabRun(
+        "grpo",
+        _bandit,
+        checkpoint,
+        tmp_path,
+        batch_sizes=[8],
+        options=["G4-none-outcome"],
+        n_batches=200,
+        exact_gradient=bandit_exact_gradient,
+    )
+    bias = json.loads(lab.run()[0].read_text())["bias"]
+    assert abs(bias["bias_sq_rel"] - 1 / 16) <= 3 * bias["bias_sq_rel_se"], bias
+    assert bias["bias_sq_rel"] > 3 * bias["bias_sq_rel_se"], bias
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Resume, report, command line
 # ---------------------------------------------------------------------------------------------------------------------
