@@ -347,6 +347,12 @@ def test_resumed_run_recomputes_nothing_stored(tmp_path: Path, count_batches) ->
     count_batches["calls"] = 0
     _small_run(tmp_path).run()
     assert count_batches["calls"] == 0
+    # a results folder without the reference's K gradients: the reference is drawn again (same seed, same digest),
+    # and no option file is recomputed
+    (tmp_path / "reference_gradients.npy").unlink()
+    _small_run(tmp_path).run()
+    assert count_batches["calls"] == 3
+    assert stored[0].read_text() == first
 
 
 def test_report_rebuilds_from_the_stored_files_alone(tmp_path: Path) -> None:
