@@ -38,6 +38,18 @@ def equal_steps_variance(record: dict[str, Any]) -> float:
     return float(record["policy"]["trace"]) * float(record["env_steps"])
 
 
+def noise_to_signal(record: dict[str, Any]) -> float:
+    """
+    tr(S) x env steps per batch / ||E[g]||^2, with ||E[g]||^2 estimated without bias by ||m||^2 - tr(S)/R: the
+    variance at equal env steps in units of the squared mean gradient, which does not depend on the gradient's scale
+    (GRPO's std scaling, ISPG's self-normalisation). inf when the estimate of ||E[g]||^2 is not positive.
+    """
+    trace = float(record["policy"]["trace"])
+    mean = record["policy"]["mean"]
+    signal = sum(v * v for v in mean) - trace / float(record["R"])
+    return trace * float(record["env_steps"]) / signal if signal > 0 else float("inf")
+
+
 def run_table(context: dict[str, Any], records: list[dict[str, Any]]) -> str:
     """
     The markdown table of one run: per batch size and option, the variance (trace, and at equal env steps relative
@@ -58,11 +70,12 @@ def run_table(context: dict[str, Any], records: list[dict[str, Any]]) -> str:
         title,
         "",
         f"Reference: {ref_text}. Variance at equal steps: tr(S) x env steps per batch, relative to "
-        f"`{context['plain']}` at the same batch size.",
+        f"`{context['plain']}` at the same batch size; noise/signal: the same divided by ||E[g]||^2 (scale-free; n/a "
+        "where ||E[g]||^2 is not resolved from zero).",
         "",
-        "| batch (episodes) | option | env steps / batch | tr(S) | var. at equal steps (rel.) | cosine to ref. "
-        "| rel. bias +- SE | R |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| batch (episodes) | option | env steps / batch | tr(S) | var. at equal steps (rel.) "
+        "| noise/signal at equal steps (rel.) | cosine to ref. | rel. bias +- SE | R |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     plain = {r["batch_size"]: r for r in records if r["option"] == context["plain"]}
     for record in records:
@@ -72,10 +85,13 @@ def run_table(context: dict[str, Any], records: list[dict[str, Any]]) -> str:
             if base is not None and equal_steps_variance(base) > 0
             else "n/a"
         )
+        base_ns = noise_to_signal(base) if base is not None else float("inf")
+        ns = noise_to_signal(record)
+        relative_ns = f"{ns / base_ns:.3g}" if 0 < base_ns < float("inf") and ns < float("inf") else "n/a"
         bias = record["bias"]
         lines.append(
             f"| {record['batch_size']} | `{record['option']}` | {record['env_steps']:.0f} | "
-            f"{record['policy']['trace']:.4g} +- {record['policy']['trace_se']:.2g} | {relative} | "
+            f"{record['policy']['trace']:.4g} +- {record['policy']['trace_se']:.2g} | {relative} | {relative_ns} | "
             f"{bias['cosine']:.3f} | {bias['bias_rel']:.3f} +- {bias['bias_rel_se']:.3f} | {record['R']} |"
         )
     return "\n".join(lines) + "\n"
