@@ -100,17 +100,17 @@ def test_beta_stays_within_its_bounds_and_logs_the_clamp(monkeypatch):
 def test_default_bounds_keep_beta_recoverable(monkeypatch):
     """Before the bounds, 1,075 low-KL rollouts left beta at exactly 0.0, which doubling never leaves."""
     model = PPOKL("MlpPolicy", cartpole(), seed=0, **FAST)
-    assert model.kl_coef_bounds == (1e-6, 1e6)
-    model.kl_coef = 1.5e-6
+    assert model.kl_coef_bounds == (1e-8, 1e8)
+    model.kl_coef = 1.5e-8
     monkeypatch.setattr(model, "_rollout_kl", lambda: 0.0)
     model.learn(32)
-    assert model.kl_coef == 1e-6
+    assert model.kl_coef == 1e-8
     monkeypatch.setattr(model, "_rollout_kl", lambda: 1.0)
     model.learn(32, reset_num_timesteps=False)
-    assert model.kl_coef == 2e-6
-    model.kl_coef = 7e5
+    assert model.kl_coef == 2e-8
+    model.kl_coef = 7e7
     model.learn(32, reset_num_timesteps=False)
-    assert model.kl_coef == 1e6
+    assert model.kl_coef == 1e8
 
 
 @pytest.mark.parametrize(
