@@ -59,7 +59,9 @@ def run_table(context: dict[str, Any], records: list[dict[str, Any]]) -> str:
     if context.get("behind"):
         title += f", behaviour policy {context['behind']} updates behind"
     reference = context["reference"] or {}
-    if reference.get("exact"):
+    if not reference:
+        ref_text = "not computed yet (the run has not started its options)"
+    elif reference.get("exact"):
         ref_text = "the exact gradient"
     else:
         ref_text = (
