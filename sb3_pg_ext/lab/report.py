@@ -116,15 +116,19 @@ def plot_run(context: dict[str, Any], records: list[dict[str, Any]], out: Path) 
     paths = []
     for name, key, log in (("variance", "trace", True), ("cosine", "cosine", False)):
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        for option in options:
+        colours = plt.get_cmap("tab20")
+        for number, option in enumerate(options):
             rows = [r for r in records if r["option"] == option]
             xs = [r["batch_size"] for r in rows]
             ys = [r["policy"]["trace"] if key == "trace" else r["bias"]["cosine"] for r in rows]
             if log:  # a zero variance (e.g. every advantage zero) has no place on a log scale
                 kept = [(x, y) for x, y in zip(xs, ys, strict=True) if y > 0]
                 xs, ys = [x for x, _ in kept], [y for _, y in kept]
-            ax.plot(xs, ys, marker="o", label=option)
+            ax.plot(xs, ys, marker="os^v"[number // 20 % 4], color=colours(number % 20), label=option)
         ax.set_xscale("log")
+        sizes = sorted({r["batch_size"] for r in records})
+        ax.set_xticks(sizes, [str(size) for size in sizes])
+        ax.minorticks_off()
         if log:
             ax.set_yscale("log")
         ax.set_xlabel("batch size (episodes)")
