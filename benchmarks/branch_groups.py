@@ -12,6 +12,7 @@ exists is skipped.
 Settings (the best of a first exploration): 16 branch states x 4 continuations (``n_groups=16``,
 ``group_size=4``), ``branch_horizon=16``, ``gamma=0.9``, minibatch 64, 10 epochs, learning rate 1e-3, initial
 log std 0, outcome advantages, one env. ``reset``: the same, with reset groups (undiscounted episode returns).
+``untrained``: the initial policy of the same seed, not trained.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ COMMON: dict[str, Any] = dict(
 SETTINGS: dict[str, dict[str, Any]] = {
     "branch": dict(COMMON, group_start="branch", branch_horizon=16, gamma=0.9),
     "reset": dict(COMMON, group_start="reset"),
+    # the initial policy (no training), evaluated the same way: what "learned nothing" scores on each seed
+    "untrained": dict(COMMON),
 }
 
 
@@ -62,7 +65,8 @@ def run(setting: str, seed: int, budget: int, n_eval_episodes: int) -> dict[str,
     start = time.time()
     env = make_vec_env(ENV_ID, n_envs=1, seed=seed)
     model = GRPO("MlpPolicy", env, seed=seed, device="cpu", **kwargs)
-    model.learn(budget)
+    if setting != "untrained":
+        model.learn(budget)
     train_seconds = time.time() - start
     eval_env = make_vec_env(ENV_ID, n_envs=1, seed=GROUP_SEED_LIMIT + seed)
     returns, _ = evaluate_policy(
