@@ -46,6 +46,8 @@ COMMON: dict[str, Any] = dict(
 SETTINGS: dict[str, dict[str, Any]] = {
     "branch": dict(COMMON, group_start="branch", branch_horizon=16, gamma=0.9),
     "reset": dict(COMMON, group_start="reset"),
+    # the same branch groups with the per-step mean as the loss aggregation (DAPO's token_mean)
+    "branch_token_mean": dict(COMMON, group_start="branch", branch_horizon=16, gamma=0.9, loss_aggregation="token_mean"),
     # the initial policy (no training), evaluated the same way: what "learned nothing" scores on each seed
     "untrained": dict(COMMON),
 }
