@@ -6,7 +6,7 @@ The rollout, groups of complete episodes that share their start, is collected by
 :mod:`sb3_pg_ext.estimators`. This file turns a rollout into the update's data (:meth:`GRPO._prepare_update`), writes
 the clipped, KL-penalised objective (:meth:`GRPO._loss`) and runs its epochs (:meth:`GRPO.train`).
 
-It is longer than SB3's 200-450 lines per algorithm (about 560): the class docstring documents 36 keyword
+It is longer than SB3's 200-450 lines per algorithm (about 620): the class docstring documents 39 keyword
 arguments and the constructor validates each of them and builds the reference policy; with collection and formulas
 elsewhere, what remains here is the objective and its update.
 """
