@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # A benchmark preset (sb3_pg_ext/benchmark/presets.py: its algorithms, envs, seeds and budgets) run chunk by chunk,
 # committing the store after each chunk, so that an interrupted session continues from what is committed (finished
-# cells are skipped, stale ones rerun). Run with the venv active:
+# cells are skipped; stale ones, whose settings changed since they ran, are listed and skipped unless RERUN_STALE=1;
+# damaged files are kept aside as <name>.damaged-<time> and their cells rerun). Run with the venv active:
 #   nohup bash benchmarks/grid_campaign.sh readme > /tmp/grid.txt 2>&1 &              # the README's grid
 #   nohup bash benchmarks/grid_campaign.sh final-policies > /tmp/final.txt 2>&1 &     # the final policies of the defaults
 # or some chunks of a preset (python -m sb3_pg_ext.benchmark presets readme --chunks lists them), e.g. two lanes:
 #   nohup bash benchmarks/grid_campaign.sh readme classic-200 classic-201 classic-202 > /tmp/grid-a.txt 2>&1 &
 #   nohup bash benchmarks/grid_campaign.sh readme classic-203 classic-204 lunar-200 lunar-201 lunar-202 > /tmp/grid-b.txt 2>&1 &
+# (two lanes may share the store: each write has its own temporary file, and a lane removes only old ones).
+# Ctrl-C (or SIGINT to the process group) stops the campaign: the run exits 130 without recording the cell in flight.
 set -u
 cd "$(dirname "$0")/.."
 if [ $# -lt 1 ]; then
@@ -24,8 +27,13 @@ fi
 
 for chunk in $CHUNKS; do
     echo "[$(date -u +%FT%TZ)] start $PRESET $chunk"
-    python -m sb3_pg_ext.benchmark run --preset "$PRESET" --chunk "$chunk" --store "$STORE" --workers 1 --no-progress
-    echo "[$(date -u +%FT%TZ)] end $PRESET $chunk"
+    python -m sb3_pg_ext.benchmark run --preset "$PRESET" --chunk "$chunk" --store "$STORE" --workers 1 --no-progress \
+        ${RERUN_STALE:+--rerun-stale}
+    status=$?
+    echo "[$(date -u +%FT%TZ)] end $PRESET $chunk (exit status $status)"
+    if [ "$status" -eq 130 ]; then
+        exit 130
+    fi
     for _ in 1 2 3 4 5 6 7 8 9 10; do
         git add "$STORE" >/dev/null 2>&1 && git commit -q -m "Benchmark $PRESET: $chunk" -- "$STORE" >/dev/null 2>&1 && break
         git diff --cached --quiet -- "$STORE" && break

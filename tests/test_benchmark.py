@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import yaml
 from scipy import stats
-from stable_baselines3.common.callbacks import EvalCallback
+from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 
 from sb3_pg_ext import cli as launcher_cli
 from sb3_pg_ext.benchmark import cli, grid, presets, report
@@ -36,11 +36,13 @@ from sb3_pg_ext.benchmark.cells import (
     effective_hyperparams,
     grid_cells,
     hyperparams_file,
+    is_stale,
     split_untuned,
+    stale_reasons,
     train_cell,
 )
 from sb3_pg_ext.benchmark.grid import run_grid
-from sb3_pg_ext.benchmark.normalisation import SCORE_RANGES, normalise
+from sb3_pg_ext.benchmark.normalisation import SCORE_RANGES, normalise, random_score
 from sb3_pg_ext.benchmark.report import iqm_intervals, markdown_table
 from sb3_pg_ext.benchmark.store import FAILED, FINISHED, ResultStore
 
@@ -87,17 +89,112 @@ def test_store_write_is_atomic_and_leaves_no_temporary_file(tmp_path: Path) -> N
         store.write({"algo": "ppo", "env": "CartPole-v1", "seed": 0, "status": "running"})
 
 
-def test_half_written_files_are_never_read_as_results(tmp_path: Path) -> None:
+def test_a_temporary_file_is_never_read_and_only_old_ones_are_removed(tmp_path: Path) -> None:
+    """Another lane's write in progress keeps its temporary file; a crashed write's (older than an hour) is removed."""
     store = ResultStore(tmp_path)
     cell = Cell("ppo", "CartPole-v1", 0)
-    # an interrupted write leaves a temporary file; a torn copy leaves an unparsable .json
-    (tmp_path / f"{store.path(*cell.key).stem}.123.tmp").write_text(json.dumps(fake_record(cell)))
-    torn = Cell("ppo", "CartPole-v1", 1)
-    store.path(*torn.key).write_text(json.dumps(fake_record(torn))[:20])
-    assert list(store.records()) == []
-    assert store.status([cell.key, torn.key])["missing"] == [cell.key, torn.key]
-    assert store.pending([cell.key, torn.key]) == [cell.key, torn.key]
-    assert len(store.clean_temporary()) == 1 and list(tmp_path.glob("*.tmp")) == []
+    in_progress = tmp_path / f"{store.path(*cell.key).stem}.99999.abcd1234.tmp"
+    in_progress.write_text(json.dumps(fake_record(cell))[:30])
+    crashed = tmp_path / f"{store.path(*cell.key).stem}.88888.ef567890.tmp"
+    crashed.write_text(json.dumps(fake_record(cell)))
+    old = time.time() - 2 * 3600
+    os.utime(crashed, (old, old))
+    assert list(store.records()) == [] and store.status([cell.key])["missing"] == [cell.key]
+    run_grid([Cell("ppo", "CartPole-v1", 1)], store, progress=False, train=CountingTrainer())
+    assert in_progress.exists(), "a lane deleted another lane's write in progress"
+    assert not crashed.exists()
+
+
+def test_each_write_goes_through_its_own_temporary_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = ResultStore(tmp_path)
+    sources: list[str] = []
+    replace = os.replace
+
+    def recording_replace(source: Any, target: Any) -> None:
+        sources.append(Path(source).name)
+        replace(source, target)
+
+    monkeypatch.setattr(os, "replace", recording_replace)
+    record = fake_record(Cell("ppo", "CartPole-v1", 0))
+    store.write(record)
+    store.write(record)
+    assert len(set(sources)) == 2, sources
+    assert all(re.fullmatch(rf"ppo__CartPole-v1__seed0\.{os.getpid()}\.[0-9a-f]{{8}}\.tmp", name) for name in sources)
+
+
+def test_a_write_that_fails_midway_leaves_the_previous_record_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = ResultStore(tmp_path)
+    cell = Cell("ppo", "CartPole-v1", 0)
+    store.write(fake_record(cell, final_mean=7.0))
+
+    def dump_then_fail(obj: Any, f: Any, **kwargs: Any) -> None:
+        f.write('{"algo": "ppo", "env": ')
+        f.flush()
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(json, "dump", dump_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        store.write(fake_record(cell, final_mean=8.0))
+    monkeypatch.undo()
+    record = store.read(*cell.key)
+    assert record is not None and record["final"]["mean"] == 7.0, "a failed write damaged the previous record"
+    assert list(tmp_path.glob("*.tmp")) == [], "the failed write left its temporary file"
+
+
+def _damage(store: ResultStore, cells: list[Cell]) -> dict[str, bytes]:
+    """Truncated JSON, zero bytes and a finished record without ``final`` for the first three cells; their bytes."""
+    truncated, empty, no_final = (store.path(*c.key) for c in cells[:3])
+    truncated.write_text(json.dumps(fake_record(cells[0]))[:40])
+    empty.write_bytes(b"")
+    record = fake_record(cells[2])
+    del record["final"]
+    no_final.write_text(json.dumps(record))
+    return {path.name: path.read_bytes() for path in (truncated, empty, no_final)}
+
+
+def test_damaged_files_are_named_by_status_report_and_run_and_kept_aside(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = ResultStore(tmp_path)
+    cells = grid_cells(["ppo"], ["CartPole-v1"], [0, 1, 2, 3], {"CartPole-v1": 500})
+    store.write(fake_record(cells[3]))
+    damaged = _damage(store, cells)
+    argv = ["--algos", "ppo", "--envs", "CartPole-v1", "--seeds", "0", "1", "2", "3", "--budget", "CartPole-v1=500"]
+    argv += ["--store", str(tmp_path)]
+
+    assert cli.main(["status", *argv]) == 0
+    out = capsys.readouterr().out
+    assert "missing: 0\ndamaged: 3\n" in out, out
+    for name, reason in zip(damaged, ("not valid JSON", "empty file", "finished without its final evaluation"), strict=True):
+        assert re.search(rf"{re.escape(name)} \({reason}", out), (name, out)
+
+    assert cli.main(["report", "--store", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "3 damaged result files" in err and all(name in err for name in damaged) and "KeyError" not in err
+    assert not (tmp_path / "report").exists()
+
+    trainer = CountingTrainer()
+    assert cli.main(["run", *argv, "--no-progress"], train=trainer) == 0
+    out = capsys.readouterr().out
+    assert sorted(trainer.calls) == sorted(c.key for c in cells[:3]), "the damaged cells run again, the finished not"
+    kept = {path.name.split(".damaged-")[0] + ".json": path for path in tmp_path.glob("*.damaged-*")}
+    assert sorted(kept) == sorted(damaged)
+    for name, content in damaged.items():
+        assert kept[name].read_bytes() == content, "a damaged file was not kept as it was"
+        assert f"kept as {kept[name]}" in out
+    assert store.status(c.key for c in cells)[FINISHED] == [c.key for c in cells]
+    assert cli.main(["report", "--store", str(tmp_path)]) == 0
+
+
+def test_pending_retries_failed_missing_and_damaged_cells_only(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path)
+    finished, failed, missing, damaged = (("ppo", "CartPole-v1", seed) for seed in range(4))
+    store.write(fake_record(Cell(*finished)))
+    store.write({**fake_record(Cell(*failed)), "status": FAILED, "error": "RuntimeError: diverged"})
+    store.path(*damaged).write_text("{")
+    keys = [finished, failed, missing, damaged]
+    assert store.pending(keys) == [failed, missing, damaged]
+    assert store.status(keys) == {FINISHED: [finished], FAILED: [failed], "missing": [missing], "damaged": [damaged]}
 
 
 def test_rerun_skips_finished_cells_without_rewriting_them(tmp_path: Path) -> None:
@@ -135,8 +232,14 @@ def test_a_finished_cell_runs_again_when_its_entry_or_budget_changes(
     monkeypatch.setattr(grid, "grid_cells", lambda *a, **k: cells)  # the command line, on this grid's file
     monkeypatch.setattr(cli, "grid_cells", lambda *a, **k: cells)
     assert cli.main(["status", *argv, "--store", str(store.root)]) == 0
-    assert "stale: 1\n  reinforce Acrobot-v1 seed 0" in capsys.readouterr().out
-    again = run_grid(cells, store, workers=1, progress=False, train=trainer)
+    assert "stale: 1\n  reinforce Acrobot-v1 seed 0  hyperparams learning_rate: " in capsys.readouterr().out
+    # without --rerun-stale a stale cell is listed and skipped, its record untouched
+    before = store.path("reinforce", "Acrobot-v1", 0).read_bytes()
+    assert cli.main(["run", *argv, "--store", str(store.root), "--no-progress"], train=trainer) == 0
+    out = capsys.readouterr().out
+    assert "stale, skipped (rerun them with --rerun-stale): 1" in out and "hyperparams learning_rate: " in out
+    assert len(trainer.calls) == 2 and store.path("reinforce", "Acrobot-v1", 0).read_bytes() == before
+    again = run_grid(cells, store, workers=1, progress=False, train=trainer, rerun_stale=True)
     assert again.stale == [("reinforce", "Acrobot-v1", 0)] and again.finished == again.stale
     assert again.skipped == [("reinforce", "CartPole-v1", 0)] and len(trainer.calls) == 3
     record = store.read("reinforce", "Acrobot-v1", 0)
@@ -156,8 +259,31 @@ def test_a_finished_cell_runs_again_when_its_entry_or_budget_changes(
 
     # another budget is another experiment
     longer = grid_cells(["reinforce"], ["CartPole-v1"], [0], {"CartPole-v1": 1000}, config=str(conf))
-    assert run_grid(longer, store, workers=1, progress=False, train=trainer).stale == [("reinforce", "CartPole-v1", 0)]
-    assert len(trainer.calls) == 4
+    rerun = run_grid(longer, store, workers=1, progress=False, train=trainer, rerun_stale=True)
+    assert rerun.stale == [("reinforce", "CartPole-v1", 0)] and len(trainer.calls) == 4
+    assert rerun.stale_reasons[("reinforce", "CartPole-v1", 0)] == ["budget n_timesteps: 500 -> 1000"]
+
+
+def test_stale_reasons_name_each_changed_field(tmp_path: Path) -> None:
+    cell = Cell("reinforce", "CartPole-v1", 3, 500)
+    record = fake_record(cell)
+    assert stale_reasons(record, cell) == [] and not is_stale(record, cell)
+    # an older final-evaluation protocol: the final episodes were drawn without reseeding the eval env
+    for final_eval_seed in (None, 3):
+        older = json.loads(json.dumps(record))
+        older["config"].pop("final_eval_seed")
+        if final_eval_seed is not None:
+            older["config"]["final_eval_seed"] = final_eval_seed
+        reasons = stale_reasons(older, cell)
+        assert len(reasons) == 1 and reasons[0].startswith("protocol final_eval_seed: ") and is_stale(older, cell)
+    assert stale_reasons(record, Cell("reinforce", "CartPole-v1", 3, 500, n_final_episodes=20)) == [
+        "protocol n_final_episodes: 10 -> 20"
+    ]
+    retuned = json.loads(json.dumps(record))
+    retuned["config"]["hyperparams"]["gamma"] = 0.5
+    (reason,) = stale_reasons(retuned, cell)
+    assert reason.startswith("hyperparams gamma: 0.5 -> ")
+    assert stale_reasons({"config": {}}, cell) == ["the record holds no config of its cell and hyperparameters"]
 
 
 def test_a_cell_that_raises_is_recorded_as_failed_and_retried(tmp_path: Path) -> None:
@@ -191,6 +317,37 @@ def test_command_line_runs_reports_and_exits_nonzero_on_failures(tmp_path: Path,
     assert "| ppo | 2 |" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         cli.main(["run", *argv, "--budget", "CartPole-v1"])
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"--algos": ["ppo", "reinforse"]}, r"unknown algorithm 'reinforse'; algorithms: .*\breinforce\b.*"),
+        (
+            {"--envs": ["Cartpole-v1"]},
+            r"no hyperparameter entry of ppo for env 'Cartpole-v1'; their envs: .*\bCartPole-v1\b.*",
+        ),
+        ({"--budget": ["Cartpole-v1=1000"]}, r"--budget names env 'Cartpole-v1', not in --envs; the grid's envs: CartPole-v1"),
+        ({"--algos": ["sac"]}, r"no hyperparameter entry of sac for env 'CartPole-v1'; their envs: .*\bPendulum-v1\b.*"),
+    ],
+)
+@pytest.mark.parametrize("command", ["run", "status"])
+def test_unknown_algorithms_envs_and_budget_keys_are_errors_naming_the_valid_ones(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], options: dict[str, list[str]], message: str, command: str
+) -> None:
+    store = ResultStore(tmp_path)
+    store.write(fake_record(Cell("ppo", "CartPole-v1", 0, 500)))
+    before = store.path("ppo", "CartPole-v1", 0).read_bytes()
+    grid = {"--algos": ["ppo"], "--envs": ["CartPole-v1"], "--seeds": ["0"], "--budget": ["CartPole-v1=500"], **options}
+    argv = [command, *(item for name, values in grid.items() for item in (name, *values)), "--store", str(tmp_path)]
+    trainer = CountingTrainer()
+    with pytest.raises(SystemExit) as error:
+        cli.main(argv, train=trainer)
+    err = capsys.readouterr().err
+    assert error.value.code == 2
+    (line,) = [line for line in err.splitlines() if "error:" in line]
+    assert re.fullmatch(rf".* {command}: error: {message}", line), line
+    assert trainer.calls == [] and store.path("ppo", "CartPole-v1", 0).read_bytes() == before
 
 
 def test_cells_without_a_hyperparameter_entry_are_left_out_of_the_grid() -> None:
@@ -336,6 +493,105 @@ def test_grid_killed_midway_completes_on_rerun_without_recomputing(tmp_path: Pat
     assert list(tmp_path.glob("*.tmp")) == []
 
 
+def _benchmark_run(store: Path, seeds: int, *options: str) -> list[str]:
+    """The command line of a tiny grid: REINFORCE on CartPole-v1, 1000 steps a cell."""
+    return [
+        sys.executable,
+        *("-m", "sb3_pg_ext.benchmark", "run", "--algos", "reinforce", "--envs", "CartPole-v1"),
+        *("--seeds", *map(str, range(seeds))),
+        *("--budget", "CartPole-v1=1000", "--n-evaluations", "1", "--eval-episodes", "1", "--final-episodes", "1"),
+        *("--store", str(store), "--no-progress", *options),
+    ]
+
+
+def _interrupt_after_first_record(command: list[str], store: Path, signals: int = 1) -> tuple[int, str, str]:
+    """
+    Start ``command`` in its own process group, send SIGINT to the group (as Ctrl-C in a terminal does) once the
+    first cell is recorded and the next one is training, ``signals`` times; return the exit status, stdout, stderr.
+    """
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        command, env=environment, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not list(store.glob("*.json")) and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.05)
+        time.sleep(0.2)  # the next cell is in flight
+        for _ in range(signals):
+            os.killpg(process.pid, signal.SIGINT)
+            time.sleep(0.05)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    return process.returncode, out, err
+
+
+@pytest.mark.parametrize("workers", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_ctrl_c_stops_the_grid_records_no_cell_in_flight_and_the_rerun_trains_it(tmp_path: Path, workers: int) -> None:
+    store = ResultStore(tmp_path)
+    command = _benchmark_run(tmp_path, 3 + workers, "--workers", str(workers))
+    returncode, out, err = _interrupt_after_first_record(command, tmp_path)
+    assert returncode == 130, (returncode, out, err)
+    assert err.strip().count("\n") == 0 and "interrupted" in err and "Traceback" not in err, err
+    records = list(store.records())
+    assert 1 <= len(records) < 3 + workers, "the grid went on after Ctrl-C"
+    assert all(r["status"] == FINISHED and r["n_timesteps"] >= 1000 for r in records), "a cell in flight was recorded"
+    survivors = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.json")}
+
+    subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True, timeout=300, capture_output=True)
+    cells = [("reinforce", "CartPole-v1", seed) for seed in range(3 + workers)]
+    assert store.status(cells)[FINISHED] == cells
+    assert all(r["n_timesteps"] >= 1000 for r in store.records())
+    assert {name: (tmp_path / name).stat().st_mtime_ns for name in survivors} == survivors
+
+
+def test_a_second_ctrl_c_exits_at_once(tmp_path: Path) -> None:
+    returncode, out, err = _interrupt_after_first_record(_benchmark_run(tmp_path, 3), tmp_path, 2)
+    assert returncode == 130 and "Traceback" not in err, (returncode, out, err)
+    assert all(r["n_timesteps"] >= 1000 for r in ResultStore(tmp_path).records())
+
+
+class InterruptAt(BaseCallback):
+    """Raises KeyboardInterrupt (as Ctrl-C does) or stops training (``stop``) after ``steps`` env steps."""
+
+    def __init__(self, steps: int, stop: bool = False):
+        super().__init__()
+        self.steps, self.stop = steps, stop
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps >= self.steps:
+            if self.stop:
+                return False
+            raise KeyboardInterrupt
+        return True
+
+
+@pytest.mark.parametrize("stop", [False, True])
+def test_a_cell_is_finished_only_with_its_whole_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop: bool) -> None:
+    """rl-zoo3 swallows a KeyboardInterrupt in learn(): the cell raises it again; a cut-short training is a failure."""
+    create_callbacks = BenchmarkExperimentManager.create_callbacks
+
+    def with_interrupt(self: BenchmarkExperimentManager) -> None:
+        create_callbacks(self)
+        self.callbacks.append(InterruptAt(200, stop=stop))
+
+    monkeypatch.setattr(BenchmarkExperimentManager, "create_callbacks", with_interrupt)
+    cell = Cell("reinforce", "CartPole-v1", 0, 500, n_evaluations=1, n_eval_episodes=1, n_final_episodes=1)
+    store = ResultStore(tmp_path)
+    if stop:
+        result = run_grid([cell], store, progress=False)
+        record = store.read(*cell.key)
+        assert result.failed == [cell.key] and record is not None and record["status"] == FAILED
+        assert re.fullmatch(r"IncompleteTrainingError: trained \d+ of its 500 env steps", record["error"]), record["error"]
+    else:
+        with pytest.raises(KeyboardInterrupt):
+            run_grid([cell], store, progress=False)
+        assert store.read(*cell.key) is None and list(tmp_path.iterdir()) == []
+
+
 def _spawned_workers(pid: int) -> list[int]:
     """The pool's worker processes among ``pid``'s children (Linux /proc; not the resource tracker)."""
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
@@ -387,18 +643,31 @@ def test_sigkill_of_a_worker_process_interrupts_the_grid_and_the_rerun_completes
     assert list(tmp_path.glob("*.tmp")) == []
 
 
-def _direct_rliable(score_dict: dict[str, Any], func: Any, reps: int = report.REPS) -> tuple[dict, dict]:
-    """rliable's get_interval_estimates called directly, numpy's global generator seeded as the report seeds it."""
+def _direct_rliable(
+    score_dict: dict[str, Any], func: Any, task: str, statistic: str, reps: int = report.REPS
+) -> tuple[dict, dict]:
+    """
+    rliable's get_interval_estimates called directly, once per name, numpy's global generator seeded as the report
+    seeds it: SHA-256 of (base seed, task, name, statistic), the first four bytes little-endian.
+    """
+    import hashlib
+
     from rliable import library as rly
 
-    state = np.random.get_state()  # noqa: NPY002
-    np.random.seed(report.SEED)  # noqa: NPY002
-    try:
-        return rly.get_interval_estimates(
-            score_dict, func, reps=reps, confidence_interval_size=0.95, random_state=np.random.RandomState(report.SEED)
-        )
-    finally:
-        np.random.set_state(state)  # noqa: NPY002
+    points, intervals = {}, {}
+    for name, scores in score_dict.items():
+        text = "\x1f".join([str(report.SEED), task, name, statistic]).encode()
+        seed = int.from_bytes(hashlib.sha256(text).digest()[:4], "little")
+        state = np.random.get_state()  # noqa: NPY002
+        np.random.seed(seed)  # noqa: NPY002
+        try:
+            point, interval = rly.get_interval_estimates(
+                {name: scores}, func, reps=reps, confidence_interval_size=0.95, random_state=np.random.RandomState(seed)
+            )
+        finally:
+            np.random.set_state(state)  # noqa: NPY002
+        points[name], intervals[name] = point[name], interval[name]
+    return points, intervals
 
 
 @pytest.mark.filterwarnings("ignore:random_state is deprecated:FutureWarning")  # arch, under the direct rliable calls
@@ -412,10 +681,12 @@ def test_report_statistics_equal_direct_rliable_calls_on_fixed_scores() -> None:
     state = np.random.get_state()  # noqa: NPY002
 
     # IQM and its interval
-    ours = iqm_intervals({"a": a, "b": b})
+    ours = iqm_intervals({"a": a, "b": b}, env="E-v0")
     points, intervals = _direct_rliable(
         {"a": np.array(a).reshape(-1, 1), "b": np.array(b).reshape(-1, 1)},
         lambda x: np.array([metrics.aggregate_iqm(x)]),
+        "E-v0",
+        "iqm",
     )
     for algo in ("a", "b"):
         assert ours[algo]["iqm"] == points[algo][0]
@@ -424,12 +695,12 @@ def test_report_statistics_equal_direct_rliable_calls_on_fixed_scores() -> None:
 
     # probability of improvement over ppo: by hand, the fraction of pairs (x, y) with x > y, a tie counting 1/2
     ppo = [9.2, 10.0, 14.0, 30.7, 13.3, 21.9, 8.8]
-    poi = report.probability_of_improvement({"reinforce": a, "ppo": ppo, "grpo": b})
+    poi = report.probability_of_improvement({"reinforce": a, "ppo": ppo, "grpo": b}, env="E-v0")
     assert set(poi) == {"reinforce", "grpo"}
     wins = sum((x > y) + 0.5 * (x == y) for x in a for y in ppo)
     assert poi["reinforce"]["p"] == pytest.approx(wins / (len(a) * len(ppo)))
     pairs = {name: [np.array(x).reshape(-1, 1), np.array(ppo).reshape(-1, 1)] for name, x in (("reinforce", a), ("grpo", b))}
-    points, intervals = _direct_rliable(pairs, metrics.probability_of_improvement)
+    points, intervals = _direct_rliable(pairs, metrics.probability_of_improvement, "E-v0", "probability_of_improvement")
     for algo in ("reinforce", "grpo"):
         assert poi[algo]["p"] == pytest.approx(float(points[algo]))
         assert (poi[algo]["low"], poi[algo]["high"]) == (intervals[algo][0], intervals[algo][1])
@@ -447,27 +718,79 @@ def test_report_statistics_equal_direct_rliable_calls_on_fixed_scores() -> None:
     assert aggregate.envs == ["Acrobot-v1", "CartPole-v1"] and aggregate.unnormalised == ["NoNormalisation-v0"]
     assert list(aggregate.scores) == ["x"] and "Acrobot-v1" in aggregate.left_out["y"]
     assert aggregate.seeds["x"] == [0, 1, 2]
-    by_hand = np.array([[1.0, 1.0], [0.5, 0.5], [1.05, 0.0]])  # rows: seeds 0-2; columns: Acrobot, CartPole
+    # rows: seeds 0-2; columns: Acrobot, CartPole
+    by_hand = np.array([[(-100 + 499.9) / 399.9, 1.0], [(-300 + 499.9) / 399.9, (261 - 21.61) / 478.39]])
+    by_hand = np.vstack([by_hand, [(-80 + 499.9) / 399.9, (22 - 21.61) / 478.39]])
     np.testing.assert_allclose(aggregate.scores["x"], by_hand)
-    points, intervals = _direct_rliable({"x": by_hand}, lambda x: np.array([metrics.aggregate_iqm(x)]))
+    points, intervals = _direct_rliable({"x": by_hand}, lambda x: np.array([metrics.aggregate_iqm(x)]), "aggregate", "iqm")
     assert aggregate.stats["x"]["iqm"] == pytest.approx(points["x"][0]) == pytest.approx(stats.trim_mean(by_hand, 0.25, None))
     assert aggregate.stats["x"]["low"] == pytest.approx(intervals["x"][0][0])
     assert aggregate.stats["x"]["high"] == pytest.approx(intervals["x"][1][0])
-    assert SCORE_RANGES["CartPole-v1"] == (22.0, 500.0) and SCORE_RANGES["Acrobot-v1"] == (-500.0, -100.0)
+    assert SCORE_RANGES["CartPole-v1"] == (21.61, 500.0) and SCORE_RANGES["Acrobot-v1"] == (-499.9, -100.0)
     with pytest.raises(ValueError, match="no normalisation"):
         normalise("NoNormalisation-v0", 1.0)
 
     # learning-curve bands: rliable's IQM at each point, with its per-point stratified-bootstrap interval
     curve = np.array([[0.0, 1.0, 5.0], [2.0, 3.0, 4.0], [4.0, 9.0, 1.0], [1.0, 1.0, 1.0], [7.0, 0.0, 2.0]])
-    band = report.curve_intervals({"x": curve})["x"]
+    band = report.curve_intervals({"x": curve}, env="E-v0")["x"]
     points, intervals = _direct_rliable(
         {"x": curve[:, None, :]},
         lambda s: np.array([metrics.aggregate_iqm(s[..., k]) for k in range(s.shape[-1])]),
+        "E-v0",
+        "curve_iqm",
     )
     np.testing.assert_allclose(band, np.vstack([points["x"], intervals["x"]]))
 
     after = np.random.get_state()  # noqa: NPY002
     assert all(np.array_equal(x, y) for x, y in zip(after, state, strict=True)), "the global generator was changed"
+
+
+def test_an_interval_does_not_depend_on_the_other_algorithms_of_the_table(tmp_path: Path) -> None:
+    a = [10.3, 12.9, 15.1, 30.7, 31.2, 7.7, 22.4, 18.8]
+    b = [11.4, 9.2, 14.0, 8.1, 16.6, 12.5]
+    ppo = [9.2, 10.0, 14.0, 30.7, 13.3, 21.9, 8.8]
+    reps = 300
+    alone = iqm_intervals({"ppo_kl": a}, reps=reps, env="Pendulum-v1")["ppo_kl"]
+    assert iqm_intervals({"a2c": b, "ppo_kl": a, "sac": ppo}, reps=reps, env="Pendulum-v1")["ppo_kl"] == alone
+    assert iqm_intervals({"ppo_kl": a}, reps=reps, env="Acrobot-v1")["ppo_kl"] != alone, "each env has its own seed"
+    pair = report.probability_of_improvement({"grpo": a, "ppo": ppo}, reps=reps, env="Pendulum-v1")["grpo"]
+    three = report.probability_of_improvement({"reinforce": b, "grpo": a, "ppo": ppo}, reps=reps, env="Pendulum-v1")
+    assert three["grpo"] == pair
+    scores = {"CartPole-v1": {"x": dict(enumerate(a)), "w": dict(enumerate(b))}}
+    with_w = report.normalised_aggregate(scores, reps=reps).stats["x"]
+    assert report.normalised_aggregate({"CartPole-v1": {"x": dict(enumerate(a))}}, reps=reps).stats["x"] == with_w
+    curve = np.array([[0.0, 1.0, 5.0], [2.0, 3.0, 4.0], [4.0, 9.0, 1.0], [1.0, 1.0, 1.0], [7.0, 0.0, 2.0]])
+    with_a = report.curve_intervals({"a": curve[::-1], "x": curve}, reps=reps, env="E")["x"]
+    np.testing.assert_array_equal(with_a, report.curve_intervals({"x": curve}, reps=reps, env="E")["x"])
+
+    # the report's table: the row of an algorithm is the same with or without another one in the store
+    def row(store: ResultStore, algo: str) -> str:
+        return next(line for line in markdown_table(store).splitlines() if line.startswith(f"| {algo} |"))
+
+    both, one = ResultStore(tmp_path / "both"), ResultStore(tmp_path / "one")
+    for algo, values in (("a2c", b), ("ppo_kl", a)):
+        for seed, value in enumerate(values):
+            for store in (both, one) if algo == "ppo_kl" else (both,):
+                store.write(fake_record(Cell(algo, "Pendulum-v1", seed), final_mean=value))
+    assert row(both, "ppo_kl") == row(one, "ppo_kl")
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        "CartPole-v1",
+        "Acrobot-v1",
+        "Pendulum-v1",
+        "LunarLander-v3",
+        pytest.param("MountainCarContinuous-v0", marks=pytest.mark.slow),
+        pytest.param("LunarLanderContinuous-v3", marks=pytest.mark.slow),
+        pytest.param("sb3_pg_ext/DigitReverse-v0", marks=pytest.mark.slow),
+        pytest.param("sb3_pg_ext/DigitAdd-v0", marks=pytest.mark.slow),
+    ],
+)
+def test_every_random_score_is_the_measured_one(env: str) -> None:
+    """One convention: random_score (100 uniformly random episodes, seed 0) to four significant digits."""
+    assert SCORE_RANGES[env][0] == float(f"{random_score(env):.4g}")
 
 
 def test_throughput_relative_to_ppo_is_the_ratio_of_medians(tmp_path: Path) -> None:

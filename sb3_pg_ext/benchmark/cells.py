@@ -44,6 +44,7 @@ import numpy as np
 import rl_zoo3
 import torch as th
 import yaml
+from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import EvalCallback
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecEnv, sync_envs_normalization
@@ -163,26 +164,66 @@ def effective_hyperparams(cell: Cell) -> dict[str, Any]:
     return dict(saved)
 
 
-def is_stale(record: dict[str, Any], cell: Cell) -> bool:
+def _changes(then: Any, now: Any, prefix: str) -> list[str]:
+    """The keys whose values differ between two JSON-like dicts, as ``prefix key: then -> now``."""
+    if not isinstance(then, dict) or not isinstance(now, dict):
+        return [] if then == now else [f"{prefix}: {then!r} -> {now!r}"]
+    missing = object()
+    changes = []
+    for key in sorted(set(then) | set(now), key=str):
+        old, new = then.get(key, missing), now.get(key, missing)
+        if old != new:
+            old_text = "(absent)" if old is missing else repr(old)
+            new_text = "(absent)" if new is missing else repr(new)
+            changes.append(f"{prefix} {key}: {old_text} -> {new_text}")
+    return changes
+
+
+def stale_reasons(record: dict[str, Any], cell: Cell) -> list[str]:
     """
-    True when the finished ``record`` was trained for other settings than ``cell`` gives now: another budget or
-    protocol (the final evaluation's reseeded eval env included), or other effective hyperparameters (an entry
-    re-tuned since; the file's ``n_timesteps`` does not count when the cell sets the budget). A table then never
-    mixes old settings with new ones.
+    Why the finished ``record`` was trained for other settings than ``cell`` gives now, one line per changed field:
+    the record's config missing, another final-evaluation protocol (the eval env reseeded at
+    ``seed + EVAL_SEED_OFFSET`` before the final episodes), another budget (``budget``) or cell setting
+    (``protocol``: evaluations, episodes, trial), or other effective hyperparameters (``hyperparams KEY``: an entry
+    re-tuned since; the file's ``n_timesteps`` does not count when the cell sets the budget). Empty: not stale.
+
+    :param record: a finished record of the store
+    :param cell: the cell as the grid gives it now
+    :return: the reasons, empty when the record is up to date
     """
     config = record.get("config", {})
-    if "cell" not in config or "hyperparams" not in config:
-        return True
-    if config.get("final_eval_seed") != cell.seed + EVAL_SEED_OFFSET:  # an older final-evaluation protocol
-        return True
+    if not isinstance(config, dict) or "cell" not in config or "hyperparams" not in config:
+        return ["the record holds no config of its cell and hyperparameters"]
+    reasons = []
+    if config.get("final_eval_seed") != cell.seed + EVAL_SEED_OFFSET:
+        reasons.append(
+            f"protocol final_eval_seed: {config.get('final_eval_seed', '(absent)')!r} -> {cell.seed + EVAL_SEED_OFFSET} "
+            "(the final episodes now start from the reseeded eval env)"
+        )
     # the file and study paths themselves do not count (a checkout elsewhere has other absolute paths): what they
     # hold does, through the effective hyperparameters
     paths = ("config", "storage")
     then = {k: v for k, v in config["cell"].items() if k not in paths}
     now = {k: v for k, v in json.loads(json.dumps(asdict(cell))).items() if k not in paths}
-    if then != now:
-        return True
-    return bool(_comparable(config["hyperparams"], cell) != _comparable(effective_hyperparams(cell), cell))
+    for change in _changes(then, now, "cell"):
+        field_name = change.split(":")[0].removeprefix("cell ")
+        kind = "budget" if field_name == "n_timesteps" else "protocol"
+        reasons.append(change.replace(f"cell {field_name}", f"{kind} {field_name}", 1))
+    try:
+        current = effective_hyperparams(cell)
+    except Exception as error:  # the entry is gone or unreadable: the record cannot be up to date
+        return [*reasons, f"hyperparams: cannot be read now ({type(error).__name__}: {error})"]
+    reasons += _changes(_comparable(config["hyperparams"], cell), _comparable(current, cell), "hyperparams")
+    return reasons
+
+
+def is_stale(record: dict[str, Any], cell: Cell) -> bool:
+    """
+    True when the finished ``record`` was trained for other settings than ``cell`` gives now (:func:`stale_reasons`:
+    another budget or protocol, the final evaluation's reseeded eval env included, or other effective
+    hyperparameters). A table then never mixes old settings with new ones.
+    """
+    return bool(stale_reasons(record, cell))
 
 
 def split_untuned(cells: Iterable[Cell]) -> tuple[list[Cell], list[Cell]]:
@@ -229,6 +270,27 @@ class TimedEvalCallback(EvalCallback):
             self.wall_seconds += time.perf_counter() - wall
 
 
+class _InterruptNotingModel:
+    """
+    A model as rl-zoo3's ``ExperimentManager.learn`` uses it, whose ``learn`` notes a ``KeyboardInterrupt`` before
+    rl-zoo3 swallows it (the model itself is left untouched: it is pickled when the best model is saved).
+    """
+
+    def __init__(self, model: BaseAlgorithm):
+        self.model = model
+        self.interrupted = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
+
+    def learn(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self.model.learn(*args, **kwargs)
+        except KeyboardInterrupt:
+            self.interrupted = True
+            raise
+
+
 class BenchmarkExperimentManager(PGExperimentManager):
     """
     :class:`PGExperimentManager` for one benchmark cell: ``n_evaluations`` evaluations evenly spread over the
@@ -260,6 +322,17 @@ class BenchmarkExperimentManager(PGExperimentManager):
                     warn=callback.warn,
                 )
 
+    def learn(self, model: BaseAlgorithm) -> None:
+        """
+        rl-zoo3's ``learn`` (its callbacks, logging and clean-up), except that a ``KeyboardInterrupt`` during
+        training is raised again once rl-zoo3 has closed the envs: rl-zoo3 catches it and carries on as if training
+        had ended, and a benchmark cell must never be recorded as finished with part of its budget.
+        """
+        noting = _InterruptNotingModel(model)
+        super().learn(noting)  # type: ignore[arg-type]
+        if noting.interrupted:
+            raise KeyboardInterrupt
+
     def create_envs(self, n_envs: int, eval_env: bool = False, no_log: bool = False) -> VecEnv:
         if not eval_env:
             return super().create_envs(n_envs, eval_env=eval_env, no_log=no_log)
@@ -269,6 +342,10 @@ class BenchmarkExperimentManager(PGExperimentManager):
             return super().create_envs(n_envs, eval_env=eval_env, no_log=no_log)
         finally:
             self.seed = train_seed
+
+
+class IncompleteTrainingError(RuntimeError):
+    """Training ended before the cell's budget of env steps (the cell is then recorded as failed, never finished)."""
 
 
 #: What trains a cell and returns its finished record (:func:`train_cell`; the executors take another one, e.g. in
@@ -296,6 +373,8 @@ def train_cell(cell: Cell) -> dict[str, Any]:
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
         train_cpu, train_wall = cpu - evaluation.cpu_seconds, wall - evaluation.wall_seconds
         steps = int(model.num_timesteps)
+        if steps < int(manager.n_timesteps):  # a cell is finished only with its whole budget trained
+            raise IncompleteTrainingError(f"trained {steps} of its {int(manager.n_timesteps)} env steps")
 
         eval_env = evaluation.eval_env
         if model.get_vec_normalize_env() is not None:
@@ -388,13 +467,22 @@ def cell_record(cell: Cell, train: CellTrainer = train_cell) -> dict[str, Any]:
 @dataclass
 class GridResult:
     """
-    What one :func:`~sb3_pg_ext.benchmark.grid.run_grid` call did: cells skipped (already finished), stale
-    (finished for other settings, so run again), finished now, failed now, and interrupted (left without a record
-    because a worker process died; the next call runs them).
+    What one :func:`~sb3_pg_ext.benchmark.grid.run_grid` call did.
+
+    :param skipped: finished cells not run (stale ones included unless they were rerun)
+    :param stale: finished cells trained for other settings than the grid's now (run again only when asked:
+        ``rerun_stale``)
+    :param stale_reasons: stale cell -> why (:func:`stale_reasons`)
+    :param damaged: cells whose file was damaged: (cell, why, where the file was set aside); they are run again
+    :param interrupted: cells left without a record (a worker process died, or Ctrl-C); the next call runs them
+    :param finished: cells finished now
+    :param failed: cells failed now
     """
 
     skipped: list[CellKey] = field(default_factory=list)
     stale: list[CellKey] = field(default_factory=list)
+    stale_reasons: dict[CellKey, list[str]] = field(default_factory=dict)
+    damaged: list[tuple[CellKey, str, Path]] = field(default_factory=list)
     interrupted: list[CellKey] = field(default_factory=list)
     finished: list[CellKey] = field(default_factory=list)
     failed: list[CellKey] = field(default_factory=list)
@@ -438,6 +526,7 @@ __all__ = [
     "CellTrainer",
     "GridProgress",
     "GridResult",
+    "IncompleteTrainingError",
     "TimedEvalCallback",
     "cell_record",
     "effective_hyperparams",
@@ -446,6 +535,7 @@ __all__ = [
     "is_stale",
     "package_versions",
     "split_untuned",
+    "stale_reasons",
     "train_cell",
     "tuned_envs",
 ]

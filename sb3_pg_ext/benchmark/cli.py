@@ -6,26 +6,41 @@
     python -m sb3_pg_ext.benchmark run --algos reinforce ppo --envs CartPole-v1 --seeds 0 1 2 \\
         --budget CartPole-v1=100000 --store DIR --workers 2
     python -m sb3_pg_ext.benchmark run ... --ray-address auto      # the same grid as Ray tasks (pip install "sb3-pg-ext[ray]")
+    python -m sb3_pg_ext.benchmark run ... --rerun-stale           # also rerun finished cells whose settings changed
     python -m sb3_pg_ext.benchmark status --preset readme --store benchmarks/results/grid
     python -m sb3_pg_ext.benchmark report --store DIR [--out DIR]
     python -m sb3_pg_ext.benchmark presets [NAME --chunks]        # the named grids (sb3_pg_ext.benchmark.presets)
 
 The launcher runs the same commands: ``sb3-pg-zoo benchmark run|status|report ...``.
+
+Exit status: 0; 1 when cells failed or were interrupted (a worker died); 2 for bad input (an unknown algorithm, env
+or ``--budget`` key, named with the valid ones), a missing Ray, or a store that ``report`` cannot use (missing, or
+damaged files, which it names); 130 after Ctrl-C (the cells in flight leave no record; a second Ctrl-C exits at
+once).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import multiprocessing
+import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import FrameType
 
-from sb3_pg_ext.benchmark.cells import Cell, CellTrainer, grid_cells, is_stale, split_untuned, train_cell
+from sb3_pg_ext.benchmark.cells import Cell, CellTrainer, grid_cells, split_untuned, stale_reasons, train_cell, tuned_envs
 from sb3_pg_ext.benchmark.grid import run_grid
 from sb3_pg_ext.benchmark.presets import PRESETS
-from sb3_pg_ext.benchmark.store import FAILED, FINISHED, ResultStore
+from sb3_pg_ext.benchmark.store import DAMAGED, FAILED, FINISHED, DamagedRecordError, ResultStore
+from sb3_pg_ext.zoo.registry import register
 
 PROG = "python -m sb3_pg_ext.benchmark"
+#: The exit status after Ctrl-C (128 + SIGINT, as a shell reports it).
+INTERRUPTED_EXIT = 130
 
 
 def _budget(text: str) -> tuple[str, int]:
@@ -93,6 +108,7 @@ def _cells(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[Ce
     missing = [f"--{name}" for name in ("algos", "envs", "seeds") if getattr(args, name) is None]
     if missing:
         parser.error(f"the following arguments are required without --preset: {', '.join(missing)}")
+    _check_names(parser, args.algos, args.envs, dict(args.budget or []))
     settings = {name: GRID_OPTIONS[name] if getattr(args, name) is None else getattr(args, name) for name in GRID_OPTIONS}
     return grid_cells(
         args.algos,
@@ -103,6 +119,30 @@ def _cells(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[Ce
         n_eval_episodes=settings["eval_episodes"],
         n_final_episodes=settings["final_episodes"],
     )
+
+
+def _check_names(parser: argparse.ArgumentParser, algos: Sequence[str], envs: Sequence[str], budgets: dict[str, int]) -> None:
+    """
+    Exit with an error (status 2) naming the valid names when an algorithm is not one of rl-zoo3's (the package's
+    four included), when no algorithm's hyperparameter file has an entry for an env, or when a ``--budget`` key is
+    not an env of the grid.
+    """
+    from rl_zoo3.utils import ALGOS
+
+    register()
+    unknown = [algo for algo in algos if algo not in ALGOS]
+    if unknown:
+        parser.error(f"unknown algorithm {', '.join(map(repr, unknown))}; algorithms: {', '.join(sorted(ALGOS))}")
+    known = sorted(set().union(*(tuned_envs(algo) for algo in algos)))
+    unknown = [env for env in envs if env not in known]
+    if unknown:
+        parser.error(
+            f"no hyperparameter entry of {', '.join(algos)} for env {', '.join(map(repr, unknown))}; "
+            f"their envs: {', '.join(known)}"
+        )
+    unknown = [env for env in budgets if env not in envs]
+    if unknown:
+        parser.error(f"--budget names env {', '.join(map(repr, unknown))}, not in --envs; the grid's envs: {', '.join(envs)}")
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
@@ -128,6 +168,12 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         'the records, so the store needs no shared filesystem (needs Ray: pip install "sb3-pg-ext[ray]")',
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--rerun-stale",
+        action="store_true",
+        help="also run the finished cells whose settings changed since they ran (overwriting their records); "
+        "without it they are listed and skipped",
+    )
     status = commands.add_parser("status", help="finished, failed, missing and stale cells of the grid")
     status.set_defaults(subparser=status)
     _grid_arguments(status)
@@ -159,6 +205,44 @@ def _print_presets(name: str | None, chunks_only: bool) -> None:
         print(f"  chunks: {' '.join(preset.chunks())}")
 
 
+def _exit_at_once(signum: int, frame: FrameType | None) -> None:
+    """The SIGINT handler after the first Ctrl-C: kill the worker processes and exit now, without other clean-up."""
+    for child in multiprocessing.active_children():
+        child.kill()
+    os.write(2, b"interrupted again: exiting at once\n")
+    os._exit(INTERRUPTED_EXIT)
+
+
+def _interrupt_once(signum: int, frame: FrameType | None) -> None:
+    """The SIGINT handler of ``run``: the first Ctrl-C stops the grid (``KeyboardInterrupt``), a second one exits."""
+    signal.signal(signal.SIGINT, _exit_at_once)
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[None]:
+    """Within the block, Ctrl-C raises ``KeyboardInterrupt`` and a second Ctrl-C exits the process at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, _interrupt_once)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _report_damaged(prog: str, command: str, store: ResultStore) -> int:
+    damaged = store.damaged()
+    names = "; ".join(f"{error.path.name} ({error.reason})" for error in damaged)
+    print(
+        f"{prog} {command}: error: {len(damaged)} damaged result files in {store.root}: {names}; `run` sets them "
+        "aside (renamed <name>.damaged-<time>) and reruns their cells",
+        file=sys.stderr,
+    )
+    return 2
+
+
 def main(argv: Sequence[str] | None = None, prog: str = PROG, *, train: CellTrainer = train_cell) -> int:
     """
     Run a command of the benchmark's command line.
@@ -166,8 +250,9 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG, *, train: CellTrai
     :param argv: the arguments (default: ``sys.argv[1:]``)
     :param prog: the program name of the usage lines and error messages
     :param train: what ``run`` trains a cell with (:func:`~sb3_pg_ext.benchmark.cells.train_cell`)
-    :return: the exit status: 0; 1 when cells failed or were interrupted; 2 when Ray is missing for ``--ray-address``
-        or the store of ``report`` does not exist
+    :return: the exit status: 0; 1 when cells failed or were interrupted; 2 when Ray is missing for
+        ``--ray-address`` or the store of ``report`` does not exist or holds damaged files; 130 after Ctrl-C
+        (bad arguments exit with status 2 through argparse)
     """
     args = build_parser(prog).parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.command == "presets":
@@ -187,7 +272,11 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG, *, train: CellTrai
     if args.command == "report":
         from sb3_pg_ext.benchmark.report import write_report
 
-        written = write_report(ResultStore(args.store), args.out)
+        store = ResultStore(args.store)
+        try:
+            written = write_report(store, args.out)
+        except DamagedRecordError:
+            return _report_damaged(prog, "report", store)
         print(written.markdown)
         print(f"written: {', '.join(str(path) for path in written.paths)}")
         return 0
@@ -196,22 +285,36 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG, *, train: CellTrai
     if untuned:
         skipped = sorted({(c.algo, c.env) for c in untuned})
         print("not in the grid (no entry in the hyperparameter file): " + ", ".join(f"{a} on {e}" for a, e in skipped))
+    if not cells:
+        args.subparser.error("no cell left to run: no algorithm of the grid has an entry for any of its envs")
     if args.command == "status":
-        states = store.status(c.key for c in cells)
-        by_key = {c.key: c for c in cells}
-        states["stale"] = [k for k in states[FINISHED] if is_stale(store.read(*k) or {}, by_key[k])]
-        for state, keys in states.items():
-            print(f"{state}: {len(keys)}")
-            for key in keys if state != FINISHED else []:
-                record = store.read(*key)
-                error = f"  {record['error']}" if record is not None and record["status"] == FAILED else ""
-                print(f"  {key[0]} {key[1]} seed {key[2]}{error}")
-        return 0
-    result = run_grid(
-        cells, store, workers=args.workers, progress=not args.no_progress, ray_address=args.ray_address, train=train
-    )
+        return _status(store, cells)
+    try:
+        with _interruptible():
+            result = run_grid(
+                cells,
+                store,
+                workers=args.workers,
+                progress=not args.no_progress,
+                ray_address=args.ray_address,
+                train=train,
+                rerun_stale=args.rerun_stale,
+            )
+    except KeyboardInterrupt:
+        sys.stdout.flush()
+        print(
+            f"{prog} run: interrupted: the cells in flight left no record and run again at the next call",
+            file=sys.stderr,
+            flush=True,
+        )
+        return INTERRUPTED_EXIT
+    for key, reason, kept in result.damaged:
+        print(f"damaged: {key[0]} {key[1]} seed {key[2]} ({reason}): kept as {kept}, the cell ran again")
     if result.stale:
-        print("run again, settings changed since they ran: " + ", ".join(f"{a} {e} seed {s}" for a, e, s in result.stale))
+        verb = "ran again" if args.rerun_stale else "skipped (rerun them with --rerun-stale)"
+        print(f"stale, {verb}: {len(result.stale)} finished cells whose settings changed since they ran")
+        for key in result.stale:
+            print(f"  {key[0]} {key[1]} seed {key[2]}: {'; '.join(result.stale_reasons[key])}")
     print(f"skipped {len(result.skipped)} finished, finished {len(result.finished)}, failed {len(result.failed)}")
     for key in result.failed:
         record = store.read(*key)
@@ -221,6 +324,34 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG, *, train: CellTrai
         for key in result.interrupted:
             print(f"interrupted: {key[0]} {key[1]} seed {key[2]}")
     return 1 if result.failed or result.interrupted else 0
+
+
+def _status(store: ResultStore, cells: list[Cell]) -> int:
+    """Print the cells of the grid by state (damaged and stale ones with why); returns 0."""
+    states = store.status(c.key for c in cells)
+    by_key = {c.key: c for c in cells}
+    reasons: dict[tuple[str, str, int], list[str]] = {}
+    for key in states[FINISHED]:
+        record = store.read(*key)
+        if record is not None and (why := stale_reasons(record, by_key[key])):
+            reasons[key] = why
+    states["stale"] = list(reasons)
+    for state, keys in states.items():
+        print(f"{state}: {len(keys)}")
+        for key in keys if state != FINISHED else []:
+            detail = ""
+            if state == FAILED:
+                record = store.read(*key)
+                detail = f"  {record['error']}" if record is not None else ""
+            elif state == DAMAGED:
+                try:
+                    store.read(*key)
+                except DamagedRecordError as error:
+                    detail = f"  {error.path} ({error.reason}); `run` sets it aside and reruns the cell"
+            elif state == "stale":
+                detail = f"  {'; '.join(reasons[key])}"
+            print(f"  {key[0]} {key[1]} seed {key[2]}{detail}")
+    return 0
 
 
 __all__ = ["build_parser", "main"]

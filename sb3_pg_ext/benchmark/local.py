@@ -4,6 +4,10 @@ thread each), each record written to the store by the process that ran the cell,
 
 A worker process that dies (killed, out of memory) leaves its cell and the cells in flight without a record: they
 are listed in :attr:`~sb3_pg_ext.benchmark.cells.GridResult.interrupted` and run again at the next call.
+
+Ctrl-C: the worker processes ignore SIGINT (a terminal sends it to the whole process group), so only this process
+sees it; it cancels the queued cells, terminates the workers (the cells in flight leave no record: a record is
+written only when its cell has trained its whole budget) and raises the ``KeyboardInterrupt`` again.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import concurrent.futures
 import concurrent.futures.process
 import multiprocessing
+import signal
 from collections.abc import Sequence
 
 import torch as th
@@ -35,9 +40,28 @@ def run_cell(cell: Cell, store_root: str, train: CellTrainer = train_cell) -> tu
     return cell.key, str(record["status"])
 
 
+#: Seconds a terminated worker process is given to exit before it is killed.
+WORKER_EXIT_TIMEOUT = 5.0
+
+
 def _init_worker() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it ends the workers
     th.set_num_threads(1)
     register()
+
+
+def _stop_pool(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+    """Cancel the queued cells and end the worker processes now (their cells in flight leave no record)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(WORKER_EXIT_TIMEOUT)
+        if process.is_alive():
+            process.kill()
+            process.join()
 
 
 def run_cells_locally(
@@ -67,7 +91,8 @@ def run_cells_locally(
                 bar.done(*run_cell(cell, str(store.root), train), running=int(index + 1 < len(cells)))
         else:
             context = multiprocessing.get_context("spawn")
-            with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
+            pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
+            try:
                 futures = {pool.submit(run_cell, cell, str(store.root), train) for cell in cells}
                 bar.running(min(workers, len(futures)))
                 for future in concurrent.futures.as_completed(futures):
@@ -77,12 +102,16 @@ def run_cells_locally(
                     except concurrent.futures.process.BrokenProcessPool:
                         # a worker died (killed, out of memory): its cell and the ones in flight have no record
                         # and run again on the next call
-                        recorded = set(result.finished) | set(result.failed)
-                        result.interrupted = [c.key for c in cells if c.key not in recorded]
                         break
                     bar.done(key, status, running=min(workers, len(futures)))
+            except BaseException:  # Ctrl-C: no cell more, and the cells in flight leave no record
+                _stop_pool(pool)
+                raise
+            pool.shutdown(wait=True)
     finally:
         bar.close()
+        recorded = set(result.finished) | set(result.failed)
+        result.interrupted = [c.key for c in cells if c.key not in recorded]
     return result
 
 

@@ -3,12 +3,12 @@ Score normalisation of the benchmark report, in one place: :data:`SCORE_RANGES` 
 ``(random, solved)`` pair of returns, and a score ``s`` on that env is normalised as
 ``(s - random) / (solved - random)`` (0: a uniformly random policy, 1: solved).
 
-The random scores marked *measured* were computed with :func:`random_score` (uniformly random actions, 100
-episodes, seed 0), i.e. with the command
+Every random score is measured, one convention for every env: :func:`random_score` (uniformly random actions, 100
+episodes, seed 0) to four significant digits, i.e. what the command
 
     python -m sb3_pg_ext.benchmark.normalisation ENV_ID
 
-which prints the mean return of 100 random episodes of ``ENV_ID``.
+prints for ``ENV_ID`` (tests/test_benchmark.py checks each entry against it).
 """
 
 from __future__ import annotations
@@ -19,25 +19,25 @@ from collections.abc import Sequence
 import gymnasium as gym
 import numpy as np
 
-#: env id -> (random score, solved / reference score): the one normalisation of the report (docs/benchmark.md).
+#: env id -> (random score, solved / reference score): the one normalisation of the report (docs/benchmark.md); every
+#: random score is :func:`random_score`'s measurement to four significant digits.
 SCORE_RANGES: dict[str, tuple[float, float]] = {
-    # random: 22, the usual value for uniformly random actions (measured: 21.61); solved: 500, the maximum return
-    # (the 500-step time limit), above gymnasium's reward_threshold of 475
-    "CartPole-v1": (22.0, 500.0),
-    # random: -500, the time limit without a swing-up (measured: -499.9); solved: -100, gymnasium's reward_threshold
-    "Acrobot-v1": (-500.0, -100.0),
-    # random: -1200, the usual value (measured: -1234); solved: -150, about what a tuned SAC or TD3 reaches
-    # (rl-zoo3's benchmark table); gymnasium gives Pendulum no reward_threshold
-    "Pendulum-v1": (-1200.0, -150.0),
-    # random: -180, the usual value (measured: -192.5); solved: 200, gymnasium's reward_threshold
-    "LunarLander-v3": (-180.0, 200.0),
-    # random: measured -33.25 (the action cost of uniform actions over the 999-step limit, the flag never
-    # reached); solved: 90, gymnasium's reward_threshold
+    # solved: 500, the maximum return (the 500-step time limit), above gymnasium's reward_threshold of 475
+    "CartPole-v1": (21.61, 500.0),
+    # random: nearly the time limit without a swing-up; solved: -100, gymnasium's reward_threshold
+    "Acrobot-v1": (-499.9, -100.0),
+    # solved: -150, about what a tuned SAC or TD3 reaches (rl-zoo3's benchmark table); gymnasium gives Pendulum no
+    # reward_threshold
+    "Pendulum-v1": (-1234.0, -150.0),
+    # solved: 200, gymnasium's reward_threshold
+    "LunarLander-v3": (-192.5, 200.0),
+    # random: the action cost of uniform actions over the 999-step limit, the flag never reached; solved: 90,
+    # gymnasium's reward_threshold
     "MountainCarContinuous-v0": (-33.25, 90.0),
-    # random: measured -199.2; solved: 200, gymnasium's reward_threshold
+    # solved: 200, gymnasium's reward_threshold
     "LunarLanderContinuous-v3": (-199.2, 200.0),
     # the package's token tasks (sb3_pg_ext.envs, default "partial" reward: the fraction of the answer's positions
-    # right): random measured 0.099 (reverse) and 0.0975 (add); solved: 1.0, an exact answer to every prompt
+    # right); solved: 1.0, an exact answer to every prompt
     "sb3_pg_ext/DigitReverse-v0": (0.099, 1.0),
     "sb3_pg_ext/DigitAdd-v0": (0.0975, 1.0),
 }

@@ -20,15 +20,20 @@ A cell's score is its final return: the mean over its final evaluation's episode
   point), and the performance profile of the normalised final scores of the aggregate (fraction of runs above each
   threshold, 95% CI band; rliable's ``create_performance_profile`` and ``plot_performance_profiles``).
 
-Every interval is rliable's ``get_interval_estimates`` (percentile method, :data:`REPS` resamples). rliable 1.2 draws
-its bootstrap indices from numpy's global generator whatever ``random_state`` it is given, so every rliable call
-goes through :func:`seeded_global_rng`: the generator is seeded for the call and restored after it, and the same
-store always gives the same report.
+Every interval is rliable's ``get_interval_estimates`` (percentile method, :data:`REPS` resamples), called once per
+algorithm with its own seed, :func:`stable_seed` of (env or ``aggregate``, algorithm, statistic): an algorithm's
+interval does not depend on which other algorithms share the table, and the same store always gives the same report.
+rliable 1.2 draws its bootstrap indices from numpy's global generator whatever ``random_state`` it is given, so every
+rliable call goes through :func:`seeded_global_rng`: the generator is seeded for the call and restored after it.
+
+A store with damaged files (:class:`~sb3_pg_ext.benchmark.store.DamagedRecordError`) gives no report: the first one
+is raised, and the command line names them all.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import re
 import statistics
@@ -48,8 +53,10 @@ from sb3_pg_ext.benchmark.store import FAILED, FINISHED, ResultStore
 REPS = 2000
 #: Coverage of every interval of the report.
 CONFIDENCE = 0.95
-#: The seed of numpy's global generator during each rliable call.
+#: The base seed of the bootstrap; each rliable call is seeded with :func:`stable_seed` of it.
 SEED = 0
+#: The task name of the normalised aggregate over envs in :func:`stable_seed`.
+AGGREGATE = "aggregate"
 #: The algorithm the others are compared with (probability of improvement, throughput).
 BASELINE = "ppo"
 #: The package's algorithms, whose probability of improvement over :data:`BASELINE` the report gives.
@@ -89,34 +96,59 @@ def seeded_global_rng(seed: int = SEED) -> Iterator[None]:
         np.random.set_state(saved_state)  # noqa: NPY002
 
 
+def stable_seed(seed: int, *parts: str) -> int:
+    """
+    A seed in ``[0, 2**32)`` derived from ``seed`` and ``parts`` (e.g. env, algorithm, statistic) by SHA-256: the same
+    on every run, platform and Python (unlike ``hash``), and unrelated for different parts.
+
+    :param seed: the base seed
+    :param parts: what the seeded computation is for
+    :return: the derived seed
+    """
+    text = "\x1f".join([str(seed), *parts])
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:4], "little")
+
+
 def interval_estimates(
     score_dict: Mapping[str, np.ndarray | Sequence[np.ndarray]],
     func: Callable[..., np.ndarray],
     reps: int = REPS,
     seed: int = SEED,
+    task: str = "",
+    statistic: str = "",
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """
-    rliable's ``get_interval_estimates`` (percentile method, :data:`CONFIDENCE` coverage), seeded.
+    rliable's ``get_interval_estimates`` (percentile method, :data:`CONFIDENCE` coverage), called once per name of
+    ``score_dict``, seeded with ``stable_seed(seed, task, name, statistic)``: a name's interval depends on its own
+    scores only, not on the other names of the call.
 
     :param score_dict: name -> scores of shape ``(runs, tasks, ...)`` (stratified bootstrap over runs), or a
         sequence of such arrays (each resampled independently; e.g. an algorithm pair)
     :param func: the statistic, returning a 1D array
     :param reps: bootstrap resamples
-    :param seed: seed of numpy's global generator (and of the ``random_state``) for the call
+    :param seed: base seed of numpy's global generator (and of the ``random_state``) for each call
+    :param task: what the scores are of (the env, or :data:`AGGREGATE`), part of each name's seed
+    :param statistic: the statistic's name, part of each name's seed
     :return: (point estimates, intervals of shape ``(2, ...)``: lower row, upper row), per name
     """
     from rliable import library as rly
 
     if reps < 1:
         raise ValueError(f"reps must be at least 1; got {reps}")
-    with seeded_global_rng(seed):
-        return rly.get_interval_estimates(
-            dict(score_dict),
-            func,
-            reps=reps,
-            confidence_interval_size=CONFIDENCE,
-            random_state=np.random.RandomState(seed),
-        )
+    points: dict[str, np.ndarray] = {}
+    intervals: dict[str, np.ndarray] = {}
+    for name, scores in score_dict.items():
+        own_seed = stable_seed(seed, task, name, statistic)
+        with seeded_global_rng(own_seed):
+            point, interval = rly.get_interval_estimates(
+                {name: scores},
+                func,
+                reps=reps,
+                confidence_interval_size=CONFIDENCE,
+                random_state=np.random.RandomState(own_seed),
+            )
+        points[name], intervals[name] = point[name], interval[name]
+    return points, intervals
 
 
 def _iqm(scores: np.ndarray) -> np.ndarray:
@@ -134,17 +166,20 @@ def _runs(values: Sequence[float], name: str) -> np.ndarray:
     return scores
 
 
-def iqm_intervals(per_algo: Mapping[str, Sequence[float]], reps: int = REPS, seed: int = SEED) -> dict[str, dict[str, Any]]:
+def iqm_intervals(
+    per_algo: Mapping[str, Sequence[float]], reps: int = REPS, seed: int = SEED, env: str = ""
+) -> dict[str, dict[str, Any]]:
     """
     rliable's IQM and 95% stratified-bootstrap CI of each algorithm's scores on one env (one score per seed).
 
     :param per_algo: algo -> its scores, one per seed
     :param reps: bootstrap resamples
-    :param seed: seed of the bootstrap
+    :param seed: base seed of the bootstrap
+    :param env: the env (each algorithm's bootstrap is seeded with :func:`stable_seed` of env, algo, ``"iqm"``)
     :return: algo -> ``{iqm, low, high, mean, std, n}`` (std: population std over seeds)
     """
     score_dict = {algo: _runs(values, algo).reshape(-1, 1) for algo, values in per_algo.items()}
-    points, intervals = interval_estimates(score_dict, _iqm, reps=reps, seed=seed)
+    points, intervals = interval_estimates(score_dict, _iqm, reps=reps, seed=seed, task=env, statistic="iqm")
     return {
         algo: {
             "iqm": float(points[algo][0]),
@@ -164,6 +199,7 @@ def probability_of_improvement(
     algos: Sequence[str] = CHALLENGERS,
     reps: int = REPS,
     seed: int = SEED,
+    env: str = "",
 ) -> dict[str, dict[str, Any]]:
     """
     rliable's probability of improvement ``P(X > Y)`` of each of ``algos`` over ``baseline`` on one env, with a 95%
@@ -174,7 +210,9 @@ def probability_of_improvement(
     :param baseline: the algorithm compared with
     :param algos: the algorithms compared; those absent from ``per_algo`` are left out
     :param reps: bootstrap resamples
-    :param seed: seed of the bootstrap
+    :param seed: base seed of the bootstrap
+    :param env: the env (each pair's bootstrap is seeded with :func:`stable_seed` of env, algo,
+        ``"probability_of_improvement"``)
     :return: algo -> ``{p, low, high, n, n_baseline}``
     """
     from rliable import metrics
@@ -185,7 +223,9 @@ def probability_of_improvement(
     pairs = {algo: [_runs(per_algo[algo], algo).reshape(-1, 1), y] for algo in algos if algo in per_algo}
     if not pairs:
         return {}
-    points, intervals = interval_estimates(pairs, metrics.probability_of_improvement, reps=reps, seed=seed)
+    points, intervals = interval_estimates(
+        pairs, metrics.probability_of_improvement, reps=reps, seed=seed, task=env, statistic="probability_of_improvement"
+    )
     return {
         algo: {
             "p": float(np.asarray(points[algo]).reshape(-1)[0]),
@@ -229,7 +269,8 @@ def normalised_aggregate(scores: Scores, reps: int = REPS, seed: int = SEED) -> 
 
     :param scores: env -> algo -> seed -> final return
     :param reps: bootstrap resamples
-    :param seed: seed of the bootstrap
+    :param seed: base seed of the bootstrap (each algorithm's: :func:`stable_seed` of :data:`AGGREGATE`, algo,
+        ``"iqm"``)
     :return: the aggregate
     """
     envs = sorted(env for env in scores if env in SCORE_RANGES)
@@ -248,7 +289,7 @@ def normalised_aggregate(scores: Scores, reps: int = REPS, seed: int = SEED) -> 
         aggregate.seeds[algo] = common
         aggregate.scores[algo] = np.stack([normalise(env, [scores[env][algo][s] for s in common]) for env in envs], axis=1)
     if aggregate.scores:
-        points, intervals = interval_estimates(aggregate.scores, _iqm, reps=reps, seed=seed)
+        points, intervals = interval_estimates(aggregate.scores, _iqm, reps=reps, seed=seed, task=AGGREGATE, statistic="iqm")
         aggregate.stats = {
             algo: {
                 "iqm": float(points[algo][0]),
@@ -261,13 +302,16 @@ def normalised_aggregate(scores: Scores, reps: int = REPS, seed: int = SEED) -> 
     return aggregate
 
 
-def curve_intervals(curves: Mapping[str, np.ndarray], reps: int = REPS, seed: int = SEED) -> dict[str, np.ndarray]:
+def curve_intervals(
+    curves: Mapping[str, np.ndarray], reps: int = REPS, seed: int = SEED, env: str = ""
+) -> dict[str, np.ndarray]:
     """
     IQM over seeds at each evaluation point, with a 95% stratified-bootstrap band (seeds resampled at each point).
 
     :param curves: algo -> returns of shape ``(seeds, points)``
     :param reps: bootstrap resamples
-    :param seed: seed of the bootstrap
+    :param seed: base seed of the bootstrap
+    :param env: the env (each algorithm's bootstrap is seeded with :func:`stable_seed` of env, algo, ``"curve_iqm"``)
     :return: algo -> array of shape ``(3, points)``: IQM, lower end, upper end
     """
     from rliable import metrics
@@ -277,7 +321,7 @@ def curve_intervals(curves: Mapping[str, np.ndarray], reps: int = REPS, seed: in
         return np.array([metrics.aggregate_iqm(values[..., k]) for k in range(values.shape[-1])])
 
     score_dict = {algo: np.asarray(c, dtype=np.float64)[:, None, :] for algo, c in curves.items()}
-    points, intervals = interval_estimates(score_dict, iqm_per_point, reps=reps, seed=seed)
+    points, intervals = interval_estimates(score_dict, iqm_per_point, reps=reps, seed=seed, task=env, statistic="curve_iqm")
     return {algo: np.vstack([points[algo], intervals[algo]]) for algo in score_dict}
 
 
@@ -400,7 +444,7 @@ def plot_learning_curves(
     :param seed: seed of the bootstrap
     :return: ``path``
     """
-    bands = curve_intervals({algo: values for algo, (_, values) in curves.items()}, reps=reps, seed=seed)
+    bands = curve_intervals({algo: values for algo, (_, values) in curves.items()}, reps=reps, seed=seed, env=env)
     figure = _figure((6.4, 4.2))
     ax = figure.subplots()
     for algo, (steps, values) in curves.items():
@@ -428,7 +472,8 @@ def plot_performance_profile(
     :param path: the PNG file
     :param colors: algo -> matplotlib color
     :param reps: bootstrap resamples of the band
-    :param seed: seed of the bootstrap
+    :param seed: base seed of the bootstrap (each algorithm's: :func:`stable_seed` of :data:`AGGREGATE`, algo,
+        ``"performance_profile"``)
     :return: ``path``
     """
     from rliable import library as rly
@@ -438,8 +483,12 @@ def plot_performance_profile(
         raise ValueError("the aggregate has no algorithm: no performance profile to plot")
     everything = np.concatenate([s.reshape(-1) for s in aggregate.scores.values()])
     tau_list = np.linspace(min(0.0, float(everything.min())), max(1.0, float(everything.max())), 101)
-    with seeded_global_rng(seed):
-        profiles, profile_cis = rly.create_performance_profile(aggregate.scores, tau_list, reps=reps)
+    profiles: dict[str, np.ndarray] = {}
+    profile_cis: dict[str, np.ndarray] = {}
+    for algo, algo_scores in aggregate.scores.items():  # one seed per algorithm, as in interval_estimates
+        with seeded_global_rng(stable_seed(seed, AGGREGATE, algo, "performance_profile")):
+            profile, ci = rly.create_performance_profile({algo: algo_scores}, tau_list, reps=reps)
+        profiles[algo], profile_cis[algo] = profile[algo], ci[algo]
     figure = _figure((6.4, 4.2))
     ax = figure.subplots()
     plot_utils.plot_performance_profiles(
@@ -477,7 +526,7 @@ def markdown_table(store: ResultStore, scores: Scores | None = None) -> str:
     scores = final_scores(store) if scores is None else scores
     lines: list[str] = []
     for env, algos in sorted(scores.items()):
-        stats = iqm_intervals({algo: [seeds[s] for s in sorted(seeds)] for algo, seeds in sorted(algos.items())})
+        stats = iqm_intervals({algo: [seeds[s] for s in sorted(seeds)] for algo, seeds in sorted(algos.items())}, env=env)
         lines += [f"### {env}", "", "| algo | seeds | IQM [95% CI] | mean +- std |", "|---|---|---|---|"]
         for algo, s in stats.items():
             lines.append(
@@ -532,7 +581,7 @@ def _improvement_section(scores: Scores) -> list[str]:
             cells = [f"no {BASELINE} cells"] + [""] * (len(CHALLENGERS) - 1)
         else:
             per_algo = {algo: [seeds[s] for s in sorted(seeds)] for algo, seeds in algos.items()}
-            result = probability_of_improvement(per_algo)
+            result = probability_of_improvement(per_algo, env=env)
             cells = [
                 f"{r['p']:.2f} [{r['low']:.2f}, {r['high']:.2f}]" if (r := result.get(algo)) else "-" for algo in CHALLENGERS
             ]
@@ -580,10 +629,11 @@ def write_report(store: ResultStore, out: str | Path | None = None, reps: int = 
     :param out: the output directory (created; default: ``<store>/report``)
     :param reps: bootstrap resamples of every interval
     :return: the markdown text and the files written
+    :raises DamagedRecordError: naming the first damaged file of the store (nothing is written then)
     """
+    records = list(store.records())  # raises at a damaged file, before anything is written
     out_dir = Path(out) if out is not None else store.root / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
-    records = list(store.records())
     n_failed = sum(record["status"] == FAILED for record in records)
     scores = final_scores(store)
     lines = [
@@ -634,6 +684,7 @@ def write_report(store: ResultStore, out: str | Path | None = None, reps: int = 
 
 
 __all__ = [
+    "AGGREGATE",
     "BASELINE",
     "CHALLENGERS",
     "CONFIDENCE",
@@ -651,6 +702,7 @@ __all__ = [
     "plot_performance_profile",
     "probability_of_improvement",
     "seeded_global_rng",
+    "stable_seed",
     "throughput_ratios",
     "write_report",
 ]
