@@ -276,6 +276,9 @@ def test_stale_reasons_name_each_changed_field(tmp_path: Path) -> None:
             older["config"]["final_eval_seed"] = final_eval_seed
         reasons = stale_reasons(older, cell)
         assert len(reasons) == 1 and reasons[0].startswith("protocol final_eval_seed: ") and is_stale(older, cell)
+    assert stale_reasons(record, Cell("reinforce", "CartPole-v1", 3)) == [
+        "budget n_timesteps: 500 -> None (the hyperparameter file's n_timesteps)"
+    ]
     assert stale_reasons(record, Cell("reinforce", "CartPole-v1", 3, 500, n_final_episodes=20)) == [
         "protocol n_final_episodes: 10 -> 20"
     ]

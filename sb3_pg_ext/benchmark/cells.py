@@ -208,6 +208,8 @@ def stale_reasons(record: dict[str, Any], cell: Cell) -> list[str]:
     for change in _changes(then, now, "cell"):
         field_name = change.split(":")[0].removeprefix("cell ")
         kind = "budget" if field_name == "n_timesteps" else "protocol"
+        if field_name == "n_timesteps" and change.endswith("-> None"):
+            change = change.removesuffix("None") + "None (the hyperparameter file's n_timesteps)"
         reasons.append(change.replace(f"cell {field_name}", f"{kind} {field_name}", 1))
     try:
         current = effective_hyperparams(cell)
