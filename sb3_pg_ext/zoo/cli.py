@@ -243,11 +243,11 @@ def _figures_saved_without_display(path: str) -> Iterator[list[str]]:
             print(f"{PROG}: no display (matplotlib backend {matplotlib.get_backend()}): figure saved to {target}")
         plt.close("all")
 
-    plt.show = show  # type: ignore[assignment]
+    plt.show = show
     try:
         yield saved
     finally:
-        plt.show = original  # type: ignore[assignment]
+        plt.show = original
 
 
 def _single_runs_as_lists(path: str, target: str) -> None:

@@ -52,7 +52,7 @@ class LauncherUsageError(ValueError):
 def _optuna_storage(storage: str) -> Any:
     """rl-zoo3's storage argument: a ``.log`` path is a journal file, anything else an RDB URL."""
     if storage.endswith(".log"):
-        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage))
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage))  # type: ignore[attr-defined]
     return storage
 
 
