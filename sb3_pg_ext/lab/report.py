@@ -57,7 +57,8 @@ def run_table(context: dict[str, Any], records: list[dict[str, Any]]) -> str:
     """
     title = f"### {context['algo']} on {context['env']}, checkpoint {context['checkpoint']}"
     if context.get("behind"):
-        title += f", behaviour policy {context['behind']} updates behind"
+        behind = int(context["behind"])
+        title += f", behaviour policy {behind} update{'' if behind == 1 else 's'} behind"
     reference = context["reference"] or {}
     if not reference:
         ref_text = "not computed yet (the run has not started its options)"
