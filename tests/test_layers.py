@@ -3,7 +3,7 @@ The package's floors, and which way its imports run.
 
 From the bottom: ``estimators`` (torch only), ``common``, ``envs`` (gymnasium only, none of the package), the
 algorithms (one sub-package each, never importing another), the package root (its exports), ``zoo`` (the rl-zoo3
-launcher), ``benchmark`` (the grid and its report) and ``cli`` (the console entry that dispatches to the zoo and
+launcher), ``benchmark`` (the grid and its report) and ``lab`` (the estimator lab) side by side, and ``cli`` (the console entry that dispatches to the zoo and
 the benchmark). A module imports only its own floor and the floors below; no group of modules imports itself in a
 circle. Every import counts, the ones inside functions included.
 """
@@ -19,7 +19,7 @@ PACKAGE = "sb3_pg_ext"
 ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 ALGORITHMS = ("reinforce", "ispg", "ppo_kl", "grpo")
 # floor of each top-level part of the package; an algorithm may import only its own sub-package among the algorithms
-FLOORS = {"estimators": 0, "common": 1, "envs": 1, **dict.fromkeys(ALGORITHMS, 2), "": 3, "zoo": 4, "benchmark": 5}
+FLOORS = {"estimators": 0, "common": 1, "envs": 1, **dict.fromkeys(ALGORITHMS, 2), "": 3, "zoo": 4, "benchmark": 5, "lab": 5}
 TOP_FLOOR = 6  # sb3_pg_ext.cli and anything not listed above
 
 
