@@ -659,7 +659,7 @@ def test_parallel_robust_trials_give_the_values_of_serial_ones(in_tmp):
     def values(n_jobs: int) -> dict[int, float]:
         storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(in_tmp / f"{n_jobs}.log")))
         study = optuna.create_study(storage=storage, study_name="par", direction="maximize")
-        for learning_rate in (3e-3, 3e-2):
+        for learning_rate in (3e-4, 3e-3):  # inside the sampler's range
             study.enqueue_trial(
                 dict(
                     learning_rate=learning_rate,
