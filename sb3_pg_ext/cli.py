@@ -1,12 +1,14 @@
 """
 ``sb3-pg-zoo``, the console entry: ``benchmark`` goes to the benchmark's command line
-(:func:`sb3_pg_ext.benchmark.cli.main`), every other command to the rl-zoo3 launcher (:func:`sb3_pg_ext.zoo.cli.main`).
+(:func:`sb3_pg_ext.benchmark.cli.main`), ``lab`` to the estimator lab's (:func:`sb3_pg_ext.lab.cli.main`), every
+other command to the rl-zoo3 launcher (:func:`sb3_pg_ext.zoo.cli.main`).
 
     sb3-pg-zoo train | enjoy | plot_train | plot_from_file | all_plots ...   (also: python -m sb3_pg_ext.zoo ...)
     sb3-pg-zoo benchmark run | status | report ...                          (also: python -m sb3_pg_ext.benchmark ...)
+    sb3-pg-zoo lab run | report | options ...                               (also: python -m sb3_pg_ext.lab ...)
 
-The dispatch lives here, above both, because the benchmark imports the zoo and the zoo must not import the
-benchmark.
+The dispatch lives here, above all three, because the benchmark imports the zoo and the zoo must not import the
+benchmark or the lab.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from sb3_pg_ext.zoo import cli as zoo_cli
 
 PROG = zoo_cli.PROG
 BENCHMARK = "benchmark"
-#: Every command of ``sb3-pg-zoo``: the launcher's, then the benchmark.
-COMMANDS = (*zoo_cli.COMMANDS, BENCHMARK)
+LAB = "lab"
+#: Every command of ``sb3-pg-zoo``: the launcher's, then the benchmark and the lab.
+COMMANDS = (*zoo_cli.COMMANDS, BENCHMARK, LAB)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -37,7 +40,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         if status:
             raise SystemExit(status)
         return
+    if argv and argv[0] == LAB:
+        from sb3_pg_ext.lab.cli import main as lab_main
+
+        status = lab_main(argv[1:], prog=f"{PROG} {LAB}")
+        if status:
+            raise SystemExit(status)
+        return
     zoo_cli.main(argv, commands=COMMANDS)
 
 
-__all__ = ["BENCHMARK", "COMMANDS", "PROG", "main"]
+__all__ = ["BENCHMARK", "COMMANDS", "LAB", "PROG", "main"]

@@ -331,15 +331,18 @@ def test_unknown_command_is_refused():
 def test_console_entry_lists_every_command_and_routes_benchmark_to_its_command_line(capsys):
     from sb3_pg_ext import cli
 
-    assert cli.COMMANDS == ("train", "enjoy", "plot_train", "plot_from_file", "all_plots", "benchmark")
+    assert cli.COMMANDS == ("train", "enjoy", "plot_train", "plot_from_file", "all_plots", "benchmark", "lab")
     cli.main(["--help"])
-    assert "usage: sb3-pg-zoo {train,enjoy,plot_train,plot_from_file,all_plots,benchmark}" in capsys.readouterr().out
+    assert "usage: sb3-pg-zoo {train,enjoy,plot_train,plot_from_file,all_plots,benchmark,lab}" in capsys.readouterr().out
     main(["--help"])  # python -m sb3_pg_ext.zoo: the launcher's own commands
     assert "usage: sb3-pg-zoo {train,enjoy,plot_train,plot_from_file,all_plots} " in capsys.readouterr().out
     with pytest.raises(SystemExit) as done:
         cli.main(["benchmark", "-h"])
     assert done.value.code == 0 and "usage: sb3-pg-zoo benchmark" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="use one of train, enjoy, plot_train, plot_from_file, all_plots, benchmark"):
+    with pytest.raises(SystemExit) as done:
+        cli.main(["lab", "-h"])
+    assert done.value.code == 0 and "usage: sb3-pg-zoo lab" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="use one of train, enjoy, plot_train, plot_from_file, all_plots, benchmark, lab"):
         cli.main(["fly"])
     with pytest.raises(SystemExit, match="unknown command 'benchmark'"):
         main(["benchmark", "status"])

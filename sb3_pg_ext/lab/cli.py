@@ -27,8 +27,8 @@ from sb3_pg_ext.lab.run import LabRun
 PROG = "python -m sb3_pg_ext.lab"
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="Bias and variance of the gradient estimators' options.")
+def _parser(prog: str = PROG) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Bias and variance of the gradient estimators' options.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="measure the options at a checkpoint (resumes an interrupted run)")
@@ -112,14 +112,15 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     """
     The lab's command line.
 
     :param argv: arguments (default: ``sys.argv[1:]``)
+    :param prog: the program name in usage and error lines (``sb3-pg-zoo lab`` from the console entry)
     :return: the exit status (argparse exits with 2 on bad arguments)
     """
-    parser = _parser()
+    parser = _parser(prog)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.command == "run":
         return _run(parser, args)
