@@ -22,6 +22,7 @@ once).
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import multiprocessing
 import os
@@ -221,15 +222,27 @@ def _interrupt_once(signum: int, frame: FrameType | None) -> None:
 
 @contextlib.contextmanager
 def _interruptible() -> Iterator[None]:
-    """Within the block, Ctrl-C raises ``KeyboardInterrupt`` and a second Ctrl-C exits the process at once."""
+    """
+    Within the block, Ctrl-C raises ``KeyboardInterrupt`` and a second Ctrl-C exits the process at once. After a
+    Ctrl-C the process is on its way out: the exit-at-once handler stays installed (a Ctrl-C while the message is
+    printed or the interpreter shuts down still exits with status 130); otherwise the previous handler is restored.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = signal.signal(signal.SIGINT, _interrupt_once)
     try:
         yield
-    finally:
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, _exit_at_once)
+        # Python's finalization puts SIGINT back to its default action (death by signal, not status 130): from the
+        # exit handlers on, a Ctrl-C is ignored instead, and the process ends with its status
+        atexit.register(signal.signal, signal.SIGINT, signal.SIG_IGN)
+        raise
+    except BaseException:
         signal.signal(signal.SIGINT, previous)
+        raise
+    signal.signal(signal.SIGINT, previous)
 
 
 def _report_damaged(prog: str, command: str, store: ResultStore) -> int:
