@@ -4,8 +4,9 @@ The package's floors, and which way its imports run.
 From the bottom: ``estimators`` (torch only), ``common``, ``envs`` (gymnasium only, none of the package), the
 algorithms (one sub-package each, never importing another), the package root (its exports), ``zoo`` (the rl-zoo3
 launcher), ``benchmark`` (the grid and its report) and ``lab`` (the estimator lab) side by side, and ``cli`` (the
-console entry that dispatches to the zoo, the benchmark and the lab). A module imports only its own floor and the floors below; no group of modules imports itself in a
-circle. Every import counts, the ones inside functions included.
+console entry that dispatches to the zoo, the benchmark and the lab). A module imports only its own floor and the
+floors below; no group of modules imports itself in a circle. Every import counts, the ones inside functions
+included.
 """
 
 from __future__ import annotations
