@@ -8,7 +8,7 @@ from sb3_pg_ext.ispg import ISPG
 from sb3_pg_ext.ppo_kl import PPOKL
 from sb3_pg_ext.reinforce import REINFORCE
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 #: Folder of the rl-zoo3 hyperparameter files shipped with the package.
 HYPERPARAMS_DIR = Path(__file__).resolve().parent / "hyperparams"

@@ -77,3 +77,14 @@ def test_top_level_exports():
     from sb3_pg_ext import GroupStartError
 
     assert issubclass(GroupStartError, RuntimeError)
+
+
+def test_the_changelog_names_the_package_version_as_its_newest_release():
+    import re
+
+    import sb3_pg_ext
+
+    releases = re.findall(
+        r"^## (\d+\.\d+\.\d+) \(\d{4}-\d{2}-\d{2}\)$", (ROOT / "CHANGELOG.md").read_text(), flags=re.MULTILINE
+    )
+    assert releases and releases[0] == sb3_pg_ext.__version__, (releases, sb3_pg_ext.__version__)
