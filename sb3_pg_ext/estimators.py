@@ -168,6 +168,15 @@ def _with_bootstrap(
     return rewards + gamma * th.where(last, bootstrap_values.to(rewards.dtype), th.zeros_like(rewards))
 
 
+def _checked_episode_ids(rewards: th.Tensor, episode_starts: th.Tensor, group_ids: th.Tensor) -> th.Tensor:
+    """Episode index of every step, after checking that rewards, starts and one group id per episode line up."""
+    _check_flat("rewards", rewards)
+    _check_flat("episode_starts", episode_starts, rewards.shape[0])
+    episode_ids = episode_ids_from_starts(episode_starts)
+    _check_flat("group_ids", group_ids, int(episode_ids.max().item()) + 1 if episode_ids.numel() else 0)
+    return episode_ids
+
+
 def reward_to_go(
     rewards: th.Tensor,
     episode_starts: th.Tensor,
@@ -560,10 +569,7 @@ def group_process_advantages(
     :param min_std: floor of the std
     :return: ``(T,)`` advantages
     """
-    _check_flat("rewards", rewards)
-    _check_flat("episode_starts", episode_starts, rewards.shape[0])
-    episode_ids = episode_ids_from_starts(episode_starts)
-    _check_flat("group_ids", group_ids, int(episode_ids.max().item()) + 1 if episode_ids.numel() else 0)
+    episode_ids = _checked_episode_ids(rewards, episode_starts, group_ids)
     normalised = group_advantages(rewards, group_ids[episode_ids], scale_rewards, eps, min_std)
     return reward_to_go(normalised, episode_starts, 1.0)
 
@@ -614,10 +620,7 @@ def group_reward_to_go_advantages(
     :param min_std: floor of the std
     :return: ``(T,)`` advantages
     """
-    _check_flat("rewards", rewards)
-    _check_flat("episode_starts", episode_starts, rewards.shape[0])
-    episode_ids = episode_ids_from_starts(episode_starts)
-    _check_flat("group_ids", group_ids, int(episode_ids.max().item()) + 1 if episode_ids.numel() else 0)
+    episode_ids = _checked_episode_ids(rewards, episode_starts, group_ids)
     to_go = reward_to_go(rewards, episode_starts, gamma)
     offsets = step_index(episode_starts)
     # One label per (group, offset): the continuations of a group that are still running at offset k.

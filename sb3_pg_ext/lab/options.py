@@ -119,12 +119,19 @@ class ReinforceAdapter(Adapter):
 
     def sample(self, model: BaseAlgorithm, callback: BaseCallback, batch_size: int) -> tuple[np.ndarray, int, int]:
         assert isinstance(model, REINFORCE)
-        start = model.num_timesteps
-        model.collect_rollouts(model.env, callback, model.rollout_buffer)  # type: ignore[arg-type]
-        episodes = model.rollout_buffer.get().n_episodes
-        if episodes != batch_size:
-            raise RuntimeError(f"reinforce: the rollout holds {episodes} episodes, expected {batch_size}")
-        return read_gradient(model, model.train), model.num_timesteps - start, episodes
+        return _sample_episodes("reinforce", model, callback, batch_size)
+
+
+def _sample_episodes(
+    name: str, model: REINFORCE | GRPO, callback: BaseCallback, batch_size: int
+) -> tuple[np.ndarray, int, int]:
+    """One rollout of complete episodes through the algorithm's own collector, and the gradient its ``train()`` reads."""
+    start = model.num_timesteps
+    model.collect_rollouts(model.env, callback, model.rollout_buffer)  # type: ignore[arg-type]
+    episodes = model.rollout_buffer.get().n_episodes
+    if episodes != batch_size:
+        raise RuntimeError(f"{name}: the rollout holds {episodes} episodes, expected {batch_size}")
+    return read_gradient(model, model.train), model.num_timesteps - start, episodes
 
 
 class ISPGAdapter(Adapter):
@@ -298,12 +305,7 @@ class GRPOAdapter(Adapter):
 
     def sample(self, model: BaseAlgorithm, callback: BaseCallback, batch_size: int) -> tuple[np.ndarray, int, int]:
         assert isinstance(model, GRPO)
-        start = model.num_timesteps
-        model.collect_rollouts(model.env, callback, model.rollout_buffer)  # type: ignore[arg-type]
-        episodes = model.rollout_buffer.get().n_episodes
-        if episodes != batch_size:
-            raise RuntimeError(f"grpo: the rollout holds {episodes} episodes, expected {batch_size}")
-        return read_gradient(model, model.train), model.num_timesteps - start, episodes
+        return _sample_episodes("grpo", model, callback, batch_size)
 
 
 ADAPTERS: dict[str, type[Adapter]] = {"reinforce": ReinforceAdapter, "ispg": ISPGAdapter, "grpo": GRPOAdapter}
