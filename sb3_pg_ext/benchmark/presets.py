@@ -6,6 +6,12 @@ seeds and env-step budgets of every grid the docs report, in this one place.
   ``trpo``, each with its hyperparameter file's entry; CartPole-v1, Acrobot-v1 and Pendulum-v1 on training seeds
   200-204 and LunarLander-v3 on seeds 200-202 (disjoint from every tuning seed, trial numbers from 0, and retraining
   seed, 100-104), at :data:`GRID_BUDGETS`. Its store is ``benchmarks/results/grid``.
+- ``protocol``: the benchmark protocol: the eight algorithms with their hyperparameter files' entries, every env at
+  :data:`PROTOCOL_BUDGETS` (rl-zoo3's PPO budget), training seeds 200-204 everywhere. Chunks run the short envs
+  (CartPole-v1, Pendulum-v1) before the long ones (Acrobot-v1, LunarLander-v3), SAC last. Store
+  ``benchmarks/results/protocol``.
+- ``protocol-defaults``: the package's four algorithms with their constructor defaults (:data:`DEFAULTS_DIR`) on the
+  same cells, the yardstick every shipped entry must match (``benchmarks/results/protocol_defaults``).
 - ``final-policies``: the final policies of the package's defaults: the four algorithms with their constructor
   defaults (not the tuned entries: the files of :data:`DEFAULTS_DIR`; GRPO on 8 envs, the others on one), CartPole-v1,
   200,000 env steps, training seeds 0-4.
@@ -34,7 +40,19 @@ GRID_BUDGETS: Mapping[str, int] = {
     "Pendulum-v1": 100_000,
     "LunarLander-v3": 500_000,
 }
-#: The hyperparameter files of the algorithms' constructor defaults (``<algo>.yml``), for the final-policy preset.
+#: The benchmark protocol's env-step budget per env: rl-zoo3's budget for PPO on that env, the same for every
+#: algorithm (the ``protocol`` presets).
+PROTOCOL_BUDGETS: Mapping[str, int] = {
+    "CartPole-v1": 100_000,
+    "Acrobot-v1": 1_000_000,
+    "Pendulum-v1": 100_000,
+    "LunarLander-v3": 1_000_000,
+}
+#: The protocol's training seeds: disjoint from every tuning seed (trial numbers from 0), retraining seed (100-104),
+#: baseline seed (300-302) and test seed.
+PROTOCOL_SEEDS = (200, 201, 202, 203, 204)
+#: The hyperparameter files of the algorithms' constructor defaults (``<algo>.yml``), for the final-policy preset
+#: and the protocol's defaults.
 DEFAULTS_DIR = Path(__file__).resolve().parent / "defaults"
 
 
@@ -115,6 +133,11 @@ class Preset:
         raise KeyError(f"preset {self.name!r} has no chunk {chunk!r}; its chunks: {' '.join(self.chunks())}")
 
 
+#: The protocol's envs that train in minutes (run first) and those that train in an hour or more.
+SHORT_ENVS = ("CartPole-v1", "Pendulum-v1")
+LONG_ENVS = ("Acrobot-v1", "LunarLander-v3")
+_DEFAULT_CONFIGS = {algo: str(DEFAULTS_DIR / f"{algo}.yml") for algo in PACKAGE_ALGOS}
+
 PRESETS: dict[str, Preset] = {
     preset.name: preset
     for preset in (
@@ -141,6 +164,26 @@ PRESETS: dict[str, Preset] = {
             ),
         ),
         Preset(
+            name="protocol",
+            description="the benchmark protocol: 8 algorithms with their entries, rl-zoo3's PPO budget per env, "
+            "seeds 200-204 on CartPole-v1 Pendulum-v1 Acrobot-v1 LunarLander-v3",
+            store="benchmarks/results/protocol",
+            grids=(
+                Grid("short", (*PACKAGE_ALGOS, "ppo", "a2c", "trpo"), SHORT_ENVS, PROTOCOL_SEEDS, PROTOCOL_BUDGETS),
+                Grid("long", (*PACKAGE_ALGOS, "ppo", "a2c", "trpo"), LONG_ENVS, PROTOCOL_SEEDS, PROTOCOL_BUDGETS),
+                Grid("sac", ("sac",), SHORT_ENVS + LONG_ENVS, PROTOCOL_SEEDS, PROTOCOL_BUDGETS),
+            ),
+        ),
+        Preset(
+            name="protocol-defaults",
+            description="the protocol's cells of the 4 package algorithms with their constructor defaults",
+            store="benchmarks/results/protocol_defaults",
+            grids=(
+                Grid("short", PACKAGE_ALGOS, SHORT_ENVS, PROTOCOL_SEEDS, PROTOCOL_BUDGETS, _DEFAULT_CONFIGS),
+                Grid("long", PACKAGE_ALGOS, LONG_ENVS, PROTOCOL_SEEDS, PROTOCOL_BUDGETS, _DEFAULT_CONFIGS),
+            ),
+        ),
+        Preset(
             name="final-policies",
             description="the final policies of the package's defaults: 4 algorithms, CartPole-v1, 200k steps, seeds 0-4",
             store="benchmarks/results/final_policies",
@@ -151,7 +194,7 @@ PRESETS: dict[str, Preset] = {
                     envs=("CartPole-v1",),
                     seeds=(0, 1, 2, 3, 4),
                     budgets={"CartPole-v1": 200_000},
-                    configs={algo: str(DEFAULTS_DIR / f"{algo}.yml") for algo in PACKAGE_ALGOS},
+                    configs=_DEFAULT_CONFIGS,
                 ),
             ),
         ),
@@ -173,4 +216,17 @@ def get_preset(name: str) -> Preset:
         raise KeyError(f"no preset {name!r}; presets: {', '.join(PRESETS)}") from None
 
 
-__all__ = ["DEFAULTS_DIR", "GRID_BUDGETS", "PACKAGE_ALGOS", "PRESETS", "STOCK_ALGOS", "Grid", "Preset", "get_preset"]
+__all__ = [
+    "DEFAULTS_DIR",
+    "GRID_BUDGETS",
+    "LONG_ENVS",
+    "PACKAGE_ALGOS",
+    "PRESETS",
+    "PROTOCOL_BUDGETS",
+    "PROTOCOL_SEEDS",
+    "SHORT_ENVS",
+    "STOCK_ALGOS",
+    "Grid",
+    "Preset",
+    "get_preset",
+]
