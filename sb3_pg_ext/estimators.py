@@ -40,6 +40,7 @@ __all__ = [
     "group_advantages",
     "group_process_advantages",
     "group_reward_to_go_advantages",
+    "kl_importance_weight",
     "kl_k1",
     "kl_k2",
     "kl_k3",
@@ -50,6 +51,7 @@ __all__ = [
     "optimal_baseline",
     "per_decision_log_weights",
     "per_decision_returns",
+    "ratio_corrected_kl",
     "reward_to_go",
     "sampled_kl",
     "self_normalized_log_weights",
@@ -750,6 +752,20 @@ def kl_k3_linear_from(dtype: th.dtype) -> float:
 KL_ESTIMATORS: dict[str, Callable[[th.Tensor, th.Tensor], th.Tensor]] = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
 
 
+def kl_importance_weight(log_ratio: th.Tensor) -> th.Tensor:
+    """
+    r = exp(log r), the importance weight that turns a KL estimate on pi_old's samples into one for pi_theta's
+    (:func:`sampled_kl`'s reverse direction, GRPO's ``kl_ratio_correction``), capped at e^c with c =
+    :func:`kl_k3_linear_from` (e^22.2 = 4.3e9 in float32) so that it stays finite wherever log r is (``exp`` of
+    float32 overflows above 88.7). For log r <= c the plain weight, bit for bit; above c it is the constant e^c (no
+    gradient through the weight, the estimate it multiplies keeps its own).
+
+    :param log_ratio: log r = log pi_theta(a|s) - log pi_old(a|s), per step
+    :return: the per-step weights
+    """
+    return th.exp(th.clamp(log_ratio, max=kl_k3_linear_from(log_ratio.dtype)))
+
+
 def sampled_kl(old_log_prob: th.Tensor, log_prob: th.Tensor, estimator: str = "k3", direction: str = "forward") -> th.Tensor:
     """
     Sample estimate of the KL between pi_old and pi_theta from actions a_t ~ pi_old (the rollout's), per step.
@@ -759,7 +775,9 @@ def sampled_kl(old_log_prob: th.Tensor, log_prob: th.Tensor, estimator: str = "k
         reverse: KL[pi_theta || pi_old] ~ r * k(log pi_theta(a), log pi_old(a))       k1 = r log r,  k3 = r log r - r + 1
 
     The reverse form importance-weights the estimator for samples of pi_theta. With k1 or k3 each is unbiased for
-    its KL, and so is its gradient with respect to theta; k3 is never negative (k2 is biased).
+    its KL, and so is its gradient with respect to theta; k3 is never negative (k2 is biased). Both are finite
+    wherever the log-probabilities are: k3 continues linearly for large log r (:func:`kl_k3`), and the reverse
+    weight r is capped at e^c (:func:`kl_importance_weight`).
 
     :param old_log_prob: ``(batch,)`` log pi_old(a_t|s_t), stored at collection
     :param log_prob: ``(batch,)`` log pi_theta(a_t|s_t)
@@ -770,8 +788,29 @@ def sampled_kl(old_log_prob: th.Tensor, log_prob: th.Tensor, estimator: str = "k
     estimate = KL_ESTIMATORS[estimator]
     if direction == "forward":
         return estimate(old_log_prob, log_prob)
-    ratio = th.exp(log_prob - old_log_prob)
-    return ratio * estimate(log_prob, old_log_prob)
+    return kl_importance_weight(log_prob - old_log_prob) * estimate(log_prob, old_log_prob)
+
+
+def ratio_corrected_kl(
+    log_prob: th.Tensor, old_log_prob: th.Tensor, ref_log_prob: th.Tensor, estimator: str = "k3"
+) -> th.Tensor:
+    """
+    GRPO's KL term D_t with the importance correction for samples of pi_old (``kl_ratio_correction``), per step,
+    with D = ``KL_ESTIMATORS[estimator](log pi_theta, log pi_ref)`` and r = pi_theta / pi_old
+    (:func:`kl_importance_weight`, finite for any log r):
+
+        k1, k3:  r * D            E_{pi_old}[grad (r D)] = grad E_{pi_theta}[D] = grad KL(pi_theta || pi_ref)
+        k2:      sg(r) * D        E_{pi_theta}[k2] is not the KL, but E_{pi_theta}[grad k2] is its gradient, so the
+                                  ratio is a detached importance weight: E_{pi_old}[sg(r) grad k2] = grad KL
+
+    :param log_prob: ``(batch,)`` log pi_theta(a_t|s_t)
+    :param old_log_prob: ``(batch,)`` log pi_old(a_t|s_t), the acting policy's
+    :param ref_log_prob: ``(batch,)`` log pi_ref(a_t|s_t)
+    :param estimator: a key of :data:`KL_ESTIMATORS`
+    :return: ``(batch,)`` per-step terms
+    """
+    ratio = kl_importance_weight(log_prob - old_log_prob)
+    return (ratio.detach() if estimator == "k2" else ratio) * KL_ESTIMATORS[estimator](log_prob, ref_log_prob)
 
 
 def analytic_kl(

@@ -26,6 +26,7 @@ from sb3_pg_ext.estimators import (
     episode_sums,
     group_advantages,
     group_process_advantages,
+    kl_importance_weight,
     kl_k1,
     kl_k2,
     kl_k3,
@@ -36,6 +37,7 @@ from sb3_pg_ext.estimators import (
     optimal_baseline,
     per_decision_log_weights,
     per_decision_returns,
+    ratio_corrected_kl,
     reward_to_go,
     sampled_kl,
     self_normalized_log_weights,
@@ -194,6 +196,46 @@ def test_k3_is_finite_where_the_log_probabilities_are(dtype: th.dtype):
     # continuous at c
     at_c = kl_k3(th.tensor([0.0], dtype=dtype), th.tensor([c], dtype=dtype)).item()
     assert at_c == pytest.approx(math.expm1(c) - c, rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [th.float32, th.float64])
+@pytest.mark.parametrize("estimator", ["k1", "k2", "k3"])
+def test_importance_weighted_kls_are_finite_where_the_log_probabilities_are(dtype: th.dtype, estimator: str):
+    """
+    The reverse sampled KL and GRPO's ratio-corrected term multiply by r = exp(log r): e^90 was inf in float32
+    (old -95, new -5). Now r is capped at e^c: values and gradients finite, the plain product bit for bit below c.
+    """
+    c = kl_k3_linear_from(dtype)
+    old = th.tensor([-95.0, -5.0 - 2 * c, -1e6], dtype=dtype)
+    new = th.tensor([-5.0, -5.0, 0.0], dtype=dtype, requires_grad=True)
+    ref = th.tensor([-3.0, -2.0, -1.0], dtype=dtype)
+    assert not math.isfinite(th.exp(new - old)[0].item()) or dtype == th.float64
+    for value in (sampled_kl(old, new, estimator, "reverse"), ratio_corrected_kl(new, old, ref, estimator)):
+        (grad,) = th.autograd.grad(value.sum(), new)
+        assert bool(th.isfinite(value).all()), value
+        assert bool(th.isfinite(grad).all()), grad
+    # above c the weight is the constant e^c
+    log_r = (new - old).detach()
+    assert int((log_r > c).sum()) >= 2
+    th.testing.assert_close(kl_importance_weight(log_r)[log_r > c], th.full_like(log_r[log_r > c], math.exp(c)))
+    # below c: the plain products, values and gradients bit for bit
+    gen = th.Generator().manual_seed(0)
+    old = (th.rand(500, generator=gen) * -10).to(dtype)
+    new = (old + th.linspace(-30, c - 0.01, 500, dtype=dtype)).requires_grad_(True)
+    assert float((new - old).max()) <= c
+    ref = (th.rand(500, generator=gen) * -10).to(dtype)
+    estimate = KL_ESTIMATORS[estimator]
+    pairs = [
+        (lambda: sampled_kl(old, new, estimator, "reverse"), lambda: th.exp(new - old) * estimate(new, old)),
+        (
+            lambda: ratio_corrected_kl(new, old, ref, estimator),
+            lambda: (th.exp(new - old).detach() if estimator == "k2" else th.exp(new - old)) * estimate(new, ref),
+        ),
+    ]
+    for ours_fn, plain_fn in pairs:
+        ours, plain = ours_fn(), plain_fn()
+        assert th.equal(ours, plain)
+        assert th.equal(th.autograd.grad(ours.sum(), new)[0], th.autograd.grad(plain.sum(), new)[0])
 
 
 @pytest.mark.parametrize("dtype", [th.float32, th.float64])

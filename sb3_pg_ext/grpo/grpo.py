@@ -42,6 +42,7 @@ from sb3_pg_ext.estimators import (
     group_reward_to_go_advantages,
     kl_k1,
     loss_aggregation_weights,
+    ratio_corrected_kl,
 )
 from sb3_pg_ext.grpo.policies import ActorCnnPolicy, ActorPolicy, MultiInputActorPolicy, TokenPolicy
 
@@ -524,12 +525,12 @@ class GRPO(GroupedOnPolicyAlgorithm):
         stats = {"ratio": ratio.detach(), "clipped": ((ratio < 1 - clip_low) | (ratio > 1 + clip_high)).detach()}
         if data.ref_log_prob is not None and not self.kl_in_reward:
             # D_t: the kl_estimator's estimate of KL(pi_theta || pi_ref) (k3 = pi_ref/pi_theta - log(pi_ref/pi_theta) - 1)
-            kl = KL_ESTIMATORS[self.kl_estimator](log_prob, data.ref_log_prob[steps])
+            ref_log_prob = data.ref_log_prob[steps]
             if self.kl_ratio_correction:
-                # k1, k3: E_{pi_old}[grad (r D)] = grad E_{pi_theta}[D] = grad KL(pi_theta || pi_ref).
-                # k2: E_{pi_theta}[k2] is not the KL, but E_{pi_theta}[grad k2] is its gradient, so the ratio is a
-                # detached importance weight: E_{pi_old}[sg(r) grad k2] = grad KL(pi_theta || pi_ref).
-                kl = (ratio.detach() if self.kl_estimator == "k2" else ratio) * kl
+                # r_t * D_t (r detached for k2): the gradient of KL(pi_theta || pi_ref) from pi_old's samples
+                kl = ratio_corrected_kl(log_prob, data.old_log_prob[steps], ref_log_prob, self.kl_estimator)
+            else:
+                kl = KL_ESTIMATORS[self.kl_estimator](log_prob, ref_log_prob)
             objective = objective - self.beta * kl
             stats["kl_ref"] = kl.detach()
         if self.ent_coef > 0:
