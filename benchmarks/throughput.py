@@ -76,7 +76,6 @@ from benchmarks.harness import (
     single_thread,
 )
 from sb3_pg_ext import GRPO, ISPG, PPOKL, REINFORCE
-from sb3_pg_ext.ppo_kl.buffers import distribution_parameters
 
 # ----------------------------------------------------------------------------------------------------------------
 # REINFORCE vs PPO
@@ -170,7 +169,7 @@ def old_policy_cost(env_id: str, repetitions: int) -> dict[str, float]:
     def store() -> None:  # what PPOKL does: one pass over the rollout, parameters kept
         with th.no_grad():
             for data in buffer.get(model._no_grad_batch_size()):
-                distribution_parameters(policy.get_distribution(data.observations))
+                model._old_kl_parameters(data.observations)
 
     def frozen_copy() -> None:  # the alternative: copy the policy, run it on every minibatch of every epoch
         old = model.policy_class(

@@ -45,6 +45,7 @@ __all__ = [
     "kl_k2",
     "kl_k3",
     "kl_k3_linear_from",
+    "kl_parameters",
     "leave_one_out_baseline",
     "loss_aggregation_weights",
     "normal_kl",
@@ -860,19 +861,48 @@ def normal_kl(p_loc: th.Tensor, p_scale: th.Tensor, q_loc: th.Tensor, q_scale: t
     return 0.5 * (var_ratio + t1 - 1 - var_ratio.log())
 
 
+def kl_parameters(params: th.Tensor, like: Sequence[th.distributions.Distribution]) -> th.Tensor:
+    """
+    The layout :func:`analytic_kl_from_parameters` reads, from a distribution's parameters laid end to end
+    (``[loc, scale]`` for a Normal, the logits for a Categorical or a Bernoulli, in the order of the components of
+    ``like``): a Categorical's logits become ``[normalised logits, probabilities]`` (what ``Categorical(logits=...)``
+    computes), the rest is unchanged. Computed once per rollout for pi_old, so that the minibatches of every epoch
+    read them instead of normalising again.
+
+    :param params: ``(batch, P)`` parameters
+    :param like: torch distributions with the layout of ``params`` (any batch size)
+    :return: ``(batch, P + sum of the Categorical sizes)`` parameters
+    """
+    parts = []
+    offset = 0
+    for component in like:
+        size = component.loc.shape[1] * 2 if isinstance(component, Normal) else component.logits.shape[1]
+        part = params[:, offset : offset + size]
+        if isinstance(component, Categorical):
+            logits = part - part.logsumexp(dim=-1, keepdim=True)
+            parts += [logits, th.softmax(logits, dim=-1)]
+        else:
+            parts.append(part)
+        offset += size
+    if offset != params.shape[1]:
+        raise ValueError(f"Got {params.shape[1]} distribution parameters per step, the policy has {offset}")
+    return th.cat(parts, dim=1)
+
+
 def analytic_kl_from_parameters(
     old_params: th.Tensor, new: Sequence[th.distributions.Distribution], direction: str = "forward"
 ) -> th.Tensor:
     """
-    :func:`analytic_kl` between pi_old, given by its parameters laid end to end in one ``(batch, P)`` tensor, and
-    pi_theta, given by its torch distributions (Normal, Categorical or Bernoulli components). The layout of
-    ``old_params`` follows the components of ``new``: ``[loc, scale]`` for a Normal, the logits for a Categorical or
-    a Bernoulli. The same values and gradients as :func:`analytic_kl` on distributions rebuilt from ``old_params``.
+    :func:`analytic_kl` between pi_old, given by its parameters laid end to end in one ``(batch, P)`` tensor in the
+    layout of :func:`kl_parameters`, and pi_theta, given by its torch distributions (Normal, Categorical or Bernoulli
+    components). The layout of ``old_params`` follows the components of ``new``: ``[loc, scale]`` for a Normal,
+    ``[normalised logits, probabilities]`` for a Categorical, the logits for a Bernoulli. The same values and
+    gradients as :func:`analytic_kl` on distributions rebuilt from the parameters.
 
     :func:`categorical_kl` and :func:`normal_kl` are applied to the parameter tensors, without building a torch
     distribution for pi_old or going through ``kl_divergence``'s dispatch and its in-place masked assignments.
 
-    :param old_params: ``(batch, P)`` parameters of pi_old
+    :param old_params: ``(batch, P)`` parameters of pi_old (:func:`kl_parameters`)
     :param new: torch distributions of pi_theta for the same states
     :param direction: ``"forward"`` (KL[pi_old || pi_theta]) or ``"reverse"``
     :return: ``(batch,)`` KL per state
@@ -883,16 +913,14 @@ def analytic_kl_from_parameters(
     for component in new:
         if isinstance(component, Categorical):
             size = component.logits.shape[1]
-            with th.no_grad():  # Categorical(logits=params): normalised logits, softmax probabilities
-                old_raw = old_params[:, offset : offset + size]
-                old_logits = old_raw - old_raw.logsumexp(dim=-1, keepdim=True)
-                old_probs = th.softmax(old_logits, dim=-1)
+            old_logits = old_params[:, offset : offset + size]
+            old_probs = old_params[:, offset + size : offset + 2 * size]
             new_logits, new_probs = component.logits, component.probs
             if forward:
                 kl = categorical_kl(old_logits, old_probs, new_logits, new_probs)
             else:
                 kl = categorical_kl(new_logits, new_probs, old_logits, old_probs)
-            offset += size
+            offset += 2 * size
         elif isinstance(component, Normal):
             size = component.loc.shape[1]
             old_loc, old_scale = old_params[:, offset : offset + size], old_params[:, offset + size : offset + 2 * size]

@@ -31,6 +31,7 @@ from sb3_pg_ext.estimators import (
     kl_k2,
     kl_k3,
     kl_k3_linear_from,
+    kl_parameters,
     leave_one_out_baseline,
     loss_aggregation_weights,
     normal_kl,
@@ -809,10 +810,14 @@ def test_analytic_kl_from_parameters_is_the_analytic_kl_of_the_rebuilt_distribut
     old_params = th.tensor([[math.log(0.5), math.log(0.5), 0.0, 1.0]])
     new = [Categorical(probs=th.tensor([[0.25, 0.75]])), Normal(th.tensor([[1.0]]), th.tensor([[2.0]]))]
     old = [Categorical(probs=th.tensor([[0.5, 0.5]])), Normal(th.tensor([[0.0]]), th.tensor([[1.0]]))]
-    kl = analytic_kl_from_parameters(old_params, new, direction)
+    expanded = kl_parameters(old_params, new)  # [normalised logits, probabilities, loc, scale]
+    th.testing.assert_close(expanded, th.tensor([[math.log(0.5), math.log(0.5), 0.5, 0.5, 0.0, 1.0]]))
+    kl = analytic_kl_from_parameters(expanded, new, direction)
     th.testing.assert_close(kl, analytic_kl(old, new, direction))
     if direction == "forward":
         expected = 0.5 * math.log(2) + 0.5 * math.log(2 / 3) + math.log(2) - 0.25
         assert kl.item() == pytest.approx(expected)
     with pytest.raises(ValueError, match="distribution parameters"):
-        analytic_kl_from_parameters(th.zeros(1, 5), new, direction)
+        analytic_kl_from_parameters(old_params, new, direction)  # not expanded: 4 columns where 6 are read
+    with pytest.raises(ValueError, match="distribution parameters"):
+        kl_parameters(th.zeros(1, 5), new)

@@ -16,7 +16,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 
 from sb3_pg_ext import PPOKL
-from sb3_pg_ext.estimators import analytic_kl, analytic_kl_from_parameters
+from sb3_pg_ext.estimators import analytic_kl, analytic_kl_from_parameters, kl_parameters
 from sb3_pg_ext.ppo_kl.buffers import (
     KLRolloutBuffer,
     action_distributions,
@@ -242,7 +242,8 @@ def test_kl_on_stored_parameters_is_torchs_kl_divergence_bit_for_bit(env_name: s
         model.policy.zero_grad()
         distribution = model.policy.get_distribution(obs)
         if fast:
-            kl = analytic_kl_from_parameters(old_params, action_distributions(distribution), direction)
+            components = action_distributions(distribution)
+            kl = analytic_kl_from_parameters(kl_parameters(old_params, components), components, direction)
         else:
             old = distributions_from_parameters(old_params, like=distribution)
             kl = analytic_kl(old, action_distributions(distribution), direction)

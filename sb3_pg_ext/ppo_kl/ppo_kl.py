@@ -42,7 +42,14 @@ from sb3_pg_ext.common.checks import (
     total_grad_norm,
 )
 from sb3_pg_ext.common.progress import BoundedProgressMixin
-from sb3_pg_ext.estimators import adapted_kl_coef, analytic_kl, analytic_kl_from_parameters, kl_k3, sampled_kl
+from sb3_pg_ext.estimators import (
+    adapted_kl_coef,
+    analytic_kl,
+    analytic_kl_from_parameters,
+    kl_k3,
+    kl_parameters,
+    sampled_kl,
+)
 from sb3_pg_ext.ppo_kl.buffers import (
     KLDictRolloutBuffer,
     KLRolloutBuffer,
@@ -312,6 +319,11 @@ class PPOKL(BoundedProgressMixin, PPO):
         assert log_prob is not None
         return sampled_kl(rollout_data.old_log_prob, log_prob, self.kl_estimator, self.kl_direction)
 
+    def _old_kl_parameters(self, observations: PyTorchObs) -> th.Tensor:
+        """pi_old's parameters for a batch of observations, in the layout the analytic KL reads (normalised once)."""
+        distribution = self.policy.get_distribution(observations)
+        return kl_parameters(distribution_parameters(distribution), action_distributions(distribution))
+
     def _no_grad_batch_size(self) -> int:
         """Steps per forward pass of the two no-grad passes over the rollout (storing pi_old, measuring d)."""
         return max(self.batch_size, self.no_grad_batch_size)
@@ -349,9 +361,7 @@ class PPOKL(BoundedProgressMixin, PPO):
             # pi_old = the acting policy, in the mode it acted in (collect_rollouts left it in eval mode).
             assert isinstance(self.rollout_buffer, KLRolloutBuffer)
             self.policy.set_training_mode(False)
-            self.rollout_buffer.store_old_distributions(
-                lambda obs: distribution_parameters(self.policy.get_distribution(obs)), self._no_grad_batch_size()
-            )
+            self.rollout_buffer.store_old_distributions(self._old_kl_parameters, self._no_grad_batch_size())
 
         # Switch to train mode (this affects batch norm / dropout)
         self.policy.set_training_mode(True)
