@@ -507,10 +507,13 @@ def _benchmark_run(store: Path, seeds: int, *options: str) -> list[str]:
     ]
 
 
-def _interrupt_after_first_record(command: list[str], store: Path, signals: int = 1) -> tuple[int, str, str]:
+def _interrupt_after_first_record(
+    command: list[str], store: Path, signals: int = 1, signum: int = signal.SIGINT, group: bool = True
+) -> tuple[int, str, str]:
     """
-    Start ``command`` in its own process group, send SIGINT to the group (as Ctrl-C in a terminal does) once the
-    first cell is recorded and the next one is training, ``signals`` times; return the exit status, stdout, stderr.
+    Start ``command`` in its own process group, send ``signum`` to the group (SIGINT: as Ctrl-C in a terminal does)
+    or to the main process alone (``group=False``: as ``kill`` or ``pkill`` do) once the first cell is recorded and
+    the next one is training, ``signals`` times; return the exit status, stdout, stderr.
     """
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(
@@ -522,7 +525,10 @@ def _interrupt_after_first_record(command: list[str], store: Path, signals: int 
             time.sleep(0.05)
         time.sleep(0.2)  # the next cell is in flight
         for _ in range(signals):
-            os.killpg(process.pid, signal.SIGINT)
+            if group:
+                os.killpg(process.pid, signum)
+            else:
+                os.kill(process.pid, signum)
             time.sleep(0.05)
         out, err = process.communicate(timeout=60)
     finally:
@@ -549,6 +555,24 @@ def test_ctrl_c_stops_the_grid_records_no_cell_in_flight_and_the_rerun_trains_it
     assert store.status(cells)[FINISHED] == cells
     assert all(r["n_timesteps"] >= 1000 for r in store.records())
     assert {name: (tmp_path / name).stat().st_mtime_ns for name in survivors} == survivors
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the worker processes through /proc")
+def test_sigterm_to_the_main_process_ends_the_workers_and_records_no_cell_in_flight(tmp_path: Path) -> None:
+    """
+    SIGTERM (``kill``, ``pkill``) reaches the main process alone: before, it died and left the pool's workers to
+    train and record their cells on their own. Now it stops the grid as Ctrl-C does and exits 143.
+    """
+    store = ResultStore(tmp_path)
+    command = _benchmark_run(tmp_path, 6, "--workers", "2")
+    returncode, out, err = _interrupt_after_first_record(command, tmp_path, signum=signal.SIGTERM, group=False)
+    assert returncode == 128 + signal.SIGTERM, (returncode, out, err)
+    assert "interrupted by SIGTERM" in err and "Traceback" not in err, err
+    recorded = sorted(p.name for p in tmp_path.glob("*.json"))
+    assert 1 <= len(recorded) < 6
+    time.sleep(3)  # a 1000-step cell trains in about a second: an orphaned worker would have recorded one by now
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == recorded, "a worker went on after its main process"
+    assert all(r["status"] == FINISHED and r["n_timesteps"] >= 1000 for r in store.records())
 
 
 def test_a_second_ctrl_c_exits_at_once(tmp_path: Path) -> None:

@@ -15,8 +15,8 @@ The launcher runs the same commands: ``sb3-pg-zoo benchmark run|status|report ..
 
 Exit status: 0; 1 when cells failed or were interrupted (a worker died); 2 for bad input (an unknown algorithm, env
 or ``--budget`` key, named with the valid ones), a missing Ray, or a store that ``report`` cannot use (missing, or
-damaged files, which it names); 130 after Ctrl-C (the cells in flight leave no record; a second Ctrl-C exits at
-once).
+damaged files, which it names); 130 after Ctrl-C and 143 after SIGTERM (the cells in flight leave no record, the
+worker processes are ended; a second signal exits at once).
 """
 
 from __future__ import annotations
@@ -206,43 +206,58 @@ def _print_presets(name: str | None, chunks_only: bool) -> None:
         print(f"  chunks: {' '.join(preset.chunks())}")
 
 
+#: The signals that stop ``run`` as Ctrl-C does: SIGINT (Ctrl-C) and SIGTERM (``kill``, ``pkill``, a scheduler).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: The stop signal ``run`` received (its exit status is 128 + its number), None before one arrives.
+_received: int | None = None
+
+
 def _exit_at_once(signum: int, frame: FrameType | None) -> None:
-    """The SIGINT handler after the first Ctrl-C: kill the worker processes and exit now, without other clean-up."""
+    """The stop signals' handler after the first one: kill the worker processes and exit now, without clean-up."""
     for child in multiprocessing.active_children():
         child.kill()
     os.write(2, b"interrupted again: exiting at once\n")
-    os._exit(INTERRUPTED_EXIT)
+    os._exit(128 + (_received or signum))
 
 
 def _interrupt_once(signum: int, frame: FrameType | None) -> None:
-    """The SIGINT handler of ``run``: the first Ctrl-C stops the grid (``KeyboardInterrupt``), a second one exits."""
-    signal.signal(signal.SIGINT, _exit_at_once)
+    """The stop signals' handler of ``run``: the first one stops the grid (``KeyboardInterrupt``), a second exits."""
+    global _received
+    _received = signum
+    for stop in STOP_SIGNALS:
+        signal.signal(stop, _exit_at_once)
     raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
 def _interruptible() -> Iterator[None]:
     """
-    Within the block, Ctrl-C raises ``KeyboardInterrupt`` and a second Ctrl-C exits the process at once. After a
-    Ctrl-C the process is on its way out: the exit-at-once handler stays installed (a Ctrl-C while the message is
-    printed or the interpreter shuts down still exits with status 130); otherwise the previous handler is restored.
+    Within the block, Ctrl-C (SIGINT) or SIGTERM raises ``KeyboardInterrupt`` and a second one exits the process at
+    once. After one, the process is on its way out: the exit-at-once handler stays installed (a signal while the
+    message is printed or the interpreter shuts down still exits with status 128 + its number); otherwise the
+    previous handlers are restored.
     """
+    global _received
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, _interrupt_once)
+    _received = None
+    previous = {stop: signal.signal(stop, _interrupt_once) for stop in STOP_SIGNALS}
     try:
         yield
     except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, _exit_at_once)
-        # Python's finalization puts SIGINT back to its default action (death by signal, not status 130): from the
-        # exit handlers on, a Ctrl-C is ignored instead, and the process ends with its status
-        atexit.register(signal.signal, signal.SIGINT, signal.SIG_IGN)
+        for stop in STOP_SIGNALS:
+            signal.signal(stop, _exit_at_once)
+            # Python's finalization puts SIGINT back to its default action (death by signal, not status 130): from
+            # the exit handlers on, a stop signal is ignored instead, and the process ends with its status
+            atexit.register(signal.signal, stop, signal.SIG_IGN)
         raise
     except BaseException:
-        signal.signal(signal.SIGINT, previous)
+        for stop, handler in previous.items():
+            signal.signal(stop, handler)
         raise
-    signal.signal(signal.SIGINT, previous)
+    for stop, handler in previous.items():
+        signal.signal(stop, handler)
 
 
 def _report_damaged(prog: str, command: str, store: ResultStore) -> int:
@@ -264,8 +279,8 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG, *, train: CellTrai
     :param prog: the program name of the usage lines and error messages
     :param train: what ``run`` trains a cell with (:func:`~sb3_pg_ext.benchmark.cells.train_cell`)
     :return: the exit status: 0; 1 when cells failed or were interrupted; 2 when Ray is missing for
-        ``--ray-address`` or the store of ``report`` does not exist or holds damaged files; 130 after Ctrl-C
-        (bad arguments exit with status 2 through argparse)
+        ``--ray-address`` or the store of ``report`` does not exist or holds damaged files; 130 after Ctrl-C, 143
+        after SIGTERM (bad arguments exit with status 2 through argparse)
     """
     args = build_parser(prog).parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.command == "presets":
@@ -315,12 +330,13 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG, *, train: CellTrai
             )
     except KeyboardInterrupt:
         sys.stdout.flush()
+        by = "" if _received in (None, signal.SIGINT) else f" by {signal.Signals(_received).name}"
         print(
-            f"{prog} run: interrupted: the cells in flight left no record and run again at the next call",
+            f"{prog} run: interrupted{by}: the cells in flight left no record and run again at the next call",
             file=sys.stderr,
             flush=True,
         )
-        return INTERRUPTED_EXIT
+        return INTERRUPTED_EXIT if _received is None else 128 + _received
     for key, reason, kept in result.damaged:
         print(f"damaged: {key[0]} {key[1]} seed {key[2]} ({reason}): kept as {kept}, the cell ran again")
     if result.stale:
