@@ -876,7 +876,14 @@ def kl_parameters(params: th.Tensor, like: Sequence[th.distributions.Distributio
     parts = []
     offset = 0
     for component in like:
-        size = component.loc.shape[1] * 2 if isinstance(component, Normal) else component.logits.shape[1]
+        if isinstance(component, Normal):
+            size = component.loc.shape[1] * 2
+        elif isinstance(component, Categorical | Bernoulli):
+            size = component.logits.shape[1]
+        else:
+            raise NotImplementedError(
+                f"kl_parameters supports Normal, Categorical and Bernoulli, got {type(component).__name__}"
+            )
         part = params[:, offset : offset + size]
         if isinstance(component, Categorical):
             logits = part - part.logsumexp(dim=-1, keepdim=True)
