@@ -43,7 +43,7 @@ from sb3_pg_ext.benchmark.cells import (
 )
 from sb3_pg_ext.benchmark.grid import run_grid
 from sb3_pg_ext.benchmark.normalisation import SCORE_RANGES, normalise, random_score
-from sb3_pg_ext.benchmark.report import iqm_intervals, markdown_table
+from sb3_pg_ext.benchmark.report import budget_rows, iqm_intervals, markdown_table, write_report
 from sb3_pg_ext.benchmark.store import FAILED, FINISHED, ResultStore
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -1012,3 +1012,42 @@ def test_evaluations_are_timed_by_the_eval_callback_and_left_out_of_throughput()
         manager.n_envs = 1
         manager.create_callbacks()
     assert [type(c) for c in manager.callbacks if isinstance(c, EvalCallback)] == [TimedEvalCallback]
+
+
+def test_report_lists_each_entrys_budget_and_flags_rescaled_lin_schedules(tmp_path: Path) -> None:
+    """
+    The cells' budget against the entries' own, from rl-zoo3's real files: PPO's CartPole-v1 entry (1e5 steps, lin_
+    learning rate and clip range) at 1e5 is unflagged, at 5e4 compressed; A2C's CartPole-v1 entry (5e5, no lin_)
+    at 1e5 is shorter but has no schedule to compress; PPO's Pendulum-v1 entry (1e5, no lin_) stays unflagged.
+    """
+    store = ResultStore(tmp_path)
+    cells = [
+        Cell("ppo", "CartPole-v1", 0, 100_000),
+        Cell("ppo", "Acrobot-v1", 0, 50_000),
+        Cell("a2c", "CartPole-v1", 0, 100_000),
+        Cell("ppo", "Pendulum-v1", 0, 300_000),
+    ]
+    for cell in cells:
+        store.write(fake_record(cell))
+    rows = {(r["env"], r["algo"]): r for r in budget_rows(store)}
+    assert rows["CartPole-v1", "ppo"]["entry"] == [100_000] and rows["CartPole-v1", "ppo"]["flag"] == ""
+    assert rows["CartPole-v1", "ppo"]["schedules"] == ["clip_range", "learning_rate"]
+    assert rows["Acrobot-v1", "ppo"] == {
+        "env": "Acrobot-v1",
+        "algo": "ppo",
+        "cell": [50_000],
+        "entry": [1_000_000],
+        "schedules": [],
+        "flag": "",
+    }
+    assert rows["CartPole-v1", "a2c"]["entry"] == [500_000] and rows["CartPole-v1", "a2c"]["flag"] == ""
+    assert rows["Pendulum-v1", "ppo"]["flag"] == ""
+    store.write(fake_record(Cell("ppo", "CartPole-v1", 1, 50_000)))
+    row = next(r for r in budget_rows(store) if (r["env"], r["algo"]) == ("CartPole-v1", "ppo"))
+    assert row["cell"] == [50_000, 100_000] and row["flag"] == "compressed"
+    store.write(fake_record(Cell("ppo", "CartPole-v1", 1, 200_000)))
+    row = next(r for r in budget_rows(store) if (r["env"], r["algo"]) == ("CartPole-v1", "ppo"))
+    assert row["cell"] == [100_000, 200_000] and row["flag"] == "stretched"
+    markdown = write_report(store, tmp_path / "report", reps=50).markdown
+    assert "| CartPole-v1 | ppo | 100,000/200,000 | 100,000 | 1.00 | clip_range, learning_rate | **stretched** |" in markdown
+    assert "| CartPole-v1 | a2c | 100,000 | 500,000 | 0.20 | - |  |" in markdown

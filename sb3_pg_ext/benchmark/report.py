@@ -608,6 +608,69 @@ def _throughput_section(store: ResultStore) -> list[str]:
     return [*lines, ""]
 
 
+def budget_rows(store: ResultStore) -> list[dict[str, Any]]:
+    """
+    Each (env, algo)'s env-step budget in the grid next to its hyperparameter entry's own (``n_timesteps``), and the
+    entry's linear schedules (values ``lin_<start>``) that a different budget rescales: rl-zoo3 decays them to 0
+    over the budget a run trains, so a cell shorter than the entry's budget compresses them (a faster decay), a
+    longer one stretches them.
+
+    :param store: the results store
+    :return: one row per (env, algo), sorted, with ``env``, ``algo``, ``cell`` (the cells' budgets, sorted),
+        ``entry`` (the entry's budgets, sorted; empty where the records hold none), ``schedules`` (the keys of the
+        ``lin_`` values) and ``flag`` (``"compressed"``, ``"stretched"`` or ``""``)
+    """
+    cells: dict[tuple[str, str], set[int]] = {}
+    entries: dict[tuple[str, str], set[int]] = {}
+    schedules: dict[tuple[str, str], set[str]] = {}
+    for record in store.records():
+        if record["status"] != FINISHED:
+            continue
+        key = (record["env"], record["algo"])
+        hyperparams = record.get("config", {}).get("hyperparams", {})
+        cells.setdefault(key, set()).add(int(record["config"]["cell"]["n_timesteps"] or hyperparams["n_timesteps"]))
+        if "n_timesteps" in hyperparams:
+            entries.setdefault(key, set()).add(int(float(hyperparams["n_timesteps"])))
+        schedules.setdefault(key, set()).update(
+            name for name, value in hyperparams.items() if isinstance(value, str) and value.startswith("lin_")
+        )
+    rows = []
+    for key in sorted(cells):
+        cell, entry = sorted(cells[key]), sorted(entries.get(key, ()))
+        flag = ""
+        if schedules[key] and entry:
+            if min(cell) < max(entry):
+                flag = "compressed"
+            elif max(cell) > min(entry):
+                flag = "stretched"
+        rows.append(
+            {"env": key[0], "algo": key[1], "cell": cell, "entry": entry, "schedules": sorted(schedules[key]), "flag": flag}
+        )
+    return rows
+
+
+def _budget_section(store: ResultStore) -> list[str]:
+    lines = [
+        "## Budgets",
+        "",
+        "Each cell's env-step budget next to its hyperparameter entry's own `n_timesteps`. rl-zoo3 decays a `lin_` "
+        "schedule to 0 over the budget a run trains: **compressed** marks a cell shorter than its entry's budget "
+        "(the schedule decays faster than the entry was set for), **stretched** a longer one.",
+        "",
+        "| env | algo | cell budget | entry's budget | x entry | lin_ schedules | |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in budget_rows(store):
+        cell = "/".join(f"{n:,}" for n in row["cell"])
+        entry = "/".join(f"{n:,}" for n in row["entry"]) or "n/a"
+        ratio = _number(row["cell"][0] / row["entry"][0], 2) if row["entry"] else "n/a"
+        lines.append(
+            f"| {row['env']} | {row['algo']} | {cell} | {entry} | {ratio} | {', '.join(row['schedules']) or '-'} "
+            f"| {row['flag'] and '**' + row['flag'] + '**'} |"
+        )
+    return [*lines, ""]
+
+
 @dataclass
 class WrittenReport:
     """
@@ -652,6 +715,7 @@ def write_report(store: ResultStore, out: str | Path | None = None, reps: int = 
     aggregate = normalised_aggregate(scores, reps=reps)
     lines += _aggregate_section(aggregate)
     lines += _improvement_section(scores)
+    lines += _budget_section(store)
     lines += _throughput_section(store)
 
     colors = _colors(sorted({algo for algos in scores.values() for algo in algos}))
@@ -691,6 +755,7 @@ __all__ = [
     "REPS",
     "Aggregate",
     "WrittenReport",
+    "budget_rows",
     "curve_intervals",
     "final_scores",
     "interval_estimates",
