@@ -891,6 +891,19 @@ def test_ray_backend_gives_the_cells_of_the_local_backend_and_the_driver_writes_
     assert sorted(second.skipped) == sorted(c.key for c in cells[:-1]) and second.failed == [failed]
 
 
+def test_ctrl_c_on_the_ray_backend_records_no_cell_in_flight_and_exits_130(tmp_path: Path) -> None:
+    """A real SIGINT to the process group of ``run --ray-address local`` (its own Ray instance), as Ctrl-C sends."""
+    store = ResultStore(tmp_path)
+    command = _benchmark_run(tmp_path, 8, "--ray-address", "local")
+    returncode, out, err = _interrupt_after_first_record(command, tmp_path)
+    assert returncode == 130, (returncode, out, err[-2000:])
+    assert "interrupted" in err and "Traceback" not in err, err[-2000:]
+    records = list(store.records())
+    assert 1 <= len(records) < 8, "the grid went on after Ctrl-C"
+    assert all(r["status"] == FINISHED and r["n_timesteps"] >= 1000 for r in records), "a cell in flight was recorded"
+    assert list(tmp_path.glob("*.tmp")) == []
+
+
 def test_ray_task_that_raises_is_recorded_and_a_dead_worker_leaves_no_record(tmp_path: Path, local_ray: Any) -> None:
     from sb3_pg_ext.benchmark.ray_backend import run_cells_on_ray
 
