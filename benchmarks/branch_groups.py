@@ -12,7 +12,8 @@ exists is skipped.
 Settings (the best of a first exploration): 16 branch states x 4 continuations (``n_groups=16``,
 ``group_size=4``), ``branch_horizon=16``, ``gamma=0.9``, minibatch 64, 10 epochs, learning rate 1e-3, initial
 log std 0, outcome advantages, one env. ``reset``: the same, with reset groups (undiscounted episode returns).
-``untrained``: the initial policy of the same seed, not trained.
+``vine`` and ``vine_g2_h8``: VinePPO's per-state values (``branch_advantage="vine"``) with G x H = 4 x 16 and
+2 x 8. ``untrained``: the initial policy of the same seed, not trained.
 """
 
 from __future__ import annotations
@@ -48,6 +49,11 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "reset": dict(COMMON, group_start="reset"),
     # the same branch groups with the per-step mean as the loss aggregation (DAPO's token_mean)
     "branch_token_mean": dict(COMMON, group_start="branch", branch_horizon=16, gamma=0.9, loss_aggregation="token_mean"),
+    # VinePPO's values: G = 4 continuations of H = 16 steps from every trunk state, the trunk trained with
+    # A_t = r_t + gamma V(s_{t+1}) - V(s_t) (about 13,000 env steps per 200-step trunk)
+    "vine": dict(COMMON, group_start="branch", branch_advantage="vine", branch_horizon=16, gamma=0.9),
+    # the same with G = 2 continuations of H = 8 steps (about 3,400 env steps per trunk: four times the updates)
+    "vine_g2_h8": dict(COMMON, group_size=2, group_start="branch", branch_advantage="vine", branch_horizon=8, gamma=0.9),
     # the initial policy (no training), evaluated the same way: what "learned nothing" scores on each seed
     "untrained": dict(COMMON),
 }

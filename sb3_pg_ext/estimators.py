@@ -57,6 +57,7 @@ __all__ = [
     "sampled_kl",
     "self_normalized_log_weights",
     "step_index",
+    "vine_advantages",
 ]
 
 
@@ -629,6 +630,31 @@ def group_reward_to_go_advantages(
     # One label per (group, offset): the continuations of a group that are still running at offset k.
     labels = group_ids.long()[episode_ids] * (int(offsets.max().item()) + 1 if offsets.numel() else 1) + offsets
     return group_advantages(to_go, labels, scale_rewards, eps, min_std)
+
+
+def vine_advantages(rewards: th.Tensor, episode_starts: th.Tensor, values: th.Tensor, gamma: float) -> th.Tensor:
+    """
+    VinePPO's advantages of a trunk episode's own actions, from Monte-Carlo value estimates of its states (GRPO's
+    ``branch_advantage="vine"``: V(s_t) is the mean discounted return of K continuations restored at s_t):
+
+        A_t = r_t + gamma * V(s_{t+1}) - V(s_t)           V(s_T) = 0 after an episode's last step
+
+    A value that was not estimated (NaN: the budget ended the rollout first) makes the advantages that use it NaN,
+    so that the caller can leave those steps out.
+
+    :param rewards: ``(T,)`` rewards of the concatenated trunk episodes
+    :param episode_starts: ``(T,)`` bool, True at the first step of each episode
+    :param values: ``(T,)`` V(s_t) of the state each step acts in (NaN where not estimated)
+    :param gamma: discount factor
+    :return: ``(T,)`` advantages
+    """
+    _check_flat("rewards", rewards)
+    _check_flat("episode_starts", episode_starts, len(rewards))
+    _check_flat("values", values, len(rewards))
+    next_values = th.zeros_like(values)
+    next_values[:-1] = values[1:]
+    next_values[th.nonzero(episode_starts.to(th.bool)[1:]).squeeze(1)] = 0.0  # the last step of each episode
+    return rewards + gamma * next_values - values
 
 
 def loss_aggregation_weights(

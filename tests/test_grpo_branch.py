@@ -4,6 +4,7 @@ budget they count, and the usual round trips (save/load, SubprocVecEnv, VecNorma
 from __future__ import annotations
 
 import copy
+import math
 import pickle
 
 import numpy as np
@@ -17,7 +18,7 @@ from stable_baselines3.common.vec_env import SubprocVecEnv, VecNormalize
 from sb3_pg_ext import GRPO
 from sb3_pg_ext.common.groups import GROUP_SEED_LIMIT, BranchGroupStart
 from sb3_pg_ext.common.snapshots import SnapshotError, SnapshotWrapper
-from sb3_pg_ext.estimators import episode_discounted_returns, group_reward_to_go_advantages
+from sb3_pg_ext.estimators import episode_discounted_returns, group_reward_to_go_advantages, vine_advantages
 from tests.learning import RecordingWriter
 
 PENDULUM = "Pendulum-v1"
@@ -251,6 +252,102 @@ def test_a_trunk_is_always_followed_by_its_groups():
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# VinePPO's values (branch_advantage="vine")
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_vine_advantages_by_hand():
+    rewards = th.tensor([1.0, 2.0, 3.0, 4.0, 5.0], dtype=th.float64)
+    starts = th.tensor([True, False, False, True, False])
+    values = th.tensor([10.0, 20.0, 30.0, 40.0, math.nan], dtype=th.float64)
+    advantages = vine_advantages(rewards, starts, values, 0.5)
+    expected = [1 + 0.5 * 20 - 10, 2 + 0.5 * 30 - 20, 3 + 0.0 - 30, math.nan, math.nan]
+    np.testing.assert_allclose(advantages.numpy(), expected)
+    with pytest.raises(ValueError, match="values"):
+        vine_advantages(rewards, starts, values[:4], 0.5)
+
+
+def make_vine(env_id: str = PENDULUM, n_envs: int = 1, **kwargs) -> GRPO:
+    return make_branch(env_id, n_envs=n_envs, branch_advantage="vine", **{"group_size": 2, "branch_horizon": 3, **kwargs})
+
+
+@pytest.mark.parametrize("n_envs", [1, 2])
+def test_vine_values_are_the_continuations_mean_discounted_returns_and_train_the_trunk(monkeypatch, n_envs: int):
+    """
+    Every trunk state gets G continuations that start from it; V(s_t) is their mean discounted return (recomputed
+    here with loops from the continuations' rewards); the trunk's steps are the rollout, with
+    A_t = r_t + gamma V(s_{t+1}) - V(s_t) (0 after the episode's last step).
+    """
+    model = make_vine("CartPole-v1", n_envs=n_envs, group_size=3, branch_horizon=6, scale_rewards="none")
+    seen = {}
+    trunk_values = model._trunk_values
+
+    def spy(branch, continuations, n_estimated, n_envs):
+        seen.update(branch=branch, continuations=continuations.get(), n_estimated=n_estimated)
+        return trunk_values(branch, continuations, n_estimated, n_envs)
+
+    monkeypatch.setattr(model, "_trunk_values", spy)
+    collect(model)
+    trunk = model.rollout_buffer.get()
+    assert trunk.n_episodes == n_envs and th.all(~trunk.episode_truncated)  # whole CartPole episodes from a reset
+    continuations, branch = seen["continuations"], seen["branch"]
+    assert seen["n_estimated"] == branch.n_groups == trunk.n_steps  # every trunk state, all estimated
+    assert continuations.n_episodes == 3 * trunk.n_steps and th.all(continuations.episode_lengths <= 6)
+    bounds = np.concatenate([[0], np.cumsum(continuations.episode_lengths.numpy())])
+    rewards = continuations.rewards.double().numpy()
+    returns = [sum(0.9**k * r for k, r in enumerate(rewards[bounds[e] : bounds[e + 1]])) for e in range(len(bounds) - 1)]
+    value_of_state = [np.mean(returns[3 * k : 3 * k + 3]) for k in range(branch.n_groups)]
+    # the trunk's order (env by env, in time) from the states' origins; each group starts at its trunk state
+    trunk_obs = {}
+    offset = 0
+    for env_idx, length in zip(trunk.episode_env_indices.tolist(), trunk.episode_lengths.tolist(), strict=True):
+        for step in range(length):
+            trunk_obs[env_idx, step] = trunk.observations[offset + step].numpy()
+        offset += length
+    expected_values = np.zeros(trunk.n_steps)
+    starts = continuations.observations[continuations.episode_starts].numpy()
+    offsets = np.concatenate([[0], np.cumsum(trunk.episode_lengths.numpy())])
+    for k, (env_idx, step) in enumerate(branch.origins):
+        np.testing.assert_array_equal(starts[3 * k : 3 * k + 3], np.broadcast_to(trunk_obs[env_idx, step], (3, 4)))
+        expected_values[offsets[env_idx] + step] = value_of_state[k]
+    np.testing.assert_allclose(model._vine_values.numpy(), expected_values, rtol=1e-6)
+    data = model._prepare_update(trunk)
+    expected = []
+    for e in range(trunk.n_episodes):
+        v = expected_values[offsets[e] : offsets[e + 1]]
+        expected += [1.0 + 0.9 * (v[t + 1] if t + 1 < len(v) else 0.0) - v[t] for t in range(len(v))]
+    np.testing.assert_allclose(data.advantages.double().numpy(), expected, rtol=1e-5, atol=1e-5)
+    assert th.all(data.weights > 0)
+
+
+def test_vine_budget_counts_every_step_and_leaves_unestimated_trunk_steps_out():
+    """Pendulum, G = 2, H = 3: a rollout is the 200-step trunk and 2 x (198 x 3 + 2 + 1) = 1194 continuation steps."""
+    model = make_vine()
+    writer = recorded(model)
+    model.learn(2_000)
+    rows = [row for row in writer.rows if "rollout/trunk_steps" in row]
+    assert [(r["rollout/trunk_steps"], r["rollout/branch_steps"]) for r in rows] == [(200, 1194), (200, 408)]
+    assert model.num_timesteps == 200 + 1194 + 200 + 408
+    # The second rollout: the budget stopped the continuations after 408 / 6 = 68 states.
+    data = model._prepare_update(model.rollout_buffer.get())
+    assert th.all(th.isfinite(model._vine_values[:68])) and th.all(th.isnan(model._vine_values[68:]))
+    # A_t needs V(s_t) and V(s_{t+1}): steps 0-66 are trained, the rest are out of the loss.
+    assert th.all(data.weights[:67] > 0) and th.all(data.weights[67:] == 0) and th.all(th.isfinite(data.advantages))
+
+
+def test_vine_survives_save_load_and_learns_with_replay_snapshots(tmp_path):
+    model = make_vine("LunarLander-v3", snapshot_wrapper=True, group_size=2, branch_horizon=2)
+    writer = recorded(model)
+    model.learn(600)
+    assert sum(row.get("rollout/replay_steps", 0) for row in writer.rows) > 0
+    model.save(tmp_path / "vine.zip")
+    loaded = GRPO.load(tmp_path / "vine.zip", env=model.get_env(), device="cpu")
+    assert loaded.branch_advantage == "vine" and loaded._vine_values is None
+    loaded.learn(300, reset_num_timesteps=False)
+    assert loaded._n_updates > model._n_updates and np.all(np.isfinite(flat_parameters(loaded)))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Vectorised envs, VecNormalize, save/load, reproducibility
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -289,19 +386,20 @@ def test_the_sampler_tunes_the_group_start_and_the_branch_options():
 
     env = make_vec_env(PENDULUM, n_envs=1)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0), direction="maximize")
-    starts = set()
-    for _ in range(12):
+    starts, kinds = set(), set()
+    for _ in range(16):
         trial = study.ask()
         kwargs = sample_grpo_params(trial, 0, 1, {})
         starts.add(kwargs["group_start"])
         if kwargs["group_start"] == "branch":
             assert kwargs["branch_horizon"] in (8, 16, 32, 64) and kwargs["gamma"] in (0.9, 0.95, 0.98, 0.99)
+            kinds.add(kwargs["branch_advantage"])
         else:
-            assert "branch_horizon" not in kwargs and "gamma" not in kwargs
+            assert "branch_horizon" not in kwargs and "gamma" not in kwargs and "branch_advantage" not in kwargs
         assert convert_grpo_params(trial.params).get("gamma") == kwargs.get("gamma")
         GRPO("MlpPolicy", env, device="cpu", **kwargs)
         study.tell(trial, 0.0)
-    assert starts == {"reset", "branch"}
+    assert starts == {"reset", "branch"} and kinds == {"group", "vine"}
 
 
 def test_vec_normalize():
@@ -375,6 +473,10 @@ def test_snapshots_of_a_rollout_are_picklable():
         (dict(branch_horizon=8), ("branch_horizon", "group_start='branch'")),
         (dict(gamma=0.9), ("gamma", "group_start='reset'", "1.0")),
         (dict(group_start="branch", mask_truncated=True), ("mask_truncated", "branch_horizon")),
+        (dict(group_start="branch", branch_advantage="td"), ("branch_advantage", "'group'", "'vine'")),
+        (dict(branch_advantage="vine"), ("branch_advantage='vine'", "group_start='branch'", "'reset'")),
+        (dict(group_start="branch", branch_advantage="vine", advantage="process"), ("advantage='outcome'", "'process'")),
+        (dict(group_start="branch", branch_advantage="vine", beta=0.1, kl_in_reward=True), ("kl_in_reward=False",)),
     ],
 )
 def test_invalid_branch_settings_raise_clear_errors(kwargs: dict, words: tuple[str, ...]):

@@ -24,14 +24,21 @@ restore a state; each rollout logs them as ``rollout/trunk_steps``, ``rollout/br
 they are whole episodes of the current policy from a reset, whereas a continuation that reaches the episode's end
 is logged by the ``Monitor`` with the whole episode's return (its trunk part and its own) and would weigh the
 statistics towards the branch states near an episode's end.
+
+VinePPO's value estimates (``branch_advantage="vine"``): every state s_t the trunk visits is a branch state (no
+draw), its ``group_size`` continuations go to a scratch buffer, and their mean truncated discounted return is
+V(s_t) (:meth:`GroupedOnPolicyAlgorithm._trunk_values`, kept in ``_vine_values``). The trunk's episodes are then the
+rollout's, trained on with those values; the continuations are counted (``rollout/branch_steps``), not trained on.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs
@@ -39,6 +46,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs
 from sb3_pg_ext.common.buffers import EpisodeRolloutBuffer
 from sb3_pg_ext.common.episodic import EpisodicOnPolicyAlgorithm
 from sb3_pg_ext.common.snapshots import EnvSnapshot, SnapshotError, restore, snapshot
+from sb3_pg_ext.estimators import episode_discounted_returns
 
 #: What :meth:`EpisodicOnPolicyAlgorithm._play_kept_episodes` calls after every step: ``(dones, n_kept_envs)``.
 AfterStep = Callable[[np.ndarray, int], None]
@@ -211,15 +219,20 @@ class BranchGroupStart(GroupStart):
     only the drawn states are snapshotted. :meth:`start_wave` restores each env's branch state (the snapshot
     verifies the restored observation) and counts the steps a replay snapshot played in :attr:`replay_steps`.
 
-    :param n_groups: B, branch states to draw
+    With ``every_state`` (VinePPO's value estimates) there is no draw: every state the trunk visits is a branch
+    state, in the order offered, and ``n_groups`` becomes their number at :meth:`finish_trunk`.
+
+    :param n_groups: B, branch states to draw (unused with ``every_state``)
     :param group_size: G, continuations per branch state
     :param algorithm: name of the algorithm, for error messages
     :param rng: the generator of the draw
+    :param every_state: keep every offered state instead of drawing ``n_groups``
     """
 
-    def __init__(self, n_groups: int, group_size: int, algorithm: str, rng: np.random.Generator):
+    def __init__(self, n_groups: int, group_size: int, algorithm: str, rng: np.random.Generator, every_state: bool = False):
         super().__init__(group_size, algorithm)
         self.n_groups = n_groups
+        self.every_state = every_state
         self.rng = rng
         #: the drawn branch states, and (env index, trunk step) of each
         self.branch_states: list[EnvSnapshot] = []
@@ -246,6 +259,10 @@ class BranchGroupStart(GroupStart):
         """
         position = self.n_offered
         self.n_offered += 1
+        if self.every_state:
+            self.branch_states.append(self._snapshot(env, env_idx))
+            self.origins.append((env_idx, step))
+            return
         if position >= self.n_groups:
             position = int(self.rng.integers(0, position + 1))
             if position >= self.n_groups:
@@ -262,6 +279,9 @@ class BranchGroupStart(GroupStart):
         """After the trunk: complete the draw with replacement if the trunk had fewer than ``n_groups`` steps."""
         if not self.branch_states:
             raise RuntimeError(f"{self.algorithm}: the trunk played no step to branch from")
+        if self.every_state:
+            self.n_groups = len(self.branch_states)
+            return
         extra = self.rng.integers(0, len(self.branch_states), size=self.n_groups - len(self.branch_states)).tolist()
         self.branch_states += [self.branch_states[k] for k in extra]
         self.origins += [self.origins[k] for k in extra]
@@ -311,6 +331,12 @@ class GroupedOnPolicyAlgorithm(EpisodicOnPolicyAlgorithm):
     _group_seed_rng: np.random.Generator | None
     group_start: str = "reset"
     branch_horizon: int | None = None
+    #: ``"group"``: the continuations are trained on; ``"vine"``: they only estimate V at every trunk state, and the
+    #: trunk is trained on (see :meth:`collect_rollouts`)
+    branch_advantage: str = "group"
+    #: With ``branch_advantage="vine"``: V(s_t) of every step of the rollout's trunk episodes, in the order of
+    #: ``rollout_buffer.get()`` (NaN where the budget ended the rollout before its continuations were played)
+    _vine_values: th.Tensor | None = None
     #: False while continuations are played: the Monitor's end-of-episode records then stay out of ep_info_buffer
     _record_episodes: bool = True
 
@@ -322,7 +348,10 @@ class GroupedOnPolicyAlgorithm(EpisodicOnPolicyAlgorithm):
         """
         assert self._group_seed_rng is not None
         if self.group_start == "branch":
-            return BranchGroupStart(self.n_groups, self.group_size, self.__class__.__name__, self._group_seed_rng)
+            every_state = self.branch_advantage == "vine"
+            return BranchGroupStart(
+                self.n_groups, self.group_size, self.__class__.__name__, self._group_seed_rng, every_state=every_state
+            )
         seeds = self._group_seed_rng.integers(0, GROUP_SEED_LIMIT, size=self.n_groups).tolist()
         return SeededGroupStart(seeds, self.group_size, self.__class__.__name__)
 
@@ -330,11 +359,14 @@ class GroupedOnPolicyAlgorithm(EpisodicOnPolicyAlgorithm):
         if self._record_episodes:
             super()._update_info_buffer(infos, dones)
 
-    def _play_trunk(self, env: VecEnv, callback: BaseCallback, branch: BranchGroupStart) -> bool:
+    def _play_trunk(
+        self, env: VecEnv, callback: BaseCallback, branch: BranchGroupStart, buffer: EpisodeRolloutBuffer | None = None
+    ) -> bool:
         """
         Play one trunk episode per env with the current policy (reset with seeds from ``_group_seed_rng``), offering
-        every state it visits to ``branch``'s draw; the steps go to a scratch buffer and are not trained on.
+        every state it visits to ``branch``'s draw.
 
+        :param buffer: where the trunk's steps go (episode k: env k); None: a scratch buffer (not trained on)
         :return: False if a callback stopped training
         """
         assert self._group_seed_rng is not None
@@ -344,7 +376,7 @@ class GroupedOnPolicyAlgorithm(EpisodicOnPolicyAlgorithm):
         self._last_episode_starts = np.ones((n_envs,), dtype=bool)
         if self.use_sde:
             self.policy.reset_noise(n_envs)
-        trunk = EpisodeRolloutBuffer(self.observation_space, self.action_space, device="cpu", n_envs=n_envs)
+        trunk = buffer or EpisodeRolloutBuffer(self.observation_space, self.action_space, device="cpu", n_envs=n_envs)
         slots = np.arange(n_envs)
         steps = np.zeros(n_envs, dtype=np.int64)
         for env_idx in range(n_envs):
@@ -394,15 +426,22 @@ class GroupedOnPolicyAlgorithm(EpisodicOnPolicyAlgorithm):
         callback.on_rollout_start()
 
         branch = group_start if isinstance(group_start, BranchGroupStart) else None
+        vine = branch is not None and self.branch_advantage == "vine"
+        # Where the groups' episodes go: the rollout, or (vine) a scratch buffer whose returns estimate V
+        groups_buffer = rollout_buffer
         horizon_cut = None
         if branch is not None:
-            if not self._play_trunk(env, callback, branch):
+            if not self._play_trunk(env, callback, branch, rollout_buffer if vine else None):
                 return False
             trunk_steps = self.num_timesteps - start_timesteps
-            horizon_cut = self._horizon_cut(rollout_buffer)
+            if vine:
+                groups_buffer = EpisodeRolloutBuffer(self.observation_space, self.action_space, device="cpu", n_envs=n_envs)
+                n_episodes = branch.n_groups * self.group_size
+            horizon_cut = self._horizon_cut(groups_buffer)
+        n_planned = n_episodes
         self._record_episodes = branch is None
         try:
-            for wave_start in range(0, self.n_episodes, n_envs):
+            for wave_start in range(0, n_planned, n_envs):
                 if self._budget_reached() and (branch is None or wave_start > 0):
                     # Budget reached: finish the groups already started, start no new one.
                     n_episodes = min(n_episodes, -(-wave_start // self.group_size) * self.group_size)
@@ -426,10 +465,13 @@ class GroupedOnPolicyAlgorithm(EpisodicOnPolicyAlgorithm):
                 if self.use_sde:
                     self.policy.reset_noise(n_envs)
                 after_step = None if horizon_cut is None else horizon_cut(slots)
-                if not self._play_kept_episodes(env, callback, rollout_buffer, slots, after_step):
+                if not self._play_kept_episodes(env, callback, groups_buffer, slots, after_step):
                     return False
         finally:
             self._record_episodes = True
+        if vine:
+            assert branch is not None
+            self._vine_values = self._trunk_values(branch, groups_buffer, n_episodes // self.group_size, n_envs)
 
         if branch is not None:
             self.logger.record("rollout/trunk_steps", trunk_steps)
@@ -444,6 +486,25 @@ class GroupedOnPolicyAlgorithm(EpisodicOnPolicyAlgorithm):
         callback.update_locals(locals())
         callback.on_rollout_end()
         return True
+
+    def _trunk_values(
+        self, branch: BranchGroupStart, continuations: EpisodeRolloutBuffer, n_estimated: int, n_envs: int
+    ) -> th.Tensor:
+        """
+        V(s_t) of every trunk step, in the order of the rollout buffer (episode k: env k's trunk, in time order): the
+        mean truncated discounted return of the ``group_size`` continuations from s_t (VinePPO's Monte-Carlo value),
+        NaN for the states whose continuations the budget left unplayed (the last ``n_groups - n_estimated``).
+        """
+        values = th.full((branch.n_groups,), math.nan, dtype=th.float64)
+        if n_estimated > 0:
+            batch = continuations.get()
+            returns = episode_discounted_returns(batch.rewards.to(th.float64), batch.episode_starts, self.gamma)
+            values[:n_estimated] = returns.cpu().view(n_estimated, self.group_size).mean(dim=1)
+        by_env: list[list[float]] = [[] for _ in range(n_envs)]
+        for (env_idx, step), value in zip(branch.origins, values.tolist(), strict=True):
+            assert step == len(by_env[env_idx]), "trunk states are offered in time order"
+            by_env[env_idx].append(value)
+        return th.tensor([value for env_values in by_env for value in env_values], dtype=th.float64)
 
     def _horizon_cut(
         self, rollout_buffer: EpisodeRolloutBuffer

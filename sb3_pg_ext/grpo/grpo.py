@@ -43,6 +43,7 @@ from sb3_pg_ext.estimators import (
     kl_k1,
     loss_aggregation_weights,
     ratio_corrected_kl,
+    vine_advantages,
 )
 from sb3_pg_ext.grpo.policies import ActorCnnPolicy, ActorPolicy, MultiInputActorPolicy, TokenPolicy
 
@@ -50,6 +51,7 @@ SelfGRPO = TypeVar("SelfGRPO", bound="GRPO")
 
 SCALE_REWARDS = ("group", "batch", "none")
 GROUP_STARTS = ("reset", "branch")
+BRANCH_ADVANTAGES = ("group", "vine")
 ADVANTAGES = ("outcome", "process")
 LOSS_AGGREGATIONS = ("seq_sum", "seq_mean", "token_mean", "constant")
 
@@ -164,6 +166,11 @@ class GRPO(GroupedOnPolicyAlgorithm):
         support them: :mod:`sb3_pg_ext.common.snapshots`, and ``SubprocVecEnv`` needs ``SnapshotWrapper``)
     :param branch_horizon: H, the most steps of a continuation (``group_start="branch"`` only; None: to the end of
         the episode)
+    :param branch_advantage: What branch groups train: ``"group"`` (the continuations, with the group-relative
+        advantages of ``advantage``) or ``"vine"`` (VinePPO: every trunk state s_t gets ``group_size``
+        continuations whose mean discounted return estimates V(s_t), and the trunk's own actions are trained with
+        A_t = r_t + gamma V(s_{t+1}) - V(s_t); ``n_groups`` is unused, ``scale_rewards`` other than ``"none"``
+        divides by the rollout's std). ``group_start="branch"`` only
     :param gamma: Discount of the continuations' returns (``group_start="branch"`` only: reset groups' returns are
         undiscounted episode sums, so it must be 1 there)
     :param loss_aggregation: ``"seq_sum"`` (1/(BG) sum_e sum_t), ``"seq_mean"`` (each episode divided by its
@@ -224,6 +231,7 @@ class GRPO(GroupedOnPolicyAlgorithm):
         advantage: str = "outcome",
         group_start: str = "reset",
         branch_horizon: int | None = None,
+        branch_advantage: str = "group",
         gamma: float = 1.0,
         loss_aggregation: str = "seq_sum",
         max_length: int | None = None,
@@ -276,7 +284,19 @@ class GRPO(GroupedOnPolicyAlgorithm):
         check_choice("group_start", group_start, GROUP_STARTS)
         if branch_horizon is not None:
             check_int("branch_horizon", branch_horizon, minimum=1)
+        check_choice("branch_advantage", branch_advantage, BRANCH_ADVANTAGES)
         check_float("gamma", gamma, 0.0, 1.0, low_inclusive=False)
+        if branch_advantage == "vine":
+            if group_start != "branch":
+                raise ValueError(
+                    "`branch_advantage='vine'` estimates values from continuations of restored states: it needs "
+                    f"`group_start='branch'`, got {group_start!r}"
+                )
+            if advantage != "outcome" or kl_in_reward:
+                raise ValueError(
+                    "`branch_advantage='vine'` trains the trunk with A_t = r_t + gamma V(s_{t+1}) - V(s_t): leave "
+                    f"`advantage='outcome'` and `kl_in_reward=False` (got {advantage!r}, {kl_in_reward})"
+                )
         if group_start == "reset":
             if branch_horizon is not None:
                 raise ValueError(
@@ -364,6 +384,7 @@ class GRPO(GroupedOnPolicyAlgorithm):
         self.advantage = advantage
         self.group_start = group_start
         self.branch_horizon = branch_horizon
+        self.branch_advantage = branch_advantage
         self.loss_aggregation = loss_aggregation
         self.max_length = max_length
         self.drop_zero_std_groups = drop_zero_std_groups
@@ -417,7 +438,7 @@ class GRPO(GroupedOnPolicyAlgorithm):
         return state_dicts, tensors
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "ref_policy", "_reference_source", "_length_limited"]
+        return [*super()._excluded_save_params(), "ref_policy", "_reference_source", "_length_limited", "_vine_values"]
 
     # ------------------------------------------------------------------------------------------------------------
     # Rollouts: groups of episodes that share a reset seed (collected by GroupedOnPolicyAlgorithm)
@@ -437,6 +458,8 @@ class GRPO(GroupedOnPolicyAlgorithm):
 
     def _prepare_update(self, batch: EpisodeBatch) -> UpdateData:
         """Rewards -> (KL in reward) -> returns -> group-relative advantages, loss weights; logs group statistics."""
+        if self.branch_advantage == "vine":
+            return self._prepare_vine_update(batch)
         name, update = self.__class__.__name__, self._n_updates + 1
         n_groups, incomplete = divmod(batch.n_episodes, self.group_size)
         if incomplete or not 0 < n_groups <= self.n_groups:
@@ -448,15 +471,12 @@ class GRPO(GroupedOnPolicyAlgorithm):
         group_ids = th.arange(n_episodes, device=self.device) // self.group_size
         rewards = batch.rewards.to(th.float64)
 
-        ref_log_prob = None
-        if self.ref_policy is not None:
-            with th.no_grad():
-                ref_log_prob = self.ref_policy.get_distribution(batch.observations).log_prob(batch.actions)
-            if self.kl_in_reward:
-                # r'_t = r_t - beta * k1, k1 = log pi_old(a_t|s_t) - log pi_ref(a_t|s_t), actions drawn from pi_old
-                kl_per_step = kl_k1(batch.behaviour_log_probs, ref_log_prob)
-                rewards = rewards - self.beta * kl_per_step.to(th.float64)
-                self.logger.record("train/kl_ref", kl_per_step.mean().item())
+        ref_log_prob = self._reference_log_prob(batch)
+        if ref_log_prob is not None and self.kl_in_reward:
+            # r'_t = r_t - beta * k1, k1 = log pi_old(a_t|s_t) - log pi_ref(a_t|s_t), actions drawn from pi_old
+            kl_per_step = kl_k1(batch.behaviour_log_probs, ref_log_prob)
+            rewards = rewards - self.beta * kl_per_step.to(th.float64)
+            self.logger.record("train/kl_ref", kl_per_step.mean().item())
 
         # R_{i,g}: the undiscounted return of each episode (reset groups) or the truncated discounted return
         # sum_k gamma^k r_k of each continuation (branch groups); A: relative to its group.
@@ -504,6 +524,46 @@ class GRPO(GroupedOnPolicyAlgorithm):
             actions=batch.actions,
             old_log_prob=batch.behaviour_log_probs,
             ref_log_prob=ref_log_prob,
+            advantages=advantages.to(batch.rewards.dtype),
+            weights=weights.to(batch.rewards.dtype),
+        )
+
+    def _reference_log_prob(self, batch: EpisodeBatch) -> th.Tensor | None:
+        """log pi_ref(a_t|s_t) of the rollout's actions, or None without a reference policy."""
+        if self.ref_policy is None:
+            return None
+        with th.no_grad():
+            return self.ref_policy.get_distribution(batch.observations).log_prob(batch.actions)
+
+    def _prepare_vine_update(self, batch: EpisodeBatch) -> UpdateData:
+        """
+        ``branch_advantage="vine"``: the trunk's steps with A_t = r_t + gamma V(s_{t+1}) - V(s_t), V from the
+        continuations (:meth:`~sb3_pg_ext.common.groups.GroupedOnPolicyAlgorithm._trunk_values`); the steps whose
+        values the budget left unestimated are out of the loss.
+        """
+        name, update = self.__class__.__name__, self._n_updates + 1
+        assert self._vine_values is not None and len(self._vine_values) == batch.n_steps, "collect a vine rollout first"
+        values = self._vine_values.to(self.device)
+        advantages = vine_advantages(batch.rewards.to(th.float64), batch.episode_starts, values, self.gamma)
+        estimated = th.isfinite(advantages)
+        advantages = th.where(estimated, advantages, th.zeros_like(advantages))
+        if self.scale_rewards != "none" and int(estimated.sum()) > 1:
+            std = advantages[estimated].std(unbiased=False).clamp(min=self.min_std)
+            advantages = advantages / (std + self.advantage_eps)
+        assert_finite(advantages, "advantages", name, update)
+        in_loss = th.ones(batch.n_episodes, dtype=th.bool, device=self.device)
+        weights = loss_aggregation_weights(batch.episode_lengths, self.loss_aggregation, in_loss, self.max_length)
+        weights = weights * estimated.to(weights.dtype)
+        self._record_rollout_stats()
+        if bool(th.isfinite(values).any()):
+            self.logger.record("rollout/vine_value_mean", values[th.isfinite(values)].mean().item())
+        self.logger.record("rollout/vine_estimated_fraction", estimated.double().mean().item())
+        self.logger.record("train/episodes_in_loss", batch.n_episodes)
+        return UpdateData(
+            observations=batch.observations,
+            actions=batch.actions,
+            old_log_prob=batch.behaviour_log_probs,
+            ref_log_prob=self._reference_log_prob(batch),
             advantages=advantages.to(batch.rewards.dtype),
             weights=weights.to(batch.rewards.dtype),
         )
