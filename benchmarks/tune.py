@@ -7,6 +7,7 @@ continues in the next; then the best trial of a study retrained on fresh seeds.
     python -m benchmarks.tune retrain --algo reinforce --env CartPole-v1 --eval-seeds 3 -n 50000 --seeds 100-104
     python -m benchmarks.tune apply --algo reinforce --env CartPole-v1 --eval-seeds 3
     python -m benchmarks.tune compare --algo reinforce --env CartPole-v1 -n 100000 --seeds 200-202
+    python -m benchmarks.tune protocol-table     # every entry against the defaults under the benchmark protocol
     python -m benchmarks.tune table
 
 ``study`` runs trials until the study holds ``--trials`` finished (complete or pruned) trials and writes
@@ -563,6 +564,61 @@ def compare_table() -> None:
             print(f"| {algo} | {env} | {origin} | {steps} | {cells[0]} | {cells[1]} |")
 
 
+#: CartPole-v1's bar for a shipped entry: every seed's final return at least this
+CARTPOLE_BAR = 475.0
+
+
+def protocol_table() -> str:
+    """
+    The benchmark protocol's judgement of every shipped entry of the four algorithms: its final returns on the
+    ``protocol`` preset's seeds (200-204, rl-zoo3's PPO budget per env, through the launcher) next to the constructor
+    defaults' on the same cells (``protocol-defaults``), with rliable's IQM and 95% CI of each. An entry ships when its
+    IQM is at least the defaults' (and, on CartPole-v1, every seed ends at 475 or more); otherwise the defaults
+    replace it. "pending" until both have all five seeds.
+    """
+    from sb3_pg_ext.benchmark.presets import PACKAGE_ALGOS, get_preset
+    from sb3_pg_ext.benchmark.report import iqm_intervals
+
+    entries, defaults = (get_preset(name) for name in ("protocol", "protocol-defaults"))
+    finals: dict[str, dict[tuple[str, str], dict[int, float]]] = {}
+    for name, preset in (("entry", entries), ("defaults", defaults)):
+        store = ResultStore(str(ROOT / preset.store))
+        finals[name] = {}
+        for cell in preset.cells():
+            record = store.read(*cell.key)
+            if cell.algo in PACKAGE_ALGOS and record is not None and record["status"] == FINISHED:
+                finals[name].setdefault((cell.algo, cell.env), {})[cell.seed] = float(record["final"]["mean"])
+    seeds = sorted({cell.seed for cell in entries.cells()})
+    lines = [
+        "| algo | env | entry: final return per seed | IQM [95% CI] | defaults: final return per seed | IQM [95% CI] "
+        "| verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    keys = sorted({(c.algo, c.env) for c in defaults.cells()}, key=lambda k: (PACKAGE_ALGOS.index(k[0]), k[1]))
+    for algo, env in keys:
+        columns, complete = [], True
+        per_variant = {}
+        for name in ("entry", "defaults"):
+            values = finals[name].get((algo, env), {})
+            per_variant[name] = [values[s] for s in seeds if s in values]
+            complete &= len(per_variant[name]) == len(seeds)
+        stats = iqm_intervals({k: v for k, v in per_variant.items() if v}, env=env) if any(per_variant.values()) else {}
+        for name in ("entry", "defaults"):
+            values = per_variant[name]
+            columns.append(", ".join(f"{v:.1f}" for v in values) or "not run")
+            s = stats.get(name)
+            columns.append(f"{s['iqm']:.1f} [{s['low']:.1f}, {s['high']:.1f}]" if s else "-")
+        if not complete:
+            verdict = "pending"
+        else:
+            ships = stats["entry"]["iqm"] >= stats["defaults"]["iqm"]
+            if env == "CartPole-v1" and min(per_variant["entry"]) < CARTPOLE_BAR:
+                ships = False
+            verdict = "entry ships" if ships else "defaults replace the entry"
+        lines.append(f"| {algo} | {env} | {' | '.join(columns)} | {verdict} |")
+    return "\n".join(lines)
+
+
 def _seeds(text: str) -> list[int]:
     if "-" in text:
         lo, hi = text.split("-")
@@ -595,6 +651,7 @@ def main() -> None:
         else:
             p.add_argument("--seeds", type=_seeds, default=_seeds("100-104"))
     sub.add_parser("table")
+    sub.add_parser("protocol-table", help="every shipped entry against the defaults under the benchmark protocol")
     args = parser.parse_args()
     if args.command == "study":
         summary = run_study(args.algo, args.env, args.eval_seeds, args.n_timesteps, args.trials, args.repeat)
@@ -605,6 +662,8 @@ def main() -> None:
         print(json.dumps(compare(args.algo, args.env, args.n_timesteps, args.seeds)))
     elif args.command == "baseline":
         print(baseline(args.algo, args.env, args.n_timesteps, args.seeds))
+    elif args.command == "protocol-table":
+        print(protocol_table())
     elif args.command == "retrain":
         print(retrain(args.algo, args.env, args.eval_seeds, args.n_timesteps, args.seeds, args.repeat))
     else:
