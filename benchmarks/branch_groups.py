@@ -54,6 +54,16 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "vine": dict(COMMON, group_start="branch", branch_advantage="vine", branch_horizon=16, gamma=0.9),
     # the same with G = 2 continuations of H = 8 steps (about 3,400 env steps per trunk: four times the updates)
     "vine_g2_h8": dict(COMMON, group_size=2, group_start="branch", branch_advantage="vine", branch_horizon=8, gamma=0.9),
+    # vine_g2_h8 with the per-step mean as the loss aggregation
+    "vine_g2_h8_token_mean": dict(
+        COMMON,
+        group_size=2,
+        group_start="branch",
+        branch_advantage="vine",
+        branch_horizon=8,
+        gamma=0.9,
+        loss_aggregation="token_mean",
+    ),
     # the initial policy (no training), evaluated the same way: what "learned nothing" scores on each seed
     "untrained": dict(COMMON),
 }
