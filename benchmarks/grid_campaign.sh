@@ -12,6 +12,8 @@
 # Ctrl-C (or SIGINT to the process group) stops the campaign: the run exits 130 without recording the cell in flight.
 set -u
 cd "$(dirname "$0")/.."
+# shellcheck source=benchmarks/campaign_lib.sh
+source benchmarks/campaign_lib.sh
 if [ $# -lt 1 ]; then
     echo "usage: $0 PRESET [CHUNK...]   (presets: python -m sb3_pg_ext.benchmark presets)" >&2
     exit 2
@@ -34,9 +36,5 @@ for chunk in $CHUNKS; do
     if [ "$status" -eq 130 ]; then
         exit 130
     fi
-    for _ in 1 2 3 4 5 6 7 8 9 10; do
-        git add "$STORE" >/dev/null 2>&1 && git commit -q -m "Benchmark $PRESET: $chunk" -- "$STORE" >/dev/null 2>&1 && break
-        git diff --cached --quiet -- "$STORE" && break
-        sleep 7
-    done
+    commit_results "Benchmark $PRESET: $chunk" "$STORE"
 done

@@ -6,6 +6,8 @@
 # or some of its steps by number (bash benchmarks/lab_campaign.sh 2 3).
 set -u
 cd "$(dirname "$0")/.."
+# shellcheck source=benchmarks/campaign_lib.sh
+source benchmarks/campaign_lib.sh
 OUT=benchmarks/results/lab
 GRPO_OPTIONS="G4-group-outcome G4-group-outcome-branch G4-group-process G4-group-process-branch G4-batch-outcome G4-none-outcome G8-group-outcome G8-group-outcome-branch"
 STEPS=(
@@ -32,9 +34,5 @@ for i in "${!STEPS[@]}"; do
         exit 130
     fi
     python -m sb3_pg_ext.lab report --out "$OUT" --markdown "$OUT/report.md" > /dev/null
-    for _ in 1 2 3 4 5 6 7 8 9 10; do
-        git add "$OUT" >/dev/null 2>&1 && git commit -q -m "Estimator lab: step $n of benchmarks/lab_campaign.sh" -- "$OUT" >/dev/null 2>&1 && break
-        git diff --cached --quiet -- "$OUT" && break
-        sleep 7
-    done
+    commit_results "Estimator lab: step $n of benchmarks/lab_campaign.sh" "$OUT"
 done

@@ -1,15 +1,11 @@
 # Shared by benchmarks/tune_campaign.sh and tune_stability.sh: one `python -m benchmarks.tune` step, then a commit
 # of its results.
 RESULT_DIRS="benchmarks/results/tuning benchmarks/results/grid"  # compare at the benchmark's budget writes the grid's
-commit() {  # commit the tuning results of one step (retried: the other lane may hold git's index lock)
-    for _ in 1 2 3 4 5 6 7 8 9 10; do
-        # shellcheck disable=SC2086
-        git add $RESULT_DIRS >/dev/null 2>&1 && \
-            git commit -q -m "Tuning: $1" -- $RESULT_DIRS >/dev/null 2>&1 && return 0
-        # shellcheck disable=SC2086
-        git diff --cached --quiet -- $RESULT_DIRS && return 0
-        sleep 7
-    done
+# shellcheck source=benchmarks/campaign_lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/campaign_lib.sh"
+commit() {  # commit the tuning results of one step
+    # shellcheck disable=SC2086
+    commit_results "Tuning: $1" $RESULT_DIRS
 }
 step() {  # step <description> <python -m benchmarks.tune arguments...>
     local what=$1
