@@ -64,6 +64,26 @@ SETTINGS: dict[str, dict[str, Any]] = {
         gamma=0.9,
         loss_aggregation="token_mean",
     ),
+    # against the std's collapse: gSDE, resampled every 4 steps (rl-zoo3's PPO setting on Pendulum-v1)
+    "branch_token_mean_gsde": dict(
+        COMMON,
+        group_start="branch",
+        branch_horizon=16,
+        gamma=0.9,
+        loss_aggregation="token_mean",
+        use_sde=True,
+        sde_sample_freq=4,
+    ),
+    "vine_g2_h8_gsde": dict(
+        COMMON,
+        group_size=2,
+        group_start="branch",
+        branch_advantage="vine",
+        branch_horizon=8,
+        gamma=0.9,
+        use_sde=True,
+        sde_sample_freq=4,
+    ),
     # the initial policy (no training), evaluated the same way: what "learned nothing" scores on each seed
     "untrained": dict(COMMON),
 }
