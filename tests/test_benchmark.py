@@ -994,6 +994,42 @@ def test_final_policies_preset_trains_the_constructor_defaults() -> None:
         assert effective_hyperparams(cell) == {"n_envs": n_envs, "n_timesteps": 200_000, "policy": "MlpPolicy"}
 
 
+def test_protocol_presets_follow_the_benchmark_protocol() -> None:
+    """rl-zoo3's PPO budget per env for every algorithm, seeds 200-204 everywhere, short envs first, SAC last."""
+    protocol = presets.get_preset("protocol")
+    cells = protocol.cells()
+    budgets = {"CartPole-v1": 100_000, "Acrobot-v1": 1_000_000, "Pendulum-v1": 100_000, "LunarLander-v3": 1_000_000}
+    assert {(c.env, c.n_timesteps) for c in cells} == set(budgets.items())
+    assert {c.seed for c in cells} == {200, 201, 202, 203, 204} and len({c.key for c in cells}) == len(cells) == 160
+    assert {c.algo for c in cells} == set(presets.PACKAGE_ALGOS + presets.STOCK_ALGOS) and cells[-1].algo == "sac"
+    assert protocol.chunks()[0] == "short-200" and {c.env for c in protocol.chunk_cells("short-200")} == {
+        "CartPole-v1",
+        "Pendulum-v1",
+    }
+    assert all(c.config is None for c in cells)  # each algorithm's own file
+    defaults = presets.get_preset("protocol-defaults").cells()
+    assert {c.key for c in defaults} == {c.key for c in cells if c.algo in presets.PACKAGE_ALGOS}
+    for cell in defaults[:8]:  # the constructor defaults: only the policy and the number of envs are set
+        n_envs = 8 if cell.algo == "grpo" else 1
+        hyperparams = effective_hyperparams(cell)
+        assert hyperparams.pop("n_timesteps") > 0 and hyperparams == {"n_envs": n_envs, "policy": "MlpPolicy"}
+    branch = presets.get_preset("protocol-grpo-branch").cells()
+    assert {c.key for c in branch} == {c.key for c in cells if c.algo == "grpo"}
+    for env in budgets:
+        hyperparams = effective_hyperparams(next(c for c in branch if c.env == env))
+        assert hyperparams["group_start"] == "branch" and hyperparams["n_timesteps"] == budgets[env], env
+
+
+@pytest.mark.parametrize("env", ["Pendulum-v1", "LunarLander-v3"])
+def test_grpo_branch_entries_train_through_the_benchmark(tmp_path: Path, env: str) -> None:
+    """A tiny cell of each branch entry trains through the launcher (LunarLander-v3 by seed and replay)."""
+    cell = Cell("grpo", env, 0, 1_500, n_evaluations=1, n_eval_episodes=1, n_final_episodes=1)
+    cell = Cell(**{**asdict(cell), "config": str(presets.GRPO_BRANCH_CONFIG)})
+    record = run_grid([cell], ResultStore(tmp_path), progress=False) and ResultStore(tmp_path).read(*cell.key)
+    assert record is not None and record["status"] == FINISHED, record
+    assert record["config"]["hyperparams"]["group_start"] == "branch" and record["n_timesteps"] >= 1_500
+
+
 def test_preset_on_the_command_line_runs_its_cells_in_order(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     trainer = CountingTrainer()
     store = ["--store", str(tmp_path)]

@@ -52,6 +52,7 @@ def test_built_wheel_contains_hyperparams(tmp_path):
     defaults = {p.name for p in (ROOT / "sb3_pg_ext" / "benchmark" / "defaults").glob("*.yml")}
     shipped_defaults = {Path(n).name for n in names if n.startswith("sb3_pg_ext/benchmark/defaults/")}
     assert defaults and defaults <= shipped_defaults, f"missing from the wheel: {defaults - shipped_defaults}"
+    assert "sb3_pg_ext/benchmark/branch/grpo.yml" in names, "the protocol-grpo-branch preset's conf file"
     written = {name for name in ("build", "dist") if (ROOT / name).exists()} - existed_before
     assert not written, f"building the wheel wrote {sorted(written)} into the checkout"
 

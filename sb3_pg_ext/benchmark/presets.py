@@ -12,6 +12,8 @@ seeds and env-step budgets of every grid the docs report, in this one place.
   ``benchmarks/results/protocol``.
 - ``protocol-defaults``: the package's four algorithms with their constructor defaults (:data:`DEFAULTS_DIR`) on the
   same cells, the yardstick every shipped entry must match (``benchmarks/results/protocol_defaults``).
+- ``protocol-grpo-branch``: GRPO with branch groups (:data:`GRPO_BRANCH_CONFIG`) on the protocol's cells, beside
+  the ``protocol`` grid's reset-group GRPO (``benchmarks/results/protocol_grpo_branch``).
 - ``final-policies``: the final policies of the package's defaults: the four algorithms with their constructor
   defaults (not the tuned entries: the files of :data:`DEFAULTS_DIR`; GRPO on 8 envs, the others on one), CartPole-v1,
   200,000 env steps, training seeds 0-4.
@@ -54,6 +56,8 @@ PROTOCOL_SEEDS = (200, 201, 202, 203, 204)
 #: The hyperparameter files of the algorithms' constructor defaults (``<algo>.yml``), for the final-policy preset
 #: and the protocol's defaults.
 DEFAULTS_DIR = Path(__file__).resolve().parent / "defaults"
+#: GRPO's branch-group entries (``group_start: branch``), for the ``protocol-grpo-branch`` preset.
+GRPO_BRANCH_CONFIG = Path(__file__).resolve().parent / "branch" / "grpo.yml"
 
 
 @dataclass(frozen=True)
@@ -184,6 +188,15 @@ PRESETS: dict[str, Preset] = {
             ),
         ),
         Preset(
+            name="protocol-grpo-branch",
+            description="the protocol's cells of GRPO with branch groups (hand-set entries from Pendulum-v1)",
+            store="benchmarks/results/protocol_grpo_branch",
+            grids=(
+                Grid("short", ("grpo",), SHORT_ENVS, PROTOCOL_SEEDS, PROTOCOL_BUDGETS, {"grpo": str(GRPO_BRANCH_CONFIG)}),
+                Grid("long", ("grpo",), LONG_ENVS, PROTOCOL_SEEDS, PROTOCOL_BUDGETS, {"grpo": str(GRPO_BRANCH_CONFIG)}),
+            ),
+        ),
+        Preset(
             name="final-policies",
             description="the final policies of the package's defaults: 4 algorithms, CartPole-v1, 200k steps, seeds 0-4",
             store="benchmarks/results/final_policies",
@@ -219,6 +232,7 @@ def get_preset(name: str) -> Preset:
 __all__ = [
     "DEFAULTS_DIR",
     "GRID_BUDGETS",
+    "GRPO_BRANCH_CONFIG",
     "LONG_ENVS",
     "PACKAGE_ALGOS",
     "PRESETS",
