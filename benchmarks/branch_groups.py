@@ -44,46 +44,26 @@ COMMON: dict[str, Any] = dict(
     learning_rate=1e-3,
     policy_kwargs=dict(log_std_init=0.0),
 )
+#: Branch groups with the first exploration's best settings: H = 16, gamma = 0.9
+BRANCH: dict[str, Any] = dict(COMMON, group_start="branch", branch_horizon=16, gamma=0.9)
+#: VinePPO's values with G = 2 continuations of H = 8 steps (about 3,400 env steps per 200-step trunk)
+VINE_G2_H8: dict[str, Any] = dict(
+    COMMON, group_size=2, group_start="branch", branch_advantage="vine", branch_horizon=8, gamma=0.9
+)
+#: Against the std's collapse: gSDE, resampled every 4 steps (rl-zoo3's PPO setting on Pendulum-v1)
+GSDE: dict[str, Any] = dict(use_sde=True, sde_sample_freq=4)
 SETTINGS: dict[str, dict[str, Any]] = {
-    "branch": dict(COMMON, group_start="branch", branch_horizon=16, gamma=0.9),
+    "branch": BRANCH,
     "reset": dict(COMMON, group_start="reset"),
     # the same branch groups with the per-step mean as the loss aggregation (DAPO's token_mean)
-    "branch_token_mean": dict(COMMON, group_start="branch", branch_horizon=16, gamma=0.9, loss_aggregation="token_mean"),
+    "branch_token_mean": dict(BRANCH, loss_aggregation="token_mean"),
+    "branch_token_mean_gsde": dict(BRANCH, loss_aggregation="token_mean", **GSDE),
     # VinePPO's values: G = 4 continuations of H = 16 steps from every trunk state, the trunk trained with
     # A_t = r_t + gamma V(s_{t+1}) - V(s_t) (about 13,000 env steps per 200-step trunk)
-    "vine": dict(COMMON, group_start="branch", branch_advantage="vine", branch_horizon=16, gamma=0.9),
-    # the same with G = 2 continuations of H = 8 steps (about 3,400 env steps per trunk: four times the updates)
-    "vine_g2_h8": dict(COMMON, group_size=2, group_start="branch", branch_advantage="vine", branch_horizon=8, gamma=0.9),
-    # vine_g2_h8 with the per-step mean as the loss aggregation
-    "vine_g2_h8_token_mean": dict(
-        COMMON,
-        group_size=2,
-        group_start="branch",
-        branch_advantage="vine",
-        branch_horizon=8,
-        gamma=0.9,
-        loss_aggregation="token_mean",
-    ),
-    # against the std's collapse: gSDE, resampled every 4 steps (rl-zoo3's PPO setting on Pendulum-v1)
-    "branch_token_mean_gsde": dict(
-        COMMON,
-        group_start="branch",
-        branch_horizon=16,
-        gamma=0.9,
-        loss_aggregation="token_mean",
-        use_sde=True,
-        sde_sample_freq=4,
-    ),
-    "vine_g2_h8_gsde": dict(
-        COMMON,
-        group_size=2,
-        group_start="branch",
-        branch_advantage="vine",
-        branch_horizon=8,
-        gamma=0.9,
-        use_sde=True,
-        sde_sample_freq=4,
-    ),
+    "vine": dict(BRANCH, branch_advantage="vine"),
+    "vine_g2_h8": VINE_G2_H8,
+    "vine_g2_h8_token_mean": dict(VINE_G2_H8, loss_aggregation="token_mean"),
+    "vine_g2_h8_gsde": dict(VINE_G2_H8, **GSDE),
     # the initial policy (no training), evaluated the same way: what "learned nothing" scores on each seed
     "untrained": dict(COMMON),
 }
