@@ -568,21 +568,26 @@ def compare_table() -> None:
 CARTPOLE_BAR = 475.0
 
 
-def protocol_table() -> str:
+def protocol_table(entry_store: Path | None = None, defaults_store: Path | None = None) -> str:
     """
     The benchmark protocol's judgement of every shipped entry of the four algorithms: its final returns on the
     ``protocol`` preset's seeds (200-204, rl-zoo3's PPO budget per env, through the launcher) next to the constructor
     defaults' on the same cells (``protocol-defaults``), with rliable's IQM and 95% CI of each. An entry ships when its
     IQM is at least the defaults' (and, on CartPole-v1, every seed ends at 475 or more); otherwise the defaults
     replace it. "pending" until both have all five seeds.
+
+    :param entry_store: the entries' results store (default: the ``protocol`` preset's)
+    :param defaults_store: the defaults' results store (default: the ``protocol-defaults`` preset's)
+    :return: the markdown table
     """
     from sb3_pg_ext.benchmark.presets import PACKAGE_ALGOS, get_preset
     from sb3_pg_ext.benchmark.report import iqm_intervals
 
     entries, defaults = (get_preset(name) for name in ("protocol", "protocol-defaults"))
     finals: dict[str, dict[tuple[str, str], dict[int, float]]] = {}
+    roots = {"entry": entry_store or ROOT / entries.store, "defaults": defaults_store or ROOT / defaults.store}
     for name, preset in (("entry", entries), ("defaults", defaults)):
-        store = ResultStore(str(ROOT / preset.store))
+        store = ResultStore(str(roots[name]))
         finals[name] = {}
         for cell in preset.cells():
             record = store.read(*cell.key)

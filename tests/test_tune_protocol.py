@@ -1,0 +1,46 @@
+"""The benchmark protocol's verdict on a shipped entry (``python -m benchmarks.tune protocol-table``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from benchmarks.tune import protocol_table
+from sb3_pg_ext.benchmark.store import FINISHED, ResultStore
+
+
+def write_finals(root: Path, algo: str, env: str, finals: list[float]) -> None:
+    store = ResultStore(root)
+    for seed, final in zip((200, 201, 202, 203, 204), finals, strict=False):
+        store.write({"algo": algo, "env": env, "seed": seed, "status": FINISHED, "final": {"mean": final}})
+
+
+def row(table: str, algo: str, env: str) -> list[str]:
+    line = next(line for line in table.splitlines() if line.startswith(f"| {algo} | {env} |"))
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_an_entry_ships_only_with_an_iqm_at_least_the_defaults_and_cartpole_at_475_everywhere(tmp_path: Path) -> None:
+    entries, defaults = tmp_path / "entries", tmp_path / "defaults"
+    write_finals(entries, "grpo", "CartPole-v1", [500, 500, 500, 500, 500])
+    write_finals(defaults, "grpo", "CartPole-v1", [462.8, 500, 480, 500, 500])
+    # an IQM above the defaults', but one seed below CartPole-v1's bar of 475
+    write_finals(entries, "ispg", "CartPole-v1", [500, 500, 500, 500, 470])
+    write_finals(defaults, "ispg", "CartPole-v1", [400, 400, 400, 400, 400])
+    # a lower IQM than the defaults'
+    write_finals(entries, "reinforce", "Pendulum-v1", [-1100, -1090, -1080, -1070, -1060])
+    write_finals(defaults, "reinforce", "Pendulum-v1", [-1000, -1010, -1020, -1030, -1040])
+    # equal IQMs ship; four seeds are pending
+    write_finals(entries, "ppo_kl", "Pendulum-v1", [-150, -160, -170, -180, -190])
+    write_finals(defaults, "ppo_kl", "Pendulum-v1", [-190, -180, -170, -160, -150])
+    write_finals(entries, "ppo_kl", "CartPole-v1", [500, 500, 500, 500])
+    write_finals(defaults, "ppo_kl", "CartPole-v1", [500, 500, 500, 500, 500])
+    table = protocol_table(entries, defaults)
+
+    grpo = row(table, "grpo", "CartPole-v1")
+    assert grpo[2] == "500.0, 500.0, 500.0, 500.0, 500.0" and grpo[3] == "500.0 [500.0, 500.0]"
+    assert grpo[-1] == "entry ships"
+    assert row(table, "ispg", "CartPole-v1")[-1] == "defaults replace the entry"
+    assert row(table, "reinforce", "Pendulum-v1")[-1] == "defaults replace the entry"
+    assert row(table, "ppo_kl", "Pendulum-v1")[-1] == "entry ships"
+    assert row(table, "ppo_kl", "CartPole-v1")[-1] == "pending"
+    assert row(table, "grpo", "LunarLander-v3")[2:] == ["not run", "-", "not run", "-", "pending"]
