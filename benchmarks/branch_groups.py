@@ -58,6 +58,10 @@ SETTINGS: dict[str, dict[str, Any]] = {
     # the same branch groups with the per-step mean as the loss aggregation (DAPO's token_mean)
     "branch_token_mean": dict(BRANCH, loss_aggregation="token_mean"),
     "branch_token_mean_gsde": dict(BRANCH, loss_aggregation="token_mean", **GSDE),
+    # what the estimator lab measured on Pendulum-v1 (docs/lab.md): groups of 8 branch continuations have a third of
+    # the noise-to-signal of groups of 4, and dividing by each group's std inflates it; the same env steps per update
+    "branch_token_mean_batch": dict(BRANCH, loss_aggregation="token_mean", scale_rewards="batch"),
+    "branch_g8_token_mean": dict(BRANCH, group_size=8, n_groups=8, loss_aggregation="token_mean"),
     # VinePPO's values: G = 4 continuations of H = 16 steps from every trunk state, the trunk trained with
     # A_t = r_t + gamma V(s_{t+1}) - V(s_t) (about 13,000 env steps per 200-step trunk)
     "vine": dict(BRANCH, branch_advantage="vine"),
