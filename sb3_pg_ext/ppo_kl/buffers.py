@@ -5,8 +5,11 @@ Why store pi_old's parameters in the rollout rather than keep a frozen copy of t
 pi_old(.|s_t) at every state of every minibatch of every epoch. A frozen copy recomputes it with a forward pass of
 the old actor on every minibatch, i.e. ``n_epochs`` passes over the rollout per update, and holds a second copy of
 the network (``copy.deepcopy`` of a gSDE policy even fails: it holds non-leaf tensors). Storing the parameters costs
-one no-grad pass over the rollout per update and ``P`` floats per step (the logits of Categorical, MultiCategorical
-and Bernoulli distributions; mean and std of Gaussians, gSDE included). The costs of both, measured: docs/ppo_kl.md.
+one no-grad pass over the rollout per update and ``P`` floats per step. The buffer stores whatever layout it is
+given; PPOKL gives :func:`sb3_pg_ext.estimators.kl_parameters` of :func:`distribution_parameters` (Categorical and
+MultiCategorical: normalised logits and probabilities; Bernoulli: logits; Gaussians, gSDE included: mean and std),
+so that the minibatches of every epoch read pi_old without normalising it again. The costs of both, measured:
+docs/ppo_kl.md.
 """
 
 from __future__ import annotations
@@ -24,7 +27,10 @@ from torch.distributions import Bernoulli, Categorical, Normal
 
 
 class KLRolloutBufferSamples(NamedTuple):
-    """SB3's ``RolloutBufferSamples`` plus the parameters of pi_old(.|s_t) (see :func:`distribution_parameters`)."""
+    """
+    SB3's ``RolloutBufferSamples`` plus the parameters of pi_old(.|s_t), in the layout
+    :meth:`KLRolloutBuffer.store_old_distributions` stored them in.
+    """
 
     observations: PyTorchObs
     actions: th.Tensor
@@ -114,7 +120,8 @@ class KLRolloutBuffer(RolloutBuffer):
     def store_old_distributions(self, parameters_of: Callable[[PyTorchObs], th.Tensor], batch_size: int) -> None:
         """
         Keep pi_old's parameters for every stored step: one no-grad pass of ``parameters_of`` (observations ->
-        ``(batch, P)`` parameters, see :func:`distribution_parameters`) over the rollout, ``batch_size`` steps at a time.
+        ``(batch, P)`` parameters in any layout: PPOKL's is :func:`sb3_pg_ext.estimators.kl_parameters`) over the
+        rollout, ``batch_size`` steps at a time.
 
         :param parameters_of: the acting policy's distribution parameters for a batch of observations
         :param batch_size: steps per forward pass
