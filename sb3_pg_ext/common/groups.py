@@ -359,6 +359,10 @@ class GroupedOnPolicyAlgorithm(EpisodicOnPolicyAlgorithm):
         if self._record_episodes:
             super()._update_info_buffer(infos, dones)
 
+    def _scratch_buffer(self, n_envs: int) -> EpisodeRolloutBuffer:
+        """A buffer for steps that are played but not trained on (a trunk, or vine's value continuations), on CPU."""
+        return EpisodeRolloutBuffer(self.observation_space, self.action_space, device="cpu", n_envs=n_envs)
+
     def _play_trunk(
         self, env: VecEnv, callback: BaseCallback, branch: BranchGroupStart, buffer: EpisodeRolloutBuffer | None = None
     ) -> bool:
@@ -376,7 +380,7 @@ class GroupedOnPolicyAlgorithm(EpisodicOnPolicyAlgorithm):
         self._last_episode_starts = np.ones((n_envs,), dtype=bool)
         if self.use_sde:
             self.policy.reset_noise(n_envs)
-        trunk = buffer or EpisodeRolloutBuffer(self.observation_space, self.action_space, device="cpu", n_envs=n_envs)
+        trunk = buffer or self._scratch_buffer(n_envs)
         slots = np.arange(n_envs)
         steps = np.zeros(n_envs, dtype=np.int64)
         for env_idx in range(n_envs):
@@ -435,7 +439,7 @@ class GroupedOnPolicyAlgorithm(EpisodicOnPolicyAlgorithm):
                 return False
             trunk_steps = self.num_timesteps - start_timesteps
             if vine:
-                groups_buffer = EpisodeRolloutBuffer(self.observation_space, self.action_space, device="cpu", n_envs=n_envs)
+                groups_buffer = self._scratch_buffer(n_envs)
                 n_episodes = branch.n_groups * self.group_size
             horizon_cut = self._horizon_cut(groups_buffer)
         n_planned = n_episodes
