@@ -353,6 +353,48 @@ def test_unknown_algorithms_envs_and_budget_keys_are_errors_naming_the_valid_one
     assert trainer.calls == [] and store.path("ppo", "CartPole-v1", 0).read_bytes() == before
 
 
+def test_conf_file_gives_an_algorithm_another_hyperparameter_file_and_bad_ones_are_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--conf-file ALGO=PATH``: ALGO's cells read PATH (candidate entries), the other algorithms their own files."""
+    entries = yaml.safe_load(hyperparams_file("reinforce").read_text())
+    conf = tmp_path / "candidate.yml"
+    conf.write_text(yaml.safe_dump({"Pendulum-v1": dict(entries["Pendulum-v1"], learning_rate=1.5e-4)}))
+    seen: list[Cell] = []
+
+    def trainer(cell: Cell) -> dict[str, Any]:
+        seen.append(cell)
+        return fake_record(cell)
+
+    grid = ["--algos", "reinforce", "ppo", "--envs", "Pendulum-v1", "--seeds", "0", "--budget", "Pendulum-v1=500"]
+    store = str(tmp_path / "store")
+    assert cli.main(["run", *grid, "--conf-file", f"reinforce={conf}", "--store", store, "--no-progress"], train=trainer) == 0
+    assert {cell.algo: cell.config for cell in seen} == {"reinforce": str(conf), "ppo": None}
+    assert effective_hyperparams(seen[0])["learning_rate"] == 1.5e-4
+    # the candidate's file has no CartPole-v1 entry: its cells are left out, as for an algorithm's own file
+    seen.clear()
+    grid = ["--algos", "reinforce", "ppo", "--envs", "CartPole-v1", "--seeds", "0", "--budget", "CartPole-v1=500"]
+    assert cli.main(["run", *grid, "--conf-file", f"reinforce={conf}", "--store", store, "--no-progress"], train=trainer) == 0
+    assert [cell.algo for cell in seen] == ["ppo"] and "reinforce on CartPole-v1" in capsys.readouterr().out
+
+    listed = tmp_path / "list.yml"
+    listed.write_text("- Pendulum-v1\n")
+    bad = {
+        f"grpo={conf}": "--conf-file names algorithm 'grpo', not in --algos: reinforce",
+        f"reinforce={tmp_path / 'missing.yml'}": f"--conf-file reinforce={tmp_path / 'missing.yml'}: no such file",
+        f"reinforce={listed}": rf"--conf-file reinforce={listed}: not a hyperparameter file \(TypeError: .* a list, .*\)",
+        "reinforce": r"argument --conf-file: expected ALGO=PATH, got 'reinforce'",
+    }
+    for value, message in bad.items():
+        with pytest.raises(SystemExit) as error:
+            cli.main(["status", *grid[:2], "--envs", "Pendulum-v1", "--seeds", "0", "--conf-file", value, "--store", store])
+        (line,) = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+        assert error.value.code == 2 and re.fullmatch(rf".* status: error: {message}", line), line
+    with pytest.raises(SystemExit):
+        cli.main(["status", "--preset", "protocol", "--conf-file", f"reinforce={conf}", "--store", store])
+    assert "--preset sets the grid: --conf-file cannot be given with it" in capsys.readouterr().err
+
+
 def test_cells_without_a_hyperparameter_entry_are_left_out_of_the_grid() -> None:
     cells = grid_cells(["sac", "reinforce"], ["CartPole-v1", "Pendulum-v1"], [0])
     tuned, untuned = split_untuned(cells)

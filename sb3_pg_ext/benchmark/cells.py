@@ -35,7 +35,7 @@ import socket
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,32 +96,51 @@ def grid_cells(
     envs: Sequence[str],
     seeds: Sequence[int],
     budgets: dict[str, int] | None = None,
+    configs: Mapping[str, str] | None = None,
     **settings: Any,
 ) -> list[Cell]:
     """
     The cells of ``algos x envs x seeds``, seed by seed, then env by env, the algorithms alternating: a grid stopped
     partway holds the same seeds for every algorithm, and the contenders take turns as the load of a shared machine
-    drifts. ``budgets`` maps an env to its env-step budget.
+    drifts. ``budgets`` maps an env to its env-step budget, ``configs`` an algorithm to the hyperparameter file its
+    cells read instead of its own (``--conf-file``).
     """
     budgets = budgets or {}
-    return [Cell(a, e, int(s), budgets.get(e), **settings) for s in seeds for e in envs for a in algos]
+    configs = configs or {}
+    per_algo = [dict(settings, config=configs[a]) if a in configs else settings for a in algos]
+    return [
+        Cell(a, e, int(s), budgets.get(e), **algo_settings)
+        for s in seeds
+        for e in envs
+        for a, algo_settings in zip(algos, per_algo, strict=True)
+    ]
 
 
-def hyperparams_file(algo: str) -> Path:
-    """The file a cell of ``algo`` reads: the package's for its four algorithms, rl-zoo3's for the others."""
+def hyperparams_file(algo: str, config: str | None = None) -> Path:
+    """
+    The file a cell of ``algo`` reads: ``config`` where given (``--conf-file``), else the package's for its four
+    algorithms and rl-zoo3's for the others.
+    """
+    if config is not None:
+        return Path(config)
     if algo in ZOO_ALGOS:
         return HYPERPARAMS_DIR / f"{algo}.yml"
     return Path(rl_zoo3.__file__).resolve().parent / "hyperparams" / f"{algo}.yml"
 
 
 @functools.cache
-def tuned_envs(algo: str) -> frozenset[str]:
-    """The envs that ``algo``'s hyperparameter file names (an ``atari`` or ``default`` entry does not count)."""
-    path = hyperparams_file(algo)
+def tuned_envs(algo: str, config: str | None = None) -> frozenset[str]:
+    """
+    The envs that ``algo``'s hyperparameter file (or ``config``) names (an ``atari`` or ``default`` entry does not
+    count).
+    """
+    path = hyperparams_file(algo, config)
     if not path.is_file():
         return frozenset()
     with open(path, encoding="utf-8") as f:
         entries = yaml.safe_load(f) or {}
+    if not isinstance(entries, dict):
+        raise TypeError(f"{path} holds a {type(entries).__name__}, not entries by env id")
     return frozenset(str(name) for name in entries if name not in ("atari", "default"))
 
 
@@ -237,7 +256,7 @@ def split_untuned(cells: Iterable[Cell]) -> tuple[list[Cell], list[Cell]]:
     tuned: list[Cell] = []
     untuned: list[Cell] = []
     for cell in cells:
-        (tuned if cell.env in tuned_envs(cell.algo) else untuned).append(cell)
+        (tuned if cell.env in tuned_envs(cell.algo, cell.config) else untuned).append(cell)
     return tuned, untuned
 
 

@@ -7,6 +7,8 @@
         --budget CartPole-v1=100000 --store DIR --workers 2
     python -m sb3_pg_ext.benchmark run ... --ray-address auto      # the same grid as Ray tasks (pip install "sb3-pg-ext[ray]")
     python -m sb3_pg_ext.benchmark run ... --rerun-stale           # also rerun finished cells whose settings changed
+    python -m sb3_pg_ext.benchmark run --algos grpo --envs CartPole-v1 --seeds 300 301 \\
+        --conf-file grpo=candidate.yml --store DIR                 # grpo's cells read candidate.yml (rl-zoo3's format)
     python -m sb3_pg_ext.benchmark status --preset readme --store benchmarks/results/grid
     python -m sb3_pg_ext.benchmark report --store DIR [--out DIR]
     python -m sb3_pg_ext.benchmark presets [NAME --chunks]        # the named grids (sb3_pg_ext.benchmark.presets)
@@ -33,6 +35,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 
+import yaml
+
 from sb3_pg_ext.benchmark.cells import Cell, CellTrainer, grid_cells, split_untuned, stale_reasons, train_cell, tuned_envs
 from sb3_pg_ext.benchmark.grid import run_grid
 from sb3_pg_ext.benchmark.presets import PRESETS
@@ -54,12 +58,20 @@ def _budget(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(f"expected ENV=STEPS with an integer STEPS, got {text!r}") from error
 
 
+def _conf_file(text: str) -> tuple[str, str]:
+    algo, sep, path = text.partition("=")
+    if not sep or not algo or not path:
+        raise argparse.ArgumentTypeError(f"expected ALGO=PATH, got {text!r}")
+    return algo, path
+
+
 #: The options of a grid given on the command line, which ``--preset`` replaces, and their defaults.
 GRID_OPTIONS: dict[str, int | None] = {
     "algos": None,
     "envs": None,
     "seeds": None,
     "budget": None,
+    "conf_file": None,
     "n_evaluations": 10,
     "eval_episodes": 5,
     "final_episodes": 10,
@@ -85,6 +97,14 @@ def _grid_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="ENV=STEPS",
         help="env-step budget per env (default: each hyperparameter file's n_timesteps)",
     )
+    parser.add_argument(
+        "--conf-file",
+        nargs="*",
+        type=_conf_file,
+        metavar="ALGO=PATH",
+        help="a hyperparameter file (rl-zoo3's format) that ALGO's cells read instead of the algorithm's own, e.g. "
+        "candidate entries (the store should be the candidate's own)",
+    )
     parser.add_argument("--store", required=True, help="results directory (one JSON file per cell)")
     parser.add_argument("--n-evaluations", type=int, help="evaluation points along training (default: 10)")
     parser.add_argument("--eval-episodes", type=int, help="episodes per evaluation point (default: 5)")
@@ -109,24 +129,33 @@ def _cells(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[Ce
     missing = [f"--{name}" for name in ("algos", "envs", "seeds") if getattr(args, name) is None]
     if missing:
         parser.error(f"the following arguments are required without --preset: {', '.join(missing)}")
-    _check_names(parser, args.algos, args.envs, dict(args.budget or []))
+    configs = dict(args.conf_file or [])
+    _check_names(parser, args.algos, args.envs, dict(args.budget or []), configs)
     settings = {name: GRID_OPTIONS[name] if getattr(args, name) is None else getattr(args, name) for name in GRID_OPTIONS}
     return grid_cells(
         args.algos,
         args.envs,
         args.seeds,
         dict(args.budget or []),
+        configs,
         n_evaluations=settings["n_evaluations"],
         n_eval_episodes=settings["eval_episodes"],
         n_final_episodes=settings["final_episodes"],
     )
 
 
-def _check_names(parser: argparse.ArgumentParser, algos: Sequence[str], envs: Sequence[str], budgets: dict[str, int]) -> None:
+def _check_names(
+    parser: argparse.ArgumentParser,
+    algos: Sequence[str],
+    envs: Sequence[str],
+    budgets: dict[str, int],
+    configs: dict[str, str],
+) -> None:
     """
     Exit with an error (status 2) naming the valid names when an algorithm is not one of rl-zoo3's (the package's
-    four included), when no algorithm's hyperparameter file has an entry for an env, or when a ``--budget`` key is
-    not an env of the grid.
+    four included), when a ``--conf-file`` names an algorithm outside ``--algos`` or a file that cannot be read as
+    hyperparameter entries, when no algorithm's hyperparameter file has an entry for an env, or when a ``--budget``
+    key is not an env of the grid.
     """
     from rl_zoo3.utils import ALGOS
 
@@ -134,7 +163,19 @@ def _check_names(parser: argparse.ArgumentParser, algos: Sequence[str], envs: Se
     unknown = [algo for algo in algos if algo not in ALGOS]
     if unknown:
         parser.error(f"unknown algorithm {', '.join(map(repr, unknown))}; algorithms: {', '.join(sorted(ALGOS))}")
-    known = sorted(set().union(*(tuned_envs(algo) for algo in algos)))
+    unknown = [algo for algo in configs if algo not in algos]
+    if unknown:
+        parser.error(f"--conf-file names algorithm {', '.join(map(repr, unknown))}, not in --algos: {', '.join(algos)}")
+    for algo, path in configs.items():
+        if not Path(path).is_file():
+            parser.error(f"--conf-file {algo}={path}: no such file")
+        try:
+            names = tuned_envs(algo, path)
+        except (OSError, TypeError, yaml.YAMLError) as error:
+            parser.error(f"--conf-file {algo}={path}: not a hyperparameter file ({type(error).__name__}: {error})")
+        if not names:
+            parser.error(f"--conf-file {algo}={path}: the file names no env (rl-zoo3's format: ENV_ID: {{...}})")
+    known = sorted(set().union(*(tuned_envs(algo, configs.get(algo)) for algo in algos)))
     unknown = [env for env in envs if env not in known]
     if unknown:
         parser.error(
