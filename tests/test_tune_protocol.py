@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.tune import protocol_table
+import pytest
+
+from benchmarks.tune import candidate_table, protocol_table
 from sb3_pg_ext.benchmark.store import FINISHED, ResultStore
 
 
@@ -26,6 +28,9 @@ def test_an_entry_ships_only_with_an_iqm_at_least_the_defaults_and_cartpole_at_4
     # an IQM above the defaults', but one seed below CartPole-v1's bar of 475
     write_finals(entries, "ispg", "CartPole-v1", [500, 500, 500, 500, 470])
     write_finals(defaults, "ispg", "CartPole-v1", [400, 400, 400, 400, 400])
+    # ... where the defaults end at 475 or more everywhere, they replace it
+    write_finals(entries, "reinforce", "CartPole-v1", [500, 500, 500, 500, 470])
+    write_finals(defaults, "reinforce", "CartPole-v1", [480, 480, 480, 480, 480])
     # a lower IQM than the defaults'
     write_finals(entries, "reinforce", "Pendulum-v1", [-1100, -1090, -1080, -1070, -1060])
     write_finals(defaults, "reinforce", "Pendulum-v1", [-1000, -1010, -1020, -1030, -1040])
@@ -39,8 +44,22 @@ def test_an_entry_ships_only_with_an_iqm_at_least_the_defaults_and_cartpole_at_4
     grpo = row(table, "grpo", "CartPole-v1")
     assert grpo[2] == "500.0, 500.0, 500.0, 500.0, 500.0" and grpo[3] == "500.0 [500.0, 500.0]"
     assert grpo[-1] == "entry ships"
-    assert row(table, "ispg", "CartPole-v1")[-1] == "defaults replace the entry"
+    assert row(table, "ispg", "CartPole-v1")[-1] == "neither holds (a seed below 475 with each): a new entry is needed"
+    assert row(table, "reinforce", "CartPole-v1")[-1] == "defaults replace the entry"
     assert row(table, "reinforce", "Pendulum-v1")[-1] == "defaults replace the entry"
     assert row(table, "ppo_kl", "Pendulum-v1")[-1] == "entry ships"
     assert row(table, "ppo_kl", "CartPole-v1")[-1] == "pending"
     assert row(table, "grpo", "LunarLander-v3")[2:] == ["not run", "-", "not run", "-", "pending"]
+
+
+def test_the_candidate_table_lists_each_candidate_on_its_own_selection_seeds(tmp_path: Path) -> None:
+    for name, finals in {"entry": [500, 467, 500], "beta0": [500, 500, 480]}.items():
+        store = ResultStore(tmp_path / name)
+        for seed, final in zip((300, 301, 302), finals, strict=True):
+            store.write({"algo": "grpo", "env": "CartPole-v1", "seed": seed, "status": FINISHED, "final": {"mean": final}})
+        store.write({"algo": "grpo", "env": "CartPole-v1", "seed": 303, "status": "failed", "error": "diverged"})
+    table = candidate_table("grpo", "CartPole-v1", tmp_path)
+    assert row(table, "beta0", "3")[2:4] == ["300: 500.0, 301: 500.0, 302: 480.0", "0"]
+    assert row(table, "entry", "3")[2:4] == ["300: 500.0, 301: 467.0, 302: 500.0", "1"]
+    with pytest.raises(SystemExit, match="no finished candidate run of grpo on Pendulum-v1"):
+        candidate_table("grpo", "Pendulum-v1", tmp_path)
