@@ -13,7 +13,9 @@ Settings (the best of a first exploration): 16 branch states x 4 continuations (
 ``group_size=4``), ``branch_horizon=16``, ``gamma=0.9``, minibatch 64, 10 epochs, learning rate 1e-3, initial
 log std 0, outcome advantages, one env. ``reset``: the same, with reset groups (undiscounted episode returns).
 ``vine`` and ``vine_g2_h8``: VinePPO's per-state values (``branch_advantage="vine"``) with G x H = 4 x 16 and
-2 x 8. ``untrained``: the initial policy of the same seed, not trained.
+2 x 8. ``first`` and ``first_common``: TRPO's vine (``branch_advantage="first"``: only the continuations' first
+actions train), G = 2 x B = 32, with independent noise or common random numbers (``branch_noise="common"``).
+``untrained``: the initial policy of the same seed, not trained.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ BRANCH: dict[str, Any] = dict(COMMON, group_start="branch", branch_horizon=16, g
 VINE_G2_H8: dict[str, Any] = dict(
     COMMON, group_size=2, group_start="branch", branch_advantage="vine", branch_horizon=8, gamma=0.9
 )
+#: TRPO's vine: the first action of each of G = 2 continuations from B = 32 branch states trains
+FIRST: dict[str, Any] = dict(BRANCH, group_size=2, n_groups=32, branch_advantage="first", scale_rewards="batch")
 #: Against the std's collapse: gSDE, resampled every 4 steps (rl-zoo3's PPO setting on Pendulum-v1)
 GSDE: dict[str, Any] = dict(use_sde=True, sde_sample_freq=4)
 SETTINGS: dict[str, dict[str, Any]] = {
@@ -68,6 +72,11 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "vine_g2_h8": VINE_G2_H8,
     "vine_g2_h8_token_mean": dict(VINE_G2_H8, loss_aggregation="token_mean"),
     "vine_g2_h8_gsde": dict(VINE_G2_H8, **GSDE),
+    # TRPO's vine: only the continuations' first actions train (G = 2 from each of B = 32 branch states, the
+    # returns scaled by the batch's std), with independent noise or common random numbers after the first action
+    "first": FIRST,
+    "first_common": dict(FIRST, branch_noise="common"),
+    "first_common_g4": dict(FIRST, branch_noise="common", group_size=4, n_groups=16),
     # the initial policy (no training), evaluated the same way: what "learned nothing" scores on each seed
     "untrained": dict(COMMON),
 }
@@ -84,12 +93,12 @@ def run(setting: str, seed: int, budget: int, n_eval_episodes: int) -> dict[str,
     """Train one GRPO run and evaluate its final deterministic policy."""
     th.set_num_threads(1)
     kwargs = SETTINGS[setting]
-    start = time.time()
+    start, cpu_start = time.time(), time.process_time()
     env = make_vec_env(ENV_ID, n_envs=1, seed=seed)
     model = GRPO("MlpPolicy", env, seed=seed, device="cpu", **kwargs)
     if setting != "untrained":
         model.learn(budget)
-    train_seconds = time.time() - start
+    train_seconds, train_cpu_seconds = time.time() - start, time.process_time() - cpu_start
     eval_env = make_vec_env(ENV_ID, n_envs=1, seed=GROUP_SEED_LIMIT + seed)
     returns, _ = evaluate_policy(
         model, eval_env, n_eval_episodes=n_eval_episodes, deterministic=True, return_episode_rewards=True
@@ -107,6 +116,7 @@ def run(setting: str, seed: int, budget: int, n_eval_episodes: int) -> dict[str,
         "eval_mean": float(np.mean(returns)),
         "final_std": float(th.exp(model.policy.log_std).mean().item()),
         "train_seconds": round(train_seconds, 1),
+        "train_cpu_seconds": round(train_cpu_seconds, 1),
         "torch_threads": th.get_num_threads(),
         "commit": commit,
     }

@@ -10,6 +10,7 @@ import pickle
 import numpy as np
 import pytest
 import torch as th
+from stable_baselines3.common.distributions import CategoricalDistribution, DiagGaussianDistribution
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import Logger, configure
 from stable_baselines3.common.utils import set_random_seed
@@ -17,6 +18,7 @@ from stable_baselines3.common.vec_env import SubprocVecEnv, VecNormalize
 
 from sb3_pg_ext import GRPO
 from sb3_pg_ext.common.groups import GROUP_SEED_LIMIT, BranchGroupStart
+from sb3_pg_ext.common.noise import actions_from_uniforms
 from sb3_pg_ext.common.snapshots import SnapshotError, SnapshotWrapper
 from sb3_pg_ext.estimators import episode_discounted_returns, group_reward_to_go_advantages, vine_advantages
 from tests.learning import RecordingWriter
@@ -352,6 +354,85 @@ def test_vine_survives_save_load_and_learns_with_replay_snapshots(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# TRPO's vine: the continuations' first actions only, with common random numbers
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_actions_from_uniforms_follow_the_distribution_and_equal_noise_gives_equal_actions():
+    n = 40_000
+    uniforms = th.rand(n, 3, generator=th.Generator().manual_seed(0), dtype=th.float64)
+    mean, std = th.tensor([0.5, -1.0]), th.tensor([1.0, 2.0])
+    gaussian = DiagGaussianDistribution(2).proba_distribution(mean.expand(n, 2), th.log(std))
+    actions = actions_from_uniforms(gaussian, uniforms[:, :2])
+    # within 4 standard errors of the mean (sigma / sqrt(n)) and of the std (about sigma / sqrt(2 n))
+    assert th.all((actions.mean(0) - mean).abs() < 4 * std / math.sqrt(n))
+    assert th.all((actions.std(0) - std).abs() < 4 * std / math.sqrt(2 * n))
+    probs = th.tensor([0.2, 0.5, 0.3])
+    categorical = CategoricalDistribution(3).proba_distribution(th.log(probs).expand(n, 3))
+    counts = th.bincount(actions_from_uniforms(categorical, uniforms), minlength=3).double() / n
+    assert th.all((counts - probs).abs() < 4 * th.sqrt(probs * (1 - probs) / n))
+    for distribution, noise in ((gaussian, uniforms[:, :2]), (categorical, uniforms)):
+        same = actions_from_uniforms(distribution, noise[:1].expand(n, -1))
+        assert th.all(same == same[0]) and th.equal(
+            actions_from_uniforms(distribution, noise), actions_from_uniforms(distribution, noise)
+        )
+
+
+def continuation_noise(model: GRPO) -> list[list[np.ndarray]]:
+    """Per group, per continuation: the standard normal noise (a - mean) / std of each of its actions."""
+    batch = model.rollout_buffer.get()
+    with th.no_grad():
+        normal = model.policy.get_distribution(batch.observations).distribution
+    standard = ((batch.actions - normal.mean) / normal.stddev).numpy()
+    starts = np.flatnonzero(batch.episode_starts.numpy())
+    episodes = np.split(standard, starts[1:])
+    return [episodes[g : g + model.group_size] for g in range(0, len(episodes), model.group_size)]
+
+
+@pytest.mark.parametrize("n_envs", [1, 2])
+def test_common_noise_is_shared_by_a_groups_continuations_after_their_first_action(n_envs: int):
+    shared = make_branch(n_envs=n_envs, branch_advantage="first", branch_noise="common", n_groups=6)
+    independent = make_branch(n_envs=n_envs, branch_advantage="first", n_groups=6)
+    for model in (shared, independent):
+        collect(model)
+    n_compared = 0
+    for common, groups in ((True, continuation_noise(shared)), (False, continuation_noise(independent))):
+        for group in groups:
+            assert len(group) == 3
+            first = np.array([episode[0] for episode in group])
+            assert len(np.unique(first.round(6), axis=0)) == 3, "the first actions are drawn independently"
+            for depth in range(1, min(len(episode) for episode in group)):
+                at_depth = np.array([episode[depth] for episode in group])
+                assert np.allclose(at_depth, at_depth[0], atol=1e-5) == common, (common, depth, at_depth)
+                n_compared += common
+    assert n_compared >= 6 * 3, "too few shared steps were compared"
+
+
+def test_first_trains_each_continuations_first_action_with_its_group_relative_return():
+    model = make_branch(branch_advantage="first", branch_noise="common", scale_rewards="none")
+    collect(model)
+    batch = model.rollout_buffer.get()
+    data = model._prepare_update(batch)
+    starts = np.flatnonzero(batch.episode_starts.numpy())
+    np.testing.assert_array_equal(data.trained_steps.numpy(), starts)
+    np.testing.assert_allclose(data.weights[starts].numpy(), 1 / len(starts))
+    returns = episode_discounted_returns(batch.rewards.double(), batch.episode_starts, 0.9).numpy()
+    by_hand = returns - returns.reshape(-1, 3).mean(axis=1).repeat(3)
+    np.testing.assert_allclose(data.advantages[starts].numpy(), by_hand, rtol=1e-5, atol=1e-6)
+
+
+def test_common_noise_is_seeded_and_survives_save_load(tmp_path):
+    settings = dict(seed=3, branch_advantage="first", branch_noise="common", learning_rate=3e-3)
+    first, second = make_branch(**settings).learn(700), make_branch(**settings).learn(700)
+    np.testing.assert_array_equal(flat_parameters(first), flat_parameters(second))
+    first.save(tmp_path / "model.zip")
+    loaded = GRPO.load(tmp_path / "model.zip", env=first.get_env(), device="cpu")
+    assert (loaded.branch_advantage, loaded.branch_noise) == ("first", "common")
+    cartpole = make_branch("CartPole-v1", branch_advantage="first", branch_noise="common").learn(700)
+    assert cartpole._n_updates >= 1 and np.all(np.isfinite(flat_parameters(cartpole)))
+
+
 def test_dummy_and_subproc_vec_env_agree():
     dummy = make_branch(n_envs=2, snapshot_wrapper=True).learn(800)
     subproc = make_branch(n_envs=2, vec_env_cls=SubprocVecEnv, snapshot_wrapper=True)
@@ -386,20 +467,23 @@ def test_the_sampler_tunes_the_group_start_and_the_branch_options():
 
     env = make_vec_env(PENDULUM, n_envs=1)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0), direction="maximize")
-    starts, kinds = set(), set()
-    for _ in range(16):
+    starts, kinds, noises = set(), set(), set()
+    for _ in range(40):
         trial = study.ask()
         kwargs = sample_grpo_params(trial, 0, 1, {})
         starts.add(kwargs["group_start"])
         if kwargs["group_start"] == "branch":
             assert kwargs["branch_horizon"] in (8, 16, 32, 64) and kwargs["gamma"] in (0.9, 0.95, 0.98, 0.99)
             kinds.add(kwargs["branch_advantage"])
+            noises.add(kwargs.get("branch_noise"))
+            assert ("branch_noise" in kwargs) == (kwargs["branch_advantage"] == "first")
         else:
             assert "branch_horizon" not in kwargs and "gamma" not in kwargs and "branch_advantage" not in kwargs
         assert convert_grpo_params(trial.params).get("gamma") == kwargs.get("gamma")
         GRPO("MlpPolicy", env, device="cpu", **kwargs)
         study.tell(trial, 0.0)
-    assert starts == {"reset", "branch"} and kinds == {"group", "vine"}
+    assert starts == {"reset", "branch"} and kinds == {"group", "vine", "first"}
+    assert noises == {None, "independent", "common"}
 
 
 def test_vec_normalize():
@@ -477,6 +561,14 @@ def test_snapshots_of_a_rollout_are_picklable():
         (dict(branch_advantage="vine"), ("branch_advantage='vine'", "group_start='branch'", "'reset'")),
         (dict(group_start="branch", branch_advantage="vine", advantage="process"), ("advantage='outcome'", "'process'")),
         (dict(group_start="branch", branch_advantage="vine", beta=0.1, kl_in_reward=True), ("kl_in_reward=False",)),
+        (dict(branch_advantage="first"), ("branch_advantage='first'", "group_start='branch'", "'reset'")),
+        (dict(group_start="branch", branch_advantage="first", advantage="process"), ("advantage='outcome'", "'process'")),
+        (dict(group_start="branch", branch_noise="shared"), ("branch_noise", "'independent'", "'common'")),
+        (dict(group_start="branch", branch_noise="common"), ("branch_advantage='first'", "'group'")),
+        (
+            dict(group_start="branch", branch_advantage="first", branch_noise="common", use_sde=True),
+            ("branch_noise='common'", "StateDependentNoiseDistribution", "DiagGaussianDistribution"),
+        ),
     ],
 )
 def test_invalid_branch_settings_raise_clear_errors(kwargs: dict, words: tuple[str, ...]):

@@ -45,6 +45,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs
 
 from sb3_pg_ext.common.buffers import EpisodeRolloutBuffer
 from sb3_pg_ext.common.episodic import EpisodicOnPolicyAlgorithm
+from sb3_pg_ext.common.noise import CommonNoise, actions_from_uniforms, noise_size
 from sb3_pg_ext.common.snapshots import EnvSnapshot, SnapshotError, restore, snapshot
 from sb3_pg_ext.estimators import episode_discounted_returns
 
@@ -337,6 +338,11 @@ class GroupedOnPolicyAlgorithm(EpisodicOnPolicyAlgorithm):
     #: With ``branch_advantage="vine"``: V(s_t) of every step of the rollout's trunk episodes, in the order of
     #: ``rollout_buffer.get()`` (NaN where the budget ended the rollout before its continuations were played)
     _vine_values: th.Tensor | None = None
+    #: ``"independent"``: every action of every continuation is drawn independently; ``"common"``: the continuations
+    #: of a group share their noise after their first action (:mod:`sb3_pg_ext.common.noise`)
+    branch_noise: str = "independent"
+    #: the shared noise while the continuations of a ``branch_noise="common"`` rollout are played, else None
+    _common_noise: CommonNoise | None = None
     #: False while continuations are played: the Monitor's end-of-episode records then stay out of ep_info_buffer
     _record_episodes: bool = True
 
@@ -358,6 +364,17 @@ class GroupedOnPolicyAlgorithm(EpisodicOnPolicyAlgorithm):
     def _update_info_buffer(self, infos: list[dict[str, Any]], dones: np.ndarray | None = None) -> None:
         if self._record_episodes:
             super()._update_info_buffer(infos, dones)
+
+    def _act(self, obs_tensor: th.Tensor | dict[str, th.Tensor]) -> tuple[th.Tensor, th.Tensor | None, th.Tensor]:
+        """Sample actions; while common noise is set, from its uniforms (:mod:`sb3_pg_ext.common.noise`)."""
+        noise = self._common_noise
+        if noise is None or noise.slots is None:
+            return super()._act(obs_tensor)
+        distribution = self.policy.get_distribution(obs_tensor)
+        uniforms, _ = noise.uniforms(len(noise.slots))
+        actions = actions_from_uniforms(distribution, uniforms.to(self.device))
+        values = self.policy.predict_values(obs_tensor) if self._collect_values else None
+        return actions, values, distribution.log_prob(actions)
 
     def _scratch_buffer(self, n_envs: int) -> EpisodeRolloutBuffer:
         """A buffer for steps that are played but not trained on (a trunk, or vine's value continuations), on CPU."""
@@ -444,6 +461,10 @@ class GroupedOnPolicyAlgorithm(EpisodicOnPolicyAlgorithm):
             horizon_cut = self._horizon_cut(groups_buffer)
         n_planned = n_episodes
         self._record_episodes = branch is None
+        if branch is not None and self.branch_noise == "common":
+            assert self._group_seed_rng is not None
+            seed = int(self._group_seed_rng.integers(0, GROUP_SEED_LIMIT))
+            self._common_noise = CommonNoise(seed, self.group_size, noise_size(self.policy.action_dist))
         try:
             for wave_start in range(0, n_planned, n_envs):
                 if self._budget_reached() and (branch is None or wave_start > 0):
@@ -469,10 +490,14 @@ class GroupedOnPolicyAlgorithm(EpisodicOnPolicyAlgorithm):
                 if self.use_sde:
                     self.policy.reset_noise(n_envs)
                 after_step = None if horizon_cut is None else horizon_cut(slots)
+                if self._common_noise is not None:
+                    self._common_noise.start_wave(slots)
+                    after_step = self._common_noise.counting(after_step)
                 if not self._play_kept_episodes(env, callback, groups_buffer, slots, after_step):
                     return False
         finally:
             self._record_episodes = True
+            self._common_noise = None
         if vine:
             assert branch is not None
             self._vine_values = self._trunk_values(branch, groups_buffer, n_episodes // self.group_size, n_envs)

@@ -32,6 +32,7 @@ from sb3_pg_ext.common.checks import (
     check_learning_rate,
 )
 from sb3_pg_ext.common.groups import GROUP_SEED_LIMIT, GroupedOnPolicyAlgorithm, GroupStartError
+from sb3_pg_ext.common.noise import check_common_noise_distribution
 from sb3_pg_ext.estimators import (
     KL_ESTIMATORS,
     episode_discounted_returns,
@@ -51,7 +52,8 @@ SelfGRPO = TypeVar("SelfGRPO", bound="GRPO")
 
 SCALE_REWARDS = ("group", "batch", "none")
 GROUP_STARTS = ("reset", "branch")
-BRANCH_ADVANTAGES = ("group", "vine")
+BRANCH_ADVANTAGES = ("group", "vine", "first")
+BRANCH_NOISES = ("independent", "common")
 ADVANTAGES = ("outcome", "process")
 LOSS_AGGREGATIONS = ("seq_sum", "seq_mean", "token_mean", "constant")
 
@@ -170,7 +172,13 @@ class GRPO(GroupedOnPolicyAlgorithm):
         advantages of ``advantage``) or ``"vine"`` (VinePPO: every trunk state s_t gets ``group_size``
         continuations whose mean discounted return estimates V(s_t), and the trunk's own actions are trained with
         A_t = r_t + gamma V(s_{t+1}) - V(s_t); ``n_groups`` is unused, ``scale_rewards`` other than ``"none"``
-        divides by the rollout's std). ``group_start="branch"`` only
+        divides by the rollout's std) or ``"first"`` (TRPO's vine: only each continuation's first action is
+        trained, with the group-relative ``"outcome"`` advantage of the continuation's return; the loss is their
+        mean). ``group_start="branch"`` only
+    :param branch_noise: ``"independent"`` (every action drawn independently) or ``"common"`` (common random
+        numbers: after their first action, the continuations of a group draw their k-th action from the same
+        noise, so that their returns differ by what the first action did; needs ``branch_advantage="first"``, a
+        diagonal Gaussian without gSDE or a categorical action distribution)
     :param gamma: Discount of the continuations' returns (``group_start="branch"`` only: reset groups' returns are
         undiscounted episode sums, so it must be 1 there)
     :param loss_aggregation: ``"seq_sum"`` (1/(BG) sum_e sum_t), ``"seq_mean"`` (each episode divided by its
@@ -232,6 +240,7 @@ class GRPO(GroupedOnPolicyAlgorithm):
         group_start: str = "reset",
         branch_horizon: int | None = None,
         branch_advantage: str = "group",
+        branch_noise: str = "independent",
         gamma: float = 1.0,
         loss_aggregation: str = "seq_sum",
         max_length: int | None = None,
@@ -285,6 +294,19 @@ class GRPO(GroupedOnPolicyAlgorithm):
         if branch_horizon is not None:
             check_int("branch_horizon", branch_horizon, minimum=1)
         check_choice("branch_advantage", branch_advantage, BRANCH_ADVANTAGES)
+        check_choice("branch_noise", branch_noise, BRANCH_NOISES)
+        if branch_advantage == "first" and (group_start != "branch" or advantage != "outcome"):
+            raise ValueError(
+                "`branch_advantage='first'` trains the first action of each continuation of a restored state with its "
+                "group-relative return: it needs `group_start='branch'` and `advantage='outcome'` (got "
+                f"{group_start!r}, {advantage!r})"
+            )
+        if branch_noise == "common" and branch_advantage != "first":
+            raise ValueError(
+                "`branch_noise='common'` shares the noise of a group's continuations after their first action, so a "
+                "later action is correlated with the group's baseline: only the first actions can be trained, "
+                f"set `branch_advantage='first'` (got {branch_advantage!r})"
+            )
         check_float("gamma", gamma, 0.0, 1.0, low_inclusive=False)
         if branch_advantage == "vine":
             if group_start != "branch":
@@ -385,6 +407,7 @@ class GRPO(GroupedOnPolicyAlgorithm):
         self.group_start = group_start
         self.branch_horizon = branch_horizon
         self.branch_advantage = branch_advantage
+        self.branch_noise = branch_noise
         self.loss_aggregation = loss_aggregation
         self.max_length = max_length
         self.drop_zero_std_groups = drop_zero_std_groups
@@ -409,6 +432,8 @@ class GRPO(GroupedOnPolicyAlgorithm):
             self.clip_range_high = FloatSchedule(self.clip_range_high)
         if self._group_seed_rng is None:
             self._group_seed_rng = np.random.default_rng(self.seed)
+        if self.branch_noise == "common":
+            check_common_noise_distribution(self.policy.action_dist, self.__class__.__name__)
         self.ref_policy = None
         if self.beta > 0:
             # pi_ref: a frozen copy of the initial policy, or of the weights of the policy the user passed. Built
@@ -511,7 +536,13 @@ class GRPO(GroupedOnPolicyAlgorithm):
             in_loss &= ~zero_std[group_ids]
         if self.mask_truncated:
             in_loss &= ~cut_off
-        weights = loss_aggregation_weights(batch.episode_lengths, self.loss_aggregation, in_loss, self.max_length)
+        if self.branch_advantage == "first":
+            # each continuation's first step, the mean over the continuations in the loss
+            per_episode = loss_aggregation_weights(th.ones_like(batch.episode_lengths), "seq_sum", in_loss)
+            weights = th.zeros(batch.n_steps, dtype=per_episode.dtype, device=per_episode.device)
+            weights[batch.episode_starts.to(weights.device).bool()] = per_episode
+        else:
+            weights = loss_aggregation_weights(batch.episode_lengths, self.loss_aggregation, in_loss, self.max_length)
 
         self.logger.record("rollout/group_return_std", grouped.std(dim=1, unbiased=False).mean().item())
         self.logger.record("rollout/zero_std_groups", zero_std.float().mean().item())
