@@ -8,6 +8,7 @@ continues in the next; then the best trial of a study retrained on fresh seeds.
     python -m benchmarks.tune apply --algo reinforce --env CartPole-v1 --eval-seeds 3
     python -m benchmarks.tune compare --algo reinforce --env CartPole-v1 -n 100000 --seeds 200-202
     python -m benchmarks.tune protocol-table     # every entry against the defaults under the benchmark protocol
+    python -m benchmarks.tune adopt-defaults --algo reinforce --env CartPole-v1   # where the defaults replace it
     python -m benchmarks.tune candidate-table --algo grpo --env CartPole-v1   # candidate entries, selection seeds
     python -m benchmarks.tune table
 
@@ -567,9 +568,10 @@ def compare_table() -> None:
 
 #: CartPole-v1's bar for a shipped entry: every seed's final return at least this
 CARTPOLE_BAR = 475.0
+DEFAULTS_REPLACE = "defaults replace the entry"
 
 
-def protocol_table(entry_store: Path | None = None, defaults_store: Path | None = None) -> str:
+def protocol_rows(entry_store: Path | None = None, defaults_store: Path | None = None) -> list[dict[str, Any]]:
     """
     The benchmark protocol's judgement of every shipped entry of the four algorithms: its final returns on the
     ``protocol`` preset's seeds (200-204, rl-zoo3's PPO budget per env, through the launcher) next to the constructor
@@ -580,7 +582,8 @@ def protocol_table(entry_store: Path | None = None, defaults_store: Path | None 
 
     :param entry_store: the entries' results store (default: the ``protocol`` preset's)
     :param defaults_store: the defaults' results store (default: the ``protocol-defaults`` preset's)
-    :return: the markdown table
+    :return: one dict per (algo, env): ``algo``, ``env``, ``finals`` (variant -> final returns in seed order),
+        ``stats`` (variant -> rliable's IQM and CI) and ``verdict``
     """
     from sb3_pg_ext.benchmark.presets import PACKAGE_ALGOS, get_preset
     from sb3_pg_ext.benchmark.report import iqm_intervals
@@ -596,36 +599,74 @@ def protocol_table(entry_store: Path | None = None, defaults_store: Path | None 
             if cell.algo in PACKAGE_ALGOS and record is not None and record["status"] == FINISHED:
                 finals[name].setdefault((cell.algo, cell.env), {})[cell.seed] = float(record["final"]["mean"])
     seeds = sorted({cell.seed for cell in entries.cells()})
-    lines = [
-        "| algo | env | entry: final return per seed | IQM [95% CI] | defaults: final return per seed | IQM [95% CI] "
-        "| verdict |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    rows = []
     keys = sorted({(c.algo, c.env) for c in defaults.cells()}, key=lambda k: (PACKAGE_ALGOS.index(k[0]), k[1]))
     for algo, env in keys:
-        columns, complete = [], True
         per_variant = {}
         for name in ("entry", "defaults"):
             values = finals[name].get((algo, env), {})
             per_variant[name] = [values[s] for s in seeds if s in values]
-            complete &= len(per_variant[name]) == len(seeds)
+        complete = all(len(values) == len(seeds) for values in per_variant.values())
         stats = iqm_intervals({k: v for k, v in per_variant.items() if v}, env=env) if any(per_variant.values()) else {}
-        for name in ("entry", "defaults"):
-            values = per_variant[name]
-            columns.append(", ".join(f"{v:.1f}" for v in values) or "not run")
-            s = stats.get(name)
-            columns.append(f"{s['iqm']:.1f} [{s['low']:.1f}, {s['high']:.1f}]" if s else "-")
         if not complete:
             verdict = "pending"
         else:
             ships = stats["entry"]["iqm"] >= stats["defaults"]["iqm"]
             if env == "CartPole-v1" and min(per_variant["entry"]) < CARTPOLE_BAR:
                 ships = False
-            verdict = "entry ships" if ships else "defaults replace the entry"
+            verdict = "entry ships" if ships else DEFAULTS_REPLACE
             if not ships and env == "CartPole-v1" and min(per_variant["defaults"]) < CARTPOLE_BAR:
                 verdict = f"neither holds (a seed below {CARTPOLE_BAR:.0f} with each): a new entry is needed"
-        lines.append(f"| {algo} | {env} | {' | '.join(columns)} | {verdict} |")
+        rows.append({"algo": algo, "env": env, "finals": per_variant, "stats": stats, "verdict": verdict})
+    return rows
+
+
+def protocol_table(entry_store: Path | None = None, defaults_store: Path | None = None) -> str:
+    """:func:`protocol_rows` as a markdown table."""
+    lines = [
+        "| algo | env | entry: final return per seed | IQM [95% CI] | defaults: final return per seed | IQM [95% CI] "
+        "| verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in protocol_rows(entry_store, defaults_store):
+        columns = []
+        for name in ("entry", "defaults"):
+            columns.append(", ".join(f"{v:.1f}" for v in row["finals"][name]) or "not run")
+            s = row["stats"].get(name)
+            columns.append(f"{s['iqm']:.1f} [{s['low']:.1f}, {s['high']:.1f}]" if s else "-")
+        lines.append(f"| {row['algo']} | {row['env']} | {' | '.join(columns)} | {row['verdict']} |")
     return "\n".join(lines)
+
+
+def adopt_defaults(algo: str, env: str, rows: list[dict[str, Any]] | None = None) -> str:
+    """
+    Replace ``algo``'s entry for ``env`` by the constructor defaults (the ``protocol-defaults`` preset's file:
+    ``policy`` and ``n_envs``, with the protocol's budget), where :func:`protocol_rows` says the defaults replace it;
+    the comment above the new entry gives both IQMs and keeps the replaced entry's settings. Its ``protocol`` cells
+    turn stale (rerun them with ``RERUN_STALE=1 bash benchmarks/grid_campaign.sh protocol``).
+
+    :return: the new entry's text
+    """
+    from sb3_pg_ext.benchmark.presets import PROTOCOL_BUDGETS, get_preset
+
+    row = next((r for r in rows or protocol_rows() if (r["algo"], r["env"]) == (algo, env)), None)
+    if row is None or row["verdict"] != DEFAULTS_REPLACE:
+        raise SystemExit(f"{algo} on {env}: the protocol's verdict is {row and row['verdict']!r}, not {DEFAULTS_REPLACE!r}")
+    config = get_preset("protocol-defaults").grids[0].configs[algo]
+    defaults = yaml.safe_load(Path(config).read_text())[env]
+    path = HYPERPARAMS_DIR / f"{algo}.yml"
+    replaced = yaml.safe_load(path.read_text())[env]
+    entry = {"n_envs": defaults["n_envs"], "n_timesteps": PROTOCOL_BUDGETS[env], "policy": defaults["policy"]}
+    stats = row["stats"]
+    comment = (
+        f"the constructor defaults ({datetime.date.today().isoformat()}): under the benchmark protocol (seeds 200-204, "
+        f"{PROTOCOL_BUDGETS[env]:g} env steps, `python -m benchmarks.tune protocol-table`) the tuned entry ended with "
+        f"an IQM of {stats['entry']['iqm']:.1f} ({', '.join(f'{v:.1f}' for v in row['finals']['entry'])}) against "
+        f"the defaults' {stats['defaults']['iqm']:.1f} ({', '.join(f'{v:.1f}' for v in row['finals']['defaults'])}), "
+        f"so the defaults replace it. The entry it replaced: {json.dumps(replaced, sort_keys=False)}"
+    )
+    set_entry(path, env, entry, _wrap_comment(comment))
+    return path.read_text()
 
 
 #: Candidate entries (``benchmarks/candidate_campaign.sh``): ``CANDIDATES/<algo>-<env>/<name>.yml``, each trained
@@ -700,6 +741,9 @@ def main() -> None:
             p.add_argument("--seeds", type=_seeds, default=_seeds("100-104"))
     sub.add_parser("table")
     sub.add_parser("protocol-table", help="every shipped entry against the defaults under the benchmark protocol")
+    adopt = sub.add_parser("adopt-defaults", help="replace an entry by the defaults where the protocol says so")
+    adopt.add_argument("--algo", required=True)
+    adopt.add_argument("--env", required=True)
     candidates = sub.add_parser("candidate-table", help="candidate entries side by side on their selection seeds")
     candidates.add_argument("--algo", required=True)
     candidates.add_argument("--env", required=True)
@@ -715,6 +759,8 @@ def main() -> None:
         print(baseline(args.algo, args.env, args.n_timesteps, args.seeds))
     elif args.command == "protocol-table":
         print(protocol_table())
+    elif args.command == "adopt-defaults":
+        print(adopt_defaults(args.algo, args.env))
     elif args.command == "candidate-table":
         print(candidate_table(args.algo, args.env))
     elif args.command == "retrain":

@@ -63,3 +63,33 @@ def test_the_candidate_table_lists_each_candidate_on_its_own_selection_seeds(tmp
     assert row(table, "entry", "3")[2:4] == ["300: 500.0, 301: 467.0, 302: 500.0", "1"]
     with pytest.raises(SystemExit, match="no finished candidate run of grpo on Pendulum-v1"):
         candidate_table("grpo", "Pendulum-v1", tmp_path)
+
+
+def test_adopt_defaults_writes_the_defaults_entry_only_where_the_protocol_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    import yaml
+
+    from benchmarks import tune
+    from sb3_pg_ext import HYPERPARAMS_DIR
+
+    files = tmp_path / "hyperparams"
+    shutil.copytree(HYPERPARAMS_DIR, files)
+    monkeypatch.setattr(tune, "HYPERPARAMS_DIR", files)
+    before = yaml.safe_load((files / "reinforce.yml").read_text())
+    entries, defaults = tmp_path / "entries", tmp_path / "defaults"
+    write_finals(entries, "reinforce", "CartPole-v1", [500, 500, 498.4, 498.7, 500])
+    write_finals(defaults, "reinforce", "CartPole-v1", [500, 500, 483.1, 500, 500])
+    write_finals(entries, "reinforce", "Pendulum-v1", [-900] * 5)
+    write_finals(defaults, "reinforce", "Pendulum-v1", [-1000] * 5)
+    rows = tune.protocol_rows(entries, defaults)
+    text = tune.adopt_defaults("reinforce", "CartPole-v1", rows)
+    after = yaml.safe_load(text)
+    assert after["CartPole-v1"] == {"n_envs": 1, "n_timesteps": 100000, "policy": "MlpPolicy"}
+    assert {k: v for k, v in after.items() if k != "CartPole-v1"} == {k: v for k, v in before.items() if k != "CartPole-v1"}
+    assert "an IQM of 499.6 (500.0, 500.0, 498.4, 498.7, 500.0) against the defaults' 500.0" in " ".join(text.replace("#", " ").split())
+    assert "'baseline': 'optimal'" in text.replace('"', "'"), "the comment keeps the replaced entry"
+    with pytest.raises(SystemExit, match="Pendulum-v1: the protocol's verdict is 'entry ships'"):
+        tune.adopt_defaults("reinforce", "Pendulum-v1", rows)
