@@ -52,8 +52,9 @@ BRANCH: dict[str, Any] = dict(COMMON, group_start="branch", branch_horizon=16, g
 VINE_G2_H8: dict[str, Any] = dict(
     COMMON, group_size=2, group_start="branch", branch_advantage="vine", branch_horizon=8, gamma=0.9
 )
-#: TRPO's vine: the first action of each of G = 2 continuations from B = 32 branch states trains
-FIRST: dict[str, Any] = dict(BRANCH, group_size=2, n_groups=32, branch_advantage="first", scale_rewards="batch")
+#: TRPO's vine: the first action of each of G = 2 continuations from B = 32 branch states trains (returns scaled by
+#: each group's std: with G = 2 the advantages are +-1, the sign of the two returns' difference)
+FIRST: dict[str, Any] = dict(BRANCH, group_size=2, n_groups=32, branch_advantage="first")
 #: Against the std's collapse: gSDE, resampled every 4 steps (rl-zoo3's PPO setting on Pendulum-v1)
 GSDE: dict[str, Any] = dict(use_sde=True, sde_sample_freq=4)
 SETTINGS: dict[str, dict[str, Any]] = {
@@ -72,11 +73,15 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "vine_g2_h8": VINE_G2_H8,
     "vine_g2_h8_token_mean": dict(VINE_G2_H8, loss_aggregation="token_mean"),
     "vine_g2_h8_gsde": dict(VINE_G2_H8, **GSDE),
-    # TRPO's vine: only the continuations' first actions train (G = 2 from each of B = 32 branch states, the
-    # returns scaled by the batch's std), with independent noise or common random numbers after the first action
+    # TRPO's vine: only the continuations' first actions train (G = 2 from each of B = 32 branch states), with
+    # independent noise or common random numbers after the first action
     "first": FIRST,
     "first_common": dict(FIRST, branch_noise="common"),
-    "first_common_g4": dict(FIRST, branch_noise="common", group_size=4, n_groups=16),
+    # the same with the returns' differences divided by the batch's std of the returns (not each group's): the
+    # between-state spread of the returns then shrinks the advantages, and learning slows (measured)
+    "first_batch": dict(FIRST, scale_rewards="batch"),
+    "first_common_batch": dict(FIRST, branch_noise="common", scale_rewards="batch"),
+    "first_common_g4_batch": dict(FIRST, branch_noise="common", group_size=4, n_groups=16, scale_rewards="batch"),
     # the initial policy (no training), evaluated the same way: what "learned nothing" scores on each seed
     "untrained": dict(COMMON),
 }
