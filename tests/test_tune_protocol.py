@@ -68,15 +68,16 @@ def test_the_candidate_table_lists_each_candidate_on_its_own_selection_seeds(tmp
 def test_adopt_defaults_writes_the_defaults_entry_only_where_the_protocol_says_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import shutil
-
     import yaml
 
     from benchmarks import tune
-    from sb3_pg_ext import HYPERPARAMS_DIR
 
     files = tmp_path / "hyperparams"
-    shutil.copytree(HYPERPARAMS_DIR, files)
+    files.mkdir()
+    (files / "reinforce.yml").write_text(
+        "default:\n  policy: 'MlpPolicy'\n\n# tuned\nCartPole-v1:\n  n_envs: 1\n  n_timesteps: 100000\n  policy: 'MlpPolicy'\n"
+        "  baseline: 'optimal'\n  learning_rate: 0.00188508\n\nPendulum-v1:\n  n_envs: 1\n  policy: 'MlpPolicy'\n"
+    )
     monkeypatch.setattr(tune, "HYPERPARAMS_DIR", files)
     before = yaml.safe_load((files / "reinforce.yml").read_text())
     entries, defaults = tmp_path / "entries", tmp_path / "defaults"
@@ -89,7 +90,11 @@ def test_adopt_defaults_writes_the_defaults_entry_only_where_the_protocol_says_s
     after = yaml.safe_load(text)
     assert after["CartPole-v1"] == {"n_envs": 1, "n_timesteps": 100000, "policy": "MlpPolicy"}
     assert {k: v for k, v in after.items() if k != "CartPole-v1"} == {k: v for k, v in before.items() if k != "CartPole-v1"}
-    assert "an IQM of 499.6 (500.0, 500.0, 498.4, 498.7, 500.0) against the defaults' 500.0" in " ".join(text.replace("#", " ").split())
-    assert "'baseline': 'optimal'" in text.replace('"', "'"), "the comment keeps the replaced entry"
+    assert "an IQM of 499.6 (500.0, 500.0, 498.4, 498.7, 500.0) against the defaults' 500.0" in " ".join(
+        text.replace("#", " ").split()
+    )
+    comment = " ".join(line.lstrip("# ") for line in text.splitlines() if line.startswith("#"))
+    assert '"baseline": "optimal", "learning_rate": 0.00188508}' in comment, "the comment keeps the replaced entry"
+    assert "# tuned" not in text, "the old comment block is replaced"
     with pytest.raises(SystemExit, match="Pendulum-v1: the protocol's verdict is 'entry ships'"):
         tune.adopt_defaults("reinforce", "Pendulum-v1", rows)
