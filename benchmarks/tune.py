@@ -659,8 +659,9 @@ def adopt_defaults(algo: str, env: str, rows: list[dict[str, Any]] | None = None
     entry = {"n_envs": defaults["n_envs"], "n_timesteps": PROTOCOL_BUDGETS[env], "policy": defaults["policy"]}
     stats = row["stats"]
     comment = (
-        f"the constructor defaults ({datetime.date.today().isoformat()}): under the benchmark protocol (seeds 200-204, "
-        f"{PROTOCOL_BUDGETS[env]:g} env steps, `python -m benchmarks.tune protocol-table`) the tuned entry ended with "
+        f"hand-set: the constructor defaults ({datetime.date.today().isoformat()}); under the benchmark protocol "
+        f"(seeds 200-204, {PROTOCOL_BUDGETS[env]:g} env steps, `python -m benchmarks.tune protocol-table`) the tuned "
+        "entry ended with "
         f"an IQM of {stats['entry']['iqm']:.1f} ({', '.join(f'{v:.1f}' for v in row['finals']['entry'])}) against "
         f"the defaults' {stats['defaults']['iqm']:.1f} ({', '.join(f'{v:.1f}' for v in row['finals']['defaults'])}), "
         f"so the defaults replace it. The entry it replaced: {json.dumps(replaced, sort_keys=False)}"

@@ -95,6 +95,6 @@ def test_adopt_defaults_writes_the_defaults_entry_only_where_the_protocol_says_s
     )
     comment = " ".join(line.lstrip("# ") for line in text.splitlines() if line.startswith("#"))
     assert '"baseline": "optimal", "learning_rate": 0.00188508}' in comment, "the comment keeps the replaced entry"
-    assert "# tuned" not in text, "the old comment block is replaced"
+    assert "# tuned" not in text and "# hand-set: the constructor defaults" in text, "the old comment block is replaced"
     with pytest.raises(SystemExit, match="Pendulum-v1: the protocol's verdict is 'entry ships'"):
         tune.adopt_defaults("reinforce", "Pendulum-v1", rows)
