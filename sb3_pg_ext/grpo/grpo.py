@@ -463,7 +463,14 @@ class GRPO(GroupedOnPolicyAlgorithm):
         return state_dicts, tensors
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "ref_policy", "_reference_source", "_length_limited", "_vine_values"]
+        return [
+            *super()._excluded_save_params(),
+            "ref_policy",
+            "_reference_source",
+            "_length_limited",
+            "_vine_values",
+            "_common_noise",
+        ]
 
     # ------------------------------------------------------------------------------------------------------------
     # Rollouts: groups of episodes that share a reset seed (collected by GroupedOnPolicyAlgorithm)
