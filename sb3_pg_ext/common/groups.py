@@ -29,6 +29,10 @@ VinePPO's value estimates (``branch_advantage="vine"``): every state s_t the tru
 draw), its ``group_size`` continuations go to a scratch buffer, and their mean truncated discounted return is
 V(s_t) (:meth:`GroupedOnPolicyAlgorithm._trunk_values`, kept in ``_vine_values``). The trunk's episodes are then the
 rollout's, trained on with those values; the continuations are counted (``rollout/branch_steps``), not trained on.
+
+Common random numbers (``branch_noise="common"``, TRPO's vine): while the continuations are played, :meth:`_act`
+draws every action from uniform noise (:mod:`sb3_pg_ext.common.noise`), shared by the continuations of a group
+after their first step; the trunk's actions are drawn as usual.
 """
 
 from __future__ import annotations
