@@ -1142,3 +1142,20 @@ def test_report_lists_each_entrys_budget_and_flags_rescaled_lin_schedules(tmp_pa
     markdown = write_report(store, tmp_path / "report", reps=50).markdown
     assert "| CartPole-v1 | ppo | 100,000/200,000 | 100,000 | 1.00 | clip_range, learning_rate | **stretched** |" in markdown
     assert "| CartPole-v1 | a2c | 100,000 | 500,000 | 0.20 | - |  |" in markdown
+
+
+def test_the_report_reads_the_store_once_and_its_readers_take_records_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ResultStore(tmp_path)
+    for cell in grid_cells(["ppo", "a2c"], ["CartPole-v1"], [0, 1], {"CartPole-v1": 100_000}):
+        store.write(fake_record(cell, final_mean=100.0 * cell.seed))
+    records = list(store.records())
+    assert report.final_scores(records) == report.final_scores(store)
+    assert budget_rows(records) == budget_rows(store) and markdown_table(records) == markdown_table(store)
+    reads: list[int] = []
+    read = ResultStore.records
+    monkeypatch.setattr(ResultStore, "records", lambda self: (reads.append(1), read(self))[1])
+    markdown = write_report(store, tmp_path / "report", reps=50).markdown
+    assert reads == [1], "every section of the report read the store again"
+    assert "| ppo | 2 |" in markdown

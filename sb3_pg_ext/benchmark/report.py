@@ -39,7 +39,7 @@ import re
 import statistics
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -327,32 +327,40 @@ def curve_intervals(
 
 # ------------------------------------------------------------------------------------------------------- store readers
 
+#: What the readers below read: a store (every record of it, read once per call) or records already read from one
+#: (:func:`write_report` reads the store once and passes the records to each of them).
+Records = ResultStore | Iterable[dict[str, Any]]
 
-def final_scores(store: ResultStore) -> Scores:
+
+def _records(source: Records) -> Iterable[dict[str, Any]]:
+    return source.records() if isinstance(source, ResultStore) else source
+
+
+def final_scores(store: Records) -> Scores:
     """
     The final returns of the store's finished cells.
 
-    :param store: the results store
+    :param store: the results store, or its records
     :return: env -> algo -> seed -> final mean return
     """
     scores: dict[str, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
-    for record in store.records():
+    for record in _records(store):
         if record["status"] == FINISHED:
             scores[record["env"]][record["algo"]][int(record["seed"])] = float(record["final"]["mean"])
     return {env: dict(algos) for env, algos in scores.items()}
 
 
-def throughput_ratios(store: ResultStore, baseline: str = BASELINE) -> dict[str, dict[str, dict[str, float | None]]]:
+def throughput_ratios(store: Records, baseline: str = BASELINE) -> dict[str, dict[str, dict[str, float | None]]]:
     """
     Throughput of each algorithm relative to ``baseline``, per env.
 
-    :param store: the results store
+    :param store: the results store, or its records
     :param baseline: the algorithm the others are divided by
     :return: env -> algo -> ``{cpu, wall, cpu_ratio, wall_ratio}``: the medians over seeds of env steps per CPU
         second and per wall second, and their ratios to the baseline's (None without baseline cells)
     """
     samples: dict[str, dict[str, dict[str, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-    for record in store.records():
+    for record in _records(store):
         if record["status"] != FINISHED or "throughput" not in record:
             continue
         for kind in ("cpu", "wall"):
@@ -376,16 +384,16 @@ def throughput_ratios(store: ResultStore, baseline: str = BASELINE) -> dict[str,
     return result
 
 
-def learning_curves(store: ResultStore) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+def learning_curves(store: Records) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
     """
     The evaluation curves of the store's finished cells.
 
-    :param store: the results store
+    :param store: the results store, or its records
     :return: env -> algo -> (env steps of the evaluation points all its seeds share, returns of shape
         ``(seeds, points)``: each seed's mean over the evaluation episodes at each point)
     """
     raw: dict[str, dict[str, list[dict[int, float]]]] = defaultdict(lambda: defaultdict(list))
-    for record in store.records():
+    for record in _records(store):
         curve = record.get("curve")
         if record["status"] != FINISHED or not curve or not curve.get("timesteps"):
             continue
@@ -515,11 +523,11 @@ def _number(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def markdown_table(store: ResultStore, scores: Scores | None = None) -> str:
+def markdown_table(store: Records, scores: Scores | None = None) -> str:
     """
     One markdown table per env: ``algo | seeds | IQM [95% CI] | mean +- std`` of the final returns.
 
-    :param store: the results store
+    :param store: the results store, or its records
     :param scores: its final scores (:func:`final_scores`), when already read
     :return: the tables, or ``(no finished cells)``
     """
@@ -589,7 +597,7 @@ def _improvement_section(scores: Scores) -> list[str]:
     return [*lines, ""]
 
 
-def _throughput_section(store: ResultStore) -> list[str]:
+def _throughput_section(store: Records) -> list[str]:
     lines = [
         f"## Throughput relative to {BASELINE}",
         "",
@@ -608,14 +616,14 @@ def _throughput_section(store: ResultStore) -> list[str]:
     return [*lines, ""]
 
 
-def budget_rows(store: ResultStore) -> list[dict[str, Any]]:
+def budget_rows(store: Records) -> list[dict[str, Any]]:
     """
     Each (env, algo)'s env-step budget in the grid next to its hyperparameter entry's own (``n_timesteps``), and the
     entry's linear schedules (values ``lin_<start>``) that a different budget rescales: rl-zoo3 decays them to 0
     over the budget a run trains, so a cell shorter than the entry's budget compresses them (a faster decay), a
     longer one stretches them.
 
-    :param store: the results store
+    :param store: the results store, or its records
     :return: one row per (env, algo), sorted, with ``env``, ``algo``, ``cell`` (the cells' budgets, sorted),
         ``entry`` (the entry's budgets, sorted; empty where the records hold none), ``schedules`` (the keys of the
         ``lin_`` values) and ``flag`` (``"compressed"``, ``"stretched"`` or ``""``)
@@ -623,7 +631,7 @@ def budget_rows(store: ResultStore) -> list[dict[str, Any]]:
     cells: dict[tuple[str, str], set[int]] = {}
     entries: dict[tuple[str, str], set[int]] = {}
     schedules: dict[tuple[str, str], set[str]] = {}
-    for record in store.records():
+    for record in _records(store):
         if record["status"] != FINISHED:
             continue
         key = (record["env"], record["algo"])
@@ -649,7 +657,7 @@ def budget_rows(store: ResultStore) -> list[dict[str, Any]]:
     return rows
 
 
-def _budget_section(store: ResultStore) -> list[str]:
+def _budget_section(store: Records) -> list[str]:
     lines = [
         "## Budgets",
         "",
@@ -698,7 +706,7 @@ def write_report(store: ResultStore, out: str | Path | None = None, reps: int = 
     out_dir = Path(out) if out is not None else store.root / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
     n_failed = sum(record["status"] == FAILED for record in records)
-    scores = final_scores(store)
+    scores = final_scores(records)
     lines = [
         "# Benchmark report",
         "",
@@ -711,12 +719,12 @@ def write_report(store: ResultStore, out: str | Path | None = None, reps: int = 
         markdown = "\n".join([*lines, "(no finished cells)", ""])
         (out_dir / REPORT_FILE).write_text(markdown, encoding="utf-8")
         return WrittenReport(markdown, [out_dir / REPORT_FILE])
-    lines += ["## Final return per env", "", markdown_table(store, scores)]
+    lines += ["## Final return per env", "", markdown_table(records, scores)]
     aggregate = normalised_aggregate(scores, reps=reps)
     lines += _aggregate_section(aggregate)
     lines += _improvement_section(scores)
-    lines += _budget_section(store)
-    lines += _throughput_section(store)
+    lines += _budget_section(records)
+    lines += _throughput_section(records)
 
     colors = _colors(sorted({algo for algos in scores.values() for algo in algos}))
     pngs: list[Path] = []
@@ -728,7 +736,7 @@ def write_report(store: ResultStore, out: str | Path | None = None, reps: int = 
         "point); x: env steps.",
         "",
     ]
-    for env, curves in learning_curves(store).items():
+    for env, curves in learning_curves(records).items():
         path = plot_learning_curves(env, curves, out_dir / f"curves_{file_stem(env)}.png", colors, reps=reps)
         pngs.append(path)
         lines += [f"![{env}]({path.name})", ""]
