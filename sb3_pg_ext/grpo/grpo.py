@@ -1,12 +1,12 @@
 """
-GRPO: the group-relative objective and its update (SPEC section 4).
+GRPO: the group-relative objective and its update.
 
 The rollout, groups of complete episodes that share their start, is collected by
 :class:`~sb3_pg_ext.common.groups.GroupedOnPolicyAlgorithm`; the advantages, loss weights and KL estimators are in
 :mod:`sb3_pg_ext.estimators`. This file turns a rollout into the update's data (:meth:`GRPO._prepare_update`), writes
 the clipped, KL-penalised objective (:meth:`GRPO._loss`) and runs its epochs (:meth:`GRPO.train`).
 
-It is longer than SB3's 200-450 lines per algorithm (about 620): the class docstring documents 39 keyword
+It is longer than SB3's 200-450 lines per algorithm (about 720): the class docstring documents 40 keyword
 arguments and the constructor validates each of them and builds the reference policy; with collection and formulas
 elsewhere, what remains here is the objective and its update.
 """
