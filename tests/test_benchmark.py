@@ -709,7 +709,9 @@ def test_sigkill_of_a_worker_process_interrupts_the_grid_and_the_rerun_completes
     cells = [("reinforce", "CartPole-v1", seed) for seed in range(4)]
     assert store.status(cells)[FINISHED] == cells
     assert {name: (tmp_path / name).stat().st_mtime_ns for name in survivors} == survivors
-    assert list(tmp_path.glob("*.tmp")) == []
+    # The killed worker may have died inside a write: its temporary file stays (never read; removed by a later run
+    # once an hour old, as another lane's write in progress must not be). No other process leaves one.
+    assert all(f".{workers[0]}." in path.name for path in tmp_path.glob("*.tmp")), list(tmp_path.glob("*.tmp"))
 
 
 def _direct_rliable(
