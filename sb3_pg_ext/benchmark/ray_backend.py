@@ -133,7 +133,11 @@ def run_cells_on_ray(
                 bar.done(cell.key, str(record["status"]), running=min(cpus, len(in_flight)))
     finally:
         for ref, cell in in_flight.items():  # an interrupted driver (Ctrl-C): the cells in flight have no record
-            ray.cancel(ref, force=True)
+            if not started_here:
+                # A connection this call did not open stays open, so its tasks are cancelled. One opened here is shut
+                # down below, which ends the tasks it owns; force-cancelling them first races with their replies on
+                # Ctrl-C (Ray 2.x aborts the driver: "Tried to complete task that was not pending").
+                ray.cancel(ref, force=True)
             result.interrupted.append(cell.key)
         bar.close()
         if started_here:
