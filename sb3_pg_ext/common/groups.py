@@ -375,8 +375,7 @@ class GroupedOnPolicyAlgorithm(EpisodicOnPolicyAlgorithm):
         if noise is None or noise.slots is None:
             return super()._act(obs_tensor)
         distribution = self.policy.get_distribution(obs_tensor)
-        uniforms, _ = noise.uniforms(len(noise.slots))
-        actions = actions_from_uniforms(distribution, uniforms.to(self.device))
+        actions = actions_from_uniforms(distribution, noise.uniforms().to(self.device))
         values = self.policy.predict_values(obs_tensor) if self._collect_values else None
         return actions, values, distribution.log_prob(actions)
 

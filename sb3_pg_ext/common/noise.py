@@ -110,19 +110,17 @@ class CommonNoise:
         """The uniforms of step ``depth`` of every continuation of group ``group``."""
         return np.random.default_rng([self.seed, group, depth]).random(self.size)
 
-    def uniforms(self, n_envs: int) -> tuple[th.Tensor, np.ndarray]:
+    def uniforms(self) -> th.Tensor:
         """
-        The uniforms of the next step of every env: the shared ones of its group for a continuation past its first
-        step, independent ones (torch's generator) otherwise; and the mask of the envs with shared noise.
+        The uniforms of every env's next step: the shared ones of its group for a continuation past its first step,
+        independent ones (torch's generator) otherwise.
         """
-        uniforms = th.rand(n_envs, self.size, dtype=th.float64)
-        shared = np.zeros(n_envs, dtype=bool)
-        if self.slots is not None and self.depths is not None:
-            for env_idx in np.flatnonzero((self.slots >= 0) & (self.depths >= 1)).tolist():
-                group = int(self.slots[env_idx]) // self.group_size
-                uniforms[env_idx] = th.from_numpy(self.shared(group, int(self.depths[env_idx])))
-                shared[env_idx] = True
-        return uniforms, shared
+        assert self.slots is not None and self.depths is not None, "start a wave first"
+        uniforms = th.rand(len(self.slots), self.size, dtype=th.float64)
+        for env_idx in np.flatnonzero((self.slots >= 0) & (self.depths >= 1)).tolist():
+            group = int(self.slots[env_idx]) // self.group_size
+            uniforms[env_idx] = th.from_numpy(self.shared(group, int(self.depths[env_idx])))
+        return uniforms
 
 
 __all__ = [
