@@ -11,6 +11,9 @@ continues in the next; then the best trial of a study retrained on fresh seeds.
     python -m benchmarks.tune adopt-defaults --algo reinforce --env CartPole-v1   # where the defaults replace it
     python -m benchmarks.tune candidate-table --algo grpo --env CartPole-v1   # candidate entries, selection seeds
     python -m benchmarks.tune table
+    # a trial judged by its worst final policy (the CartPole-v1 bar: every seed at 475 or more)
+    python -m benchmarks.tune study --algo grpo --env CartPole-v1 --eval-seeds 5 -n 100000 --trials 24 \
+        --aggregate worst_seed
 
 ``study`` runs trials until the study holds ``--trials`` finished (complete or pruned) trials and writes
 ``results/tuning/<study>.json``: the best trial's number, value, parameters and hyperparameters, the trial counts
@@ -53,6 +56,7 @@ from sb3_pg_ext.benchmark.cells import Cell
 from sb3_pg_ext.benchmark.grid import run_grid
 from sb3_pg_ext.benchmark.presets import GRID_BUDGETS, PRESETS
 from sb3_pg_ext.benchmark.store import FINISHED, ResultStore
+from sb3_pg_ext.zoo.aggregate import AGGREGATES
 from sb3_pg_ext.zoo.cli import main as zoo_main
 from sb3_pg_ext.zoo.hyperparams_files import set_entry
 
@@ -68,9 +72,16 @@ SAMPLER = "tpe"
 PRUNER = "median"
 
 
-def study_name(algo: str, env: str, eval_seeds: int, repeat: int | None = None) -> str:
-    """``<algo>-<env>-k<K>``, with ``-r<R>`` for the R-th repetition of a study (stability measurements)."""
-    return f"{algo}-{env}-k{eval_seeds}" + ("" if repeat is None else f"-r{repeat}")
+def study_name(algo: str, env: str, eval_seeds: int, repeat: int | None = None, aggregate: str = "iqm") -> str:
+    """
+    ``<algo>-<env>-k<K>``, with ``-r<R>`` for the R-th repetition of a study (stability measurements) and
+    ``-<aggregate>`` for a trial value other than the IQM (``--aggregate``).
+    """
+    return (
+        f"{algo}-{env}-k{eval_seeds}"
+        + ("" if repeat is None else f"-r{repeat}")
+        + ("" if aggregate == "iqm" else f"-{aggregate}")
+    )
 
 
 def journal(name: str) -> optuna.storages.JournalStorage:
@@ -82,10 +93,16 @@ def _finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def run_study(
-    algo: str, env: str, eval_seeds: int, n_timesteps: int, trials: int, repeat: int | None = None
+    algo: str,
+    env: str,
+    eval_seeds: int,
+    n_timesteps: int,
+    trials: int,
+    repeat: int | None = None,
+    aggregate: str = "iqm",
 ) -> dict[str, Any]:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    name = study_name(algo, env, eval_seeds, repeat)
+    name = study_name(algo, env, eval_seeds, repeat, aggregate)
     # the sampler's (and the trial seeds') base seed: a K = 1 and a K = 3 study of the same repetition draw the
     # same first trials, so they differ by their objective only
     seed = 0 if repeat is None else 1000 * repeat
@@ -133,6 +150,8 @@ def run_study(
             str(Path(tempfile.gettempdir()) / "sb3-pg-tune-logs"),
             "--eval-seeds",
             str(eval_seeds),
+            "--eval-aggregate",
+            aggregate,
         ]
         with contextlib.redirect_stdout(io.StringIO()):
             zoo_main(args)
@@ -153,7 +172,7 @@ def run_study(
         "algo": algo,
         "env": env,
         "eval_seeds": eval_seeds,
-        "eval_aggregate": "iqm",
+        "eval_aggregate": aggregate,
         "n_timesteps_per_run": n_timesteps,
         "n_evaluations": N_EVALUATIONS,
         "eval_episodes": EVAL_EPISODES,
@@ -209,9 +228,15 @@ def _reuse_identical_retraining(store: ResultStore, name: str, params: dict[str,
 
 
 def retrain(
-    algo: str, env: str, eval_seeds: int, n_timesteps: int, seeds: list[int], repeat: int | None = None
+    algo: str,
+    env: str,
+    eval_seeds: int,
+    n_timesteps: int,
+    seeds: list[int],
+    repeat: int | None = None,
+    aggregate: str = "iqm",
 ) -> list[float]:
-    name = study_name(algo, env, eval_seeds, repeat)
+    name = study_name(algo, env, eval_seeds, repeat, aggregate)
     while not (RESULTS / f"{name}.json").is_file():  # the study still runs (in the other lane): wait for its end
         time.sleep(60)
     best = optuna.load_study(study_name=name, storage=journal(name)).best_trial
@@ -732,6 +757,13 @@ def main() -> None:
         p.add_argument("-n", "--n-timesteps", type=int, required=True)
         if command in ("study", "retrain"):
             p.add_argument("--repeat", type=int, default=None, help="the R-th repetition of the study (-r<R>)")
+            p.add_argument(
+                "--aggregate",
+                choices=sorted(AGGREGATES),
+                default="iqm",
+                help="the trial's value (sb3-pg-zoo's --eval-aggregate; worst_seed: the K final policies' worst mean); "
+                "not iqm: the study's name ends with -<aggregate>",
+            )
         if command == "study":
             p.add_argument("--trials", type=int, required=True)
         elif command == "compare":
@@ -750,7 +782,7 @@ def main() -> None:
     candidates.add_argument("--env", required=True)
     args = parser.parse_args()
     if args.command == "study":
-        summary = run_study(args.algo, args.env, args.eval_seeds, args.n_timesteps, args.trials, args.repeat)
+        summary = run_study(args.algo, args.env, args.eval_seeds, args.n_timesteps, args.trials, args.repeat, args.aggregate)
         print(json.dumps(summary, indent=1))
     elif args.command == "apply":
         print(apply(args.algo, args.env, args.eval_seeds, args.n_timesteps, args.repeat, args.note))
@@ -765,7 +797,7 @@ def main() -> None:
     elif args.command == "candidate-table":
         print(candidate_table(args.algo, args.env))
     elif args.command == "retrain":
-        print(retrain(args.algo, args.env, args.eval_seeds, args.n_timesteps, args.seeds, args.repeat))
+        print(retrain(args.algo, args.env, args.eval_seeds, args.n_timesteps, args.seeds, args.repeat, args.aggregate))
     else:
         table()
         print()

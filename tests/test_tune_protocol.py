@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.tune import candidate_table, protocol_table
+from benchmarks.tune import candidate_table, protocol_table, study_name
 from sb3_pg_ext.benchmark.store import FINISHED, ResultStore
 
 
@@ -98,3 +98,11 @@ def test_adopt_defaults_writes_the_defaults_entry_only_where_the_protocol_says_s
     assert "# tuned" not in text and "# hand-set: the constructor defaults" in text, "the old comment block is replaced"
     with pytest.raises(SystemExit, match="Pendulum-v1: the protocol's verdict is 'entry ships'"):
         tune.adopt_defaults("reinforce", "Pendulum-v1", rows)
+
+
+def test_a_study_judged_by_another_aggregate_has_a_name_of_its_own() -> None:
+    # the journal, summary and retraining store are named after the study: an IQM study and a worst-seed study of
+    # the same algorithm, env and K must not share them
+    assert study_name("grpo", "CartPole-v1", 5) == "grpo-CartPole-v1-k5"
+    assert study_name("grpo", "CartPole-v1", 5, aggregate="worst_seed") == "grpo-CartPole-v1-k5-worst_seed"
+    assert study_name("grpo", "CartPole-v1", 3, repeat=2, aggregate="worst_seed") == "grpo-CartPole-v1-k3-r2-worst_seed"

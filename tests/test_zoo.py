@@ -36,6 +36,7 @@ from sb3_pg_ext.zoo import (
     pooled_mean,
     register,
     trial_seeds,
+    worst_seed,
 )
 
 matplotlib.use("Agg")
@@ -634,6 +635,21 @@ def test_eval_seeds_reports_the_iqm_of_all_seeds_at_every_evaluation(in_tmp):
     assert trial.user_attrs["seed_returns"] == [float(np.mean(run["results"][-1])) for run in runs]
 
 
+def test_eval_aggregate_worst_seed_values_a_trial_by_its_worst_seed(in_tmp):
+    storage = str(in_tmp / "worst.log")
+    robust_trial(240, 3, "trials", "--storage", storage, "--study-name", "worst", "--eval-aggregate", "worst_seed")
+    study = optuna.load_study(
+        study_name="worst",
+        storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage)),
+    )
+    (trial,) = study.trials
+    assert trial.user_attrs["eval_aggregate"] == "worst_seed"
+    runs = [np.load(in_tmp / "trials" / "trial_0" / f"seed_{k}" / "evaluations.npz")["results"] for k in range(3)]
+    for step in (1, 2):
+        assert trial.intermediate_values[step] == min(float(np.mean(run[step - 1])) for run in runs)
+    assert trial.value == min(trial.user_attrs["seed_returns"])
+
+
 def test_robust_trial_runs_are_reproducible_and_independent_of_each_other(in_tmp):
     # The runs take turns and each keeps its own global random state: run 0 of a K = 3 trial draws exactly what
     # the single run of a K = 1 trial with the same first seed draws (trial_seeds(5, 0, 3)[0] ==
@@ -826,7 +842,18 @@ def test_bootstrap_lower_bound_hand_values():
     low = bootstrap_lower(returns)
     assert low == bootstrap_lower(returns)  # fixed generator: the same returns, the same number
     assert low < interquartile_mean(returns)
-    assert set(AGGREGATES) == {"iqm", "mean", "bootstrap_lower"}
+    assert set(AGGREGATES) == {"iqm", "mean", "bootstrap_lower", "worst_seed"}
+
+
+def test_worst_seed_is_the_lowest_seed_mean():
+    # seed means 2.5, 480 and 500: the worst is the first, though the pooled IQM and mean are far above it
+    returns = [[0.0, 5.0], [470.0, 490.0, 480.0], [500.0]]
+    assert worst_seed(returns) == 2.5
+    assert worst_seed([returns[1]]) == 480.0
+    assert worst_seed(list(reversed(returns))) == 2.5
+    assert AGGREGATES["worst_seed"] is worst_seed
+    with pytest.raises(ValueError, match="at least one episode"):
+        worst_seed([[1.0], []])
 
 
 def test_bootstrap_lower_is_the_two_and_a_half_percentile_of_the_two_level_bootstrap():

@@ -3,7 +3,7 @@ The rl-zoo3 launcher (``sb3-pg-zoo`` / ``python -m sb3_pg_ext.zoo``) and the Opt
 algorithms; see docs/zoo.md. This package imports the algorithms; nothing in the algorithms imports it.
 """
 
-from sb3_pg_ext.zoo.aggregate import AGGREGATES, bootstrap_lower, interquartile_mean, pooled_mean
+from sb3_pg_ext.zoo.aggregate import AGGREGATES, bootstrap_lower, interquartile_mean, pooled_mean, worst_seed
 from sb3_pg_ext.zoo.cli import main
 from sb3_pg_ext.zoo.exp_manager import PGExperimentManager, trial_seeds
 from sb3_pg_ext.zoo.registry import ZOO_ALGOS, register
@@ -21,4 +21,5 @@ __all__ = [
     "pooled_mean",
     "register",
     "trial_seeds",
+    "worst_seed",
 ]

@@ -66,7 +66,7 @@ def _robust_trial_parser() -> argparse.ArgumentParser:
         default=None,
         help="aggregate of the K x --eval-episodes returns at each evaluation point, reported for pruning and, at "
         "the last point, as the trial's value: iqm (default), mean, bootstrap_lower (lower end of a 95%% "
-        "two-level bootstrap interval of the IQM)",
+        "two-level bootstrap interval of the IQM), worst_seed (the lowest of the K seeds' mean returns)",
     )
     return parser
 

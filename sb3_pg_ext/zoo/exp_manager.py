@@ -249,7 +249,7 @@ class PGExperimentManager(ExperimentManager):
     """
     :param eval_seeds: K, training runs per trial (``--eval-seeds``); None: rl-zoo3's objective
     :param eval_aggregate: how the K runs' evaluations become the trial's value (``--eval-aggregate``:
-        ``iqm``, ``mean`` or ``bootstrap_lower``); None: ``iqm`` when ``eval_seeds`` is given
+        ``iqm``, ``mean``, ``bootstrap_lower`` or ``worst_seed``); None: ``iqm`` when ``eval_seeds`` is given
     All other arguments are rl-zoo3's (see ``rl_zoo3.train``).
     """
 
