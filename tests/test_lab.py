@@ -18,7 +18,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 from sb3_pg_ext import GRPO, ISPG, REINFORCE
 from sb3_pg_ext.lab import LabRun, read_gradient
 from sb3_pg_ext.lab.cli import main
-from sb3_pg_ext.lab.options import ReinforceAdapter
+from sb3_pg_ext.lab.options import GRPOAdapter, ReinforceAdapter
 from sb3_pg_ext.lab.report import build_report
 from sb3_pg_ext.lab.stats import bias_statistics
 from tests.pg_envs import GaussianBandit, IndependentStepsEnv
@@ -294,6 +294,29 @@ def test_grpo_lab_sees_the_group_mean_shrink_the_gradient(tmp_path: Path) -> Non
     bias = json.loads(lab.run()[0].read_text())["bias"]
     assert abs(bias["bias_sq_rel"] - 1 / 16) <= 3 * bias["bias_sq_rel_se"], bias
     assert bias["bias_sq_rel"] > 3 * bias["bias_sq_rel_se"], bias
+
+
+def test_grpo_lab_offers_trpo_vine_options_that_build_the_estimator_they_name(tmp_path: Path) -> None:
+    options = GRPOAdapter().options()
+    assert options["G2-none-first-common-branch"] == {
+        "group_size": 2,
+        "scale_rewards": "none",
+        "group_start": "branch",
+        "branch_advantage": "first",
+        "branch_noise": "common",
+    }
+    assert options["G4-group-first-branch"]["branch_noise"] == "independent"
+    checkpoint = GRPO("MlpPolicy", make_vec_env("Pendulum-v1", n_envs=1, seed=0), seed=0, device="cpu")
+    lab = LabRun(
+        "grpo", "Pendulum-v1", checkpoint, tmp_path, batch_sizes=[4], options=["G2-none-first-common-branch"], n_batches=3
+    )
+    gradients, steps, episodes, model = lab.gradients("G2-none-first-common-branch", 4, 2, seed=1)
+    assert (model.group_start, model.branch_advantage, model.branch_noise) == ("branch", "first", "common")
+    assert model.n_groups == 2 and model.group_size == 2
+    assert gradients.shape[0] == 2 and np.isfinite(gradients).all() and (np.abs(gradients) > 0).any(axis=1).all()
+    # every batch pays for its trunk and its 4 continuations (to the episode's end: no horizon in the lab)
+    assert episodes == [4, 4]
+    assert all(n > 200 for n in steps), steps
 
 
 # ---------------------------------------------------------------------------------------------------------------------

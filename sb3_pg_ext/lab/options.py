@@ -268,6 +268,18 @@ class GRPOAdapter(Adapter):
             if group_start != "reset":
                 option["group_start"] = group_start
             grid[name] = option
+        if "branch_noise" in inspect.signature(GRPO.__init__).parameters:
+            # TRPO's vine: only each continuation's first action trains, the later noise independent or common
+            noises = ("independent", "common")
+            for size, scale, noise in itertools.product(self.group_sizes, ("group", "batch", "none"), noises):
+                name = f"G{size}-{scale}-first" + ("-common" if noise == "common" else "") + "-branch"
+                grid[name] = {
+                    "group_size": size,
+                    "scale_rewards": scale,
+                    "group_start": "branch",
+                    "branch_advantage": "first",
+                    "branch_noise": noise,
+                }
         return grid
 
     def fixed_kwargs(self, batch_size: int, option: dict[str, Any]) -> dict[str, Any]:
