@@ -239,7 +239,8 @@ def ispg_target_state(checkpoint: ISPG, env: Any, behind: int, seed: int) -> dic
 
 class GRPOAdapter(Adapter):
     """
-    GRPO: group size x ``scale_rewards`` x ``advantage`` (x ``group_start`` when the installed GRPO has it). A batch
+    GRPO: group size x ``scale_rewards`` x ``advantage`` (x ``group_start`` when the installed GRPO has it), and
+    TRPO's vine (``-first[-common]-branch``: ``branch_advantage="first"`` with independent or common noise). A batch
     is ``batch_size`` episodes: ``batch_size / group_size`` groups (group sizes that do not divide it are skipped).
     One epoch on the whole rollout with pi = pi_old, so the clipped ratio is 1 and the gradient is
     sum_e w_e sum_t A_{e,t} grad log pi; ``beta=0`` (the KL term is a regulariser, not the estimator).
