@@ -87,6 +87,9 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "first_common_lr3e-3": dict(FIRST, branch_noise="common", learning_rate=3e-3),
     "first_common_e30": dict(FIRST, branch_noise="common", n_epochs=30),
     "first_common_e100": dict(FIRST, branch_noise="common", n_epochs=100),
+    "first_common_e50": dict(FIRST, branch_noise="common", n_epochs=50),
+    # 30 epochs on twice the branch states per update (B = 64: 128 trained actions, half the updates)
+    "first_common_e30_b64": dict(FIRST, branch_noise="common", n_epochs=30, n_groups=64),
     "first_common_h8": dict(FIRST, branch_noise="common", branch_horizon=8),
     "first_common_std037": dict(FIRST, branch_noise="common", policy_kwargs=dict(log_std_init=-1.0)),
     # the initial policy (no training), evaluated the same way: what "learned nothing" scores on each seed
