@@ -22,7 +22,7 @@ from sb3_pg_ext.common.noise import actions_from_uniforms
 from sb3_pg_ext.common.snapshots import SnapshotError, SnapshotWrapper
 from sb3_pg_ext.estimators import episode_discounted_returns, group_reward_to_go_advantages, vine_advantages
 from sb3_pg_ext.lab.gradients import read_gradient
-from sb3_pg_ext.lab.stats import bias_statistics
+from sb3_pg_ext.lab.stats import bias_statistics, trace_statistics
 from tests.learning import RecordingWriter
 
 PENDULUM = "Pendulum-v1"
@@ -701,13 +701,6 @@ def first_action_gradients(branch_noise: str, n_batches: int) -> np.ndarray:
     return np.stack(rows)
 
 
-def trace_and_se(gradients: np.ndarray) -> tuple[float, float]:
-    """tr(S) of the batch gradients and its standard error (the estimator lab's formulas)."""
-    n = len(gradients)
-    terms = n / (n - 1) * ((gradients - gradients.mean(0)) ** 2).sum(1)
-    return float(terms.mean()), float(terms.std(ddof=1) / np.sqrt(n))
-
-
 @pytest.mark.slow
 def test_common_noise_keeps_the_first_action_gradient_and_cuts_its_variance():
     """
@@ -722,9 +715,9 @@ def test_common_noise_keeps_the_first_action_gradient_and_cuts_its_variance():
     independent = first_action_gradients("independent", 300)
     common = first_action_gradients("common", 300)
     mean = common.mean(0)
-    assert mean @ mean > 3 * trace_and_se(common)[0] / len(common)
+    assert mean @ mean > 3 * trace_statistics(common)[0] / len(common)
     stats = bias_statistics(common, independent.mean(0), independent)
     assert abs(stats["bias_sq_rel"]) <= 3 * stats["bias_sq_rel_se"], stats
-    (trace_i, se_i), (trace_c, se_c) = trace_and_se(independent), trace_and_se(common)
+    (trace_i, se_i), (trace_c, se_c) = trace_statistics(independent), trace_statistics(common)
     print(f"tr(S): independent {trace_i:.4g} +- {se_i:.2g}, common {trace_c:.4g} +- {se_c:.2g}; {stats}")
     assert trace_c + 3 * math.hypot(se_i, se_c) < trace_i
