@@ -88,6 +88,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "first_common_e30": dict(FIRST, branch_noise="common", n_epochs=30),
     "first_common_e100": dict(FIRST, branch_noise="common", n_epochs=100),
     "first_common_e50": dict(FIRST, branch_noise="common", n_epochs=50),
+    # 50 epochs with an entropy bonus on the trained actions, against the std's collapse
+    "first_common_e50_ent": dict(FIRST, branch_noise="common", n_epochs=50, ent_coef=0.01),
     # 30 epochs on twice the branch states per update (B = 64: 128 trained actions, half the updates)
     "first_common_e30_b64": dict(FIRST, branch_noise="common", n_epochs=30, n_groups=64),
     "first_common_h8": dict(FIRST, branch_noise="common", branch_horizon=8),
