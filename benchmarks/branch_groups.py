@@ -88,6 +88,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "first_common_e30": dict(FIRST, branch_noise="common", n_epochs=30),
     "first_common_e100": dict(FIRST, branch_noise="common", n_epochs=100),
     "first_common_e50": dict(FIRST, branch_noise="common", n_epochs=50),
+    "first_common_e70": dict(FIRST, branch_noise="common", n_epochs=70),
     # 50 epochs with an entropy bonus on the trained actions, against the std's collapse
     "first_common_e50_ent": dict(FIRST, branch_noise="common", n_epochs=50, ent_coef=0.01),
     # 30 epochs on twice the branch states per update (B = 64: 128 trained actions, half the updates)
