@@ -33,6 +33,7 @@ import numpy as np
 import torch as th
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.utils import LinearSchedule
 
 from sb3_pg_ext import GRPO
 from sb3_pg_ext.common.groups import GROUP_SEED_LIMIT
@@ -95,6 +96,15 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "first_common_e30_b64": dict(FIRST, branch_noise="common", n_epochs=30, n_groups=64),
     "first_common_h8": dict(FIRST, branch_noise="common", branch_horizon=8),
     "first_common_std037": dict(FIRST, branch_noise="common", policy_kwargs=dict(log_std_init=-1.0)),
+    # 50 epochs with the learning rate decaying linearly to 0 (1e-3 and 2e-3 at the start): the final policy moves
+    # less in the last updates
+    "first_common_e50_lin": dict(FIRST, branch_noise="common", n_epochs=50, learning_rate=LinearSchedule(1e-3, 0.0, 1.0)),
+    "first_common_e50_lin2": dict(FIRST, branch_noise="common", n_epochs=50, learning_rate=LinearSchedule(2e-3, 0.0, 1.0)),
+    # 50 epochs, the returns' differences kept at their size (no std division): with G = 2 the group's std turns
+    # every advantage into +-1, whatever the difference
+    "first_common_e50_none": dict(FIRST, branch_noise="common", n_epochs=50, scale_rewards="none"),
+    # 50 epochs, G = 4 continuations from B = 16 branch states (the same env steps per update)
+    "first_common_e50_g4": dict(FIRST, branch_noise="common", n_epochs=50, group_size=4, n_groups=16),
     # the initial policy (no training), evaluated the same way: what "learned nothing" scores on each seed
     "untrained": dict(COMMON),
 }
