@@ -113,7 +113,13 @@ SETTINGS: dict[str, dict[str, Any]] = {
 def write_atomically(path: Path, record: dict[str, Any]) -> None:
     """Write ``record`` as JSON to ``path`` through a temporary file in the same folder and ``os.replace``."""
     with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
-        json.dump(record, handle, indent=2)
+        try:
+            # settings that are objects (a learning-rate schedule) are written as their repr
+            json.dump(record, handle, indent=2, default=repr)
+        except BaseException:
+            handle.close()
+            os.unlink(handle.name)
+            raise
     os.replace(handle.name, path)
 
 
