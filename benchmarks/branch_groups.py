@@ -105,6 +105,9 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "first_common_e50_none": dict(FIRST, branch_noise="common", n_epochs=50, scale_rewards="none"),
     # 50 epochs, G = 4 continuations from B = 16 branch states (the same env steps per update)
     "first_common_e50_g4": dict(FIRST, branch_noise="common", n_epochs=50, group_size=4, n_groups=16),
+    # 50 epochs with shorter continuations (H = 8 and 12): more updates in the budget, returns cut earlier
+    "first_common_e50_h8": dict(FIRST, branch_noise="common", n_epochs=50, branch_horizon=8),
+    "first_common_e50_h12": dict(FIRST, branch_noise="common", n_epochs=50, branch_horizon=12),
     # the initial policy (no training), evaluated the same way: what "learned nothing" scores on each seed
     "untrained": dict(COMMON),
 }
