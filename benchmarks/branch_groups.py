@@ -108,11 +108,6 @@ SETTINGS: dict[str, dict[str, Any]] = {
     # 50 epochs with shorter continuations (H = 8 and 12): more updates in the budget, returns cut earlier
     "first_common_e50_h8": dict(FIRST, branch_noise="common", n_epochs=50, branch_horizon=8),
     "first_common_e50_h12": dict(FIRST, branch_noise="common", n_epochs=50, branch_horizon=12),
-    # antithetic first actions (mean +- std z in each pair) with common noise after them, 50 epochs: the std gets no
-    # gradient from the pairs' advantages, so it stays near its initial value (1, 0.61, 0.37)
-    "first_anti_e50": dict(FIRST, branch_noise="antithetic", n_epochs=50),
-    "first_anti_e50_std06": dict(FIRST, branch_noise="antithetic", n_epochs=50, policy_kwargs=dict(log_std_init=-0.5)),
-    "first_anti_e50_std037": dict(FIRST, branch_noise="antithetic", n_epochs=50, policy_kwargs=dict(log_std_init=-1.0)),
     # the initial policy (no training), evaluated the same way: what "learned nothing" scores on each seed
     "untrained": dict(COMMON),
 }

@@ -411,47 +411,6 @@ def test_common_noise_is_shared_by_a_groups_continuations_after_their_first_acti
     assert n_compared >= 6 * 3, "too few shared steps were compared"
 
 
-@pytest.mark.parametrize("n_envs", [1, 2])
-def test_antithetic_noise_mirrors_each_pairs_first_actions_and_shares_the_later_noise(n_envs: int):
-    model = make_branch(n_envs=n_envs, branch_advantage="first", branch_noise="antithetic", group_size=4, n_groups=4)
-    collect(model)
-    firsts = []
-    for group in continuation_noise(model):
-        assert len(group) == 4
-        first = np.array([episode[0] for episode in group])
-        # continuations 2j and 2j + 1 start at mean + std z and mean - std z; the two pairs draw different z
-        np.testing.assert_allclose(first[0::2], -first[1::2], atol=1e-4)
-        assert np.all(np.abs(first[0] - first[2]) > 1e-4), first
-        firsts.append(first[0::2])
-        for depth in range(1, min(len(episode) for episode in group)):
-            at_depth = np.array([episode[depth] for episode in group])
-            np.testing.assert_allclose(at_depth, np.broadcast_to(at_depth[0], at_depth.shape), atol=1e-5)
-    # the pairs' z are standard normal draws: their mean within 4 standard errors of 0
-    z = np.concatenate(firsts).ravel()
-    assert abs(z.mean()) < 4 / math.sqrt(len(z)) and len(np.unique(z.round(6))) == len(z)
-
-
-@pytest.mark.parametrize("noise", ["antithetic", "common"])
-def test_antithetic_pairs_give_the_log_std_no_policy_gradient(noise: str):
-    """
-    At the start of an update the surrogate's gradient is sum_i w_i A_i grad log pi(a_i): for a mirrored pair the
-    log std's score (z^2 - 1) is the same and the advantages are opposite, so the log std's gradient cancels, while
-    the mean's does not. Common noise without the mirror is the negative control.
-    """
-    model = make_branch(branch_advantage="first", branch_noise=noise, group_size=2, n_groups=16, scale_rewards="none")
-    collect(model)
-    batch = model.rollout_buffer.get()
-    data = model._prepare_update(batch)
-    steps = data.trained_steps
-    log_prob = model.policy.get_distribution(batch.observations[steps]).log_prob(batch.actions[steps])
-    model.policy.zero_grad()
-    (data.weights[steps] * data.advantages[steps] * log_prob).sum().backward()
-    log_std_grad = model.policy.log_std.grad.abs().item()
-    mean_grad = model.policy.action_net.bias.grad.abs().item()
-    assert mean_grad > 1e-3, mean_grad
-    assert (log_std_grad < 1e-5 * mean_grad) == (noise == "antithetic"), (log_std_grad, mean_grad)
-
-
 def test_first_trains_each_continuations_first_action_with_its_group_relative_return():
     model = make_branch(branch_advantage="first", branch_noise="common", scale_rewards="none")
     collect(model)
@@ -465,16 +424,13 @@ def test_first_trains_each_continuations_first_action_with_its_group_relative_re
     np.testing.assert_allclose(data.advantages[starts].numpy(), by_hand, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("noise", ["common", "antithetic"])
-def test_common_noise_is_seeded_and_survives_save_load(tmp_path, noise: str):
-    settings = dict(seed=3, branch_advantage="first", branch_noise=noise, learning_rate=3e-3, group_size=2)
+def test_common_noise_is_seeded_and_survives_save_load(tmp_path):
+    settings = dict(seed=3, branch_advantage="first", branch_noise="common", learning_rate=3e-3)
     first, second = make_branch(**settings).learn(700), make_branch(**settings).learn(700)
     np.testing.assert_array_equal(flat_parameters(first), flat_parameters(second))
     first.save(tmp_path / "model.zip")
     loaded = GRPO.load(tmp_path / "model.zip", env=first.get_env(), device="cpu")
-    assert (loaded.branch_advantage, loaded.branch_noise) == ("first", noise)
-    if noise == "antithetic":
-        return
+    assert (loaded.branch_advantage, loaded.branch_noise) == ("first", "common")
     cartpole = make_branch("CartPole-v1", branch_advantage="first", branch_noise="common").learn(700)
     assert cartpole._n_updates >= 1 and np.all(np.isfinite(flat_parameters(cartpole)))
 
@@ -615,15 +571,6 @@ def test_snapshots_of_a_rollout_are_picklable():
             dict(group_start="branch", branch_advantage="first", branch_noise="common", use_sde=True),
             ("branch_noise='common'", "StateDependentNoiseDistribution", "DiagGaussianDistribution"),
         ),
-        (dict(group_start="branch", branch_noise="antithetic"), ("branch_noise='antithetic'", "branch_advantage='first'")),
-        (
-            dict(group_start="branch", branch_advantage="first", branch_noise="antithetic", group_size=3),
-            ("branch_noise='antithetic'", "group_size must be even", "3"),
-        ),
-        (
-            dict(group_start="branch", branch_advantage="first", branch_noise="antithetic", use_sde=True),
-            ("branch_noise='antithetic'", "StateDependentNoiseDistribution", "DiagGaussianDistribution"),
-        ),
     ],
 )
 def test_invalid_branch_settings_raise_clear_errors(kwargs: dict, words: tuple[str, ...]):
@@ -632,12 +579,6 @@ def test_invalid_branch_settings_raise_clear_errors(kwargs: dict, words: tuple[s
         GRPO("MlpPolicy", env, **kwargs)
     for word in words:
         assert word in str(info.value), (word, str(info.value))
-
-
-def test_antithetic_noise_on_discrete_actions_is_refused_naming_the_distribution():
-    env = make_vec_env("CartPole-v1", n_envs=1)
-    with pytest.raises(ValueError, match=r"antithetic.*DiagGaussianDistribution.*CategoricalDistribution"):
-        GRPO("MlpPolicy", env, group_start="branch", gamma=0.9, branch_advantage="first", branch_noise="antithetic")
 
 
 def test_constant_loss_aggregation_divides_by_the_horizon():

@@ -464,15 +464,10 @@ class GroupedOnPolicyAlgorithm(EpisodicOnPolicyAlgorithm):
             horizon_cut = self._horizon_cut(groups_buffer)
         n_planned = n_episodes
         self._record_episodes = branch is None
-        if branch is not None and self.branch_noise in ("common", "antithetic"):
+        if branch is not None and self.branch_noise == "common":
             assert self._group_seed_rng is not None
             seed = int(self._group_seed_rng.integers(0, GROUP_SEED_LIMIT))
-            self._common_noise = CommonNoise(
-                seed,
-                self.group_size,
-                noise_size(self.policy.action_dist),
-                antithetic=self.branch_noise == "antithetic",
-            )
+            self._common_noise = CommonNoise(seed, self.group_size, noise_size(self.policy.action_dist))
         try:
             for wave_start in range(0, n_planned, n_envs):
                 if self._budget_reached() and (branch is None or wave_start > 0):

@@ -15,14 +15,6 @@ An action is a function of the policy's distribution and uniform noise u in [0, 
 ``argmax(logits - log(-log u))`` (the Gumbel-max trick). The noise of (i, k) comes from a generator seeded with
 (the rollout's seed, i, k), so continuations of one group played in different waves (fewer envs than
 ``group_size``) share it too.
-
-Antithetic first actions (``antithetic=True``, diagonal Gaussians and even group sizes): continuations 2j and 2j + 1
-of a group also pair their first actions, ``mean + std * z`` and ``mean - std * z`` (uniforms u and 1 - u). Each is
-still a sample of the policy, and for the mean the pair's return difference is a central finite difference along z:
-E[z/std (R(mean + std z) - R(mean - std z))] = 2 E[z/std R(mean + std z)], twice the gradient of the expected return,
-with the even (curvature) terms of R cancelled. For the log std, whose score (z^2 - 1)/std is even in z, the pair's
-difference cancels exactly: the std gets no gradient from the advantages (only from an entropy bonus or a KL term)
-and stays where it starts, instead of collapsing.
 """
 
 from __future__ import annotations
@@ -38,17 +30,11 @@ from stable_baselines3.common.distributions import CategoricalDistribution, Diag
 COMMON_NOISE_DISTRIBUTIONS = (DiagGaussianDistribution, CategoricalDistribution)
 
 
-def check_common_noise_distribution(distribution: Distribution, algorithm: str, antithetic: bool = False) -> None:
+def check_common_noise_distribution(distribution: Distribution, algorithm: str) -> None:
     """
     Raise ``ValueError`` naming the distribution and the supported ones when ``distribution`` cannot draw its
-    actions from given noise (with ``antithetic``: a diagonal Gaussian, whose inverse CDF is odd about the mean).
+    actions from given noise.
     """
-    if antithetic and type(distribution) is not DiagGaussianDistribution:
-        raise ValueError(
-            f"{algorithm}(branch_noise='antithetic') mirrors first actions about the mean, which needs "
-            f"DiagGaussianDistribution (Box actions without gSDE); the policy's action distribution is "
-            f"{type(distribution).__name__}"
-        )
     if type(distribution) not in COMMON_NOISE_DISTRIBUTIONS:
         supported = ", ".join(cls.__name__ for cls in COMMON_NOISE_DISTRIBUTIONS)
         raise ValueError(
@@ -94,19 +80,12 @@ class CommonNoise:
     :param seed: the rollout's noise seed (drawn from the algorithm's seeded generator)
     :param group_size: G: continuation k belongs to group k // G
     :param size: uniforms per action (:func:`noise_size`)
-    :param antithetic: pair the first actions of continuations 2j and 2j + 1 of a group (uniforms u and 1 - u); needs
-        an even ``group_size``
     """
 
-    def __init__(self, seed: int, group_size: int, size: int, antithetic: bool = False):
-        if antithetic and group_size % 2:
-            raise ValueError(
-                f"antithetic first actions pair the continuations of a group: group_size must be even, got {group_size}"
-            )
+    def __init__(self, seed: int, group_size: int, size: int):
         self.seed = seed
         self.group_size = group_size
         self.size = size
-        self.antithetic = antithetic
         #: per env: the continuation it plays (-1: none), and the steps that continuation has played
         self.slots: np.ndarray | None = None
         self.depths: np.ndarray | None = None
@@ -131,25 +110,16 @@ class CommonNoise:
         """The uniforms of step ``depth`` of every continuation of group ``group``."""
         return np.random.default_rng([self.seed, group, depth]).random(self.size)
 
-    def first(self, group: int, member: int) -> np.ndarray:
-        """The uniforms of the first step of continuation ``member`` of group ``group`` (antithetic pairs)."""
-        u = np.random.default_rng([self.seed, group, 0, member // 2]).random(self.size)
-        return 1.0 - u if member % 2 else u
-
     def uniforms(self) -> th.Tensor:
         """
         The uniforms of every env's next step: the shared ones of its group for a continuation past its first step,
-        the pair's for a first step with ``antithetic``, independent ones (torch's generator) otherwise.
+        independent ones (torch's generator) otherwise.
         """
         assert self.slots is not None and self.depths is not None, "start a wave first"
         uniforms = th.rand(len(self.slots), self.size, dtype=th.float64)
-        for env_idx in np.flatnonzero(self.slots >= 0).tolist():
-            group, member = divmod(int(self.slots[env_idx]), self.group_size)
-            depth = int(self.depths[env_idx])
-            if depth >= 1:
-                uniforms[env_idx] = th.from_numpy(self.shared(group, depth))
-            elif self.antithetic:
-                uniforms[env_idx] = th.from_numpy(self.first(group, member))
+        for env_idx in np.flatnonzero((self.slots >= 0) & (self.depths >= 1)).tolist():
+            group = int(self.slots[env_idx]) // self.group_size
+            uniforms[env_idx] = th.from_numpy(self.shared(group, int(self.depths[env_idx])))
         return uniforms
 
 

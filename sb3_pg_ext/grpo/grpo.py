@@ -53,7 +53,7 @@ SelfGRPO = TypeVar("SelfGRPO", bound="GRPO")
 SCALE_REWARDS = ("group", "batch", "none")
 GROUP_STARTS = ("reset", "branch")
 BRANCH_ADVANTAGES = ("group", "vine", "first")
-BRANCH_NOISES = ("independent", "common", "antithetic")
+BRANCH_NOISES = ("independent", "common")
 ADVANTAGES = ("outcome", "process")
 LOSS_AGGREGATIONS = ("seq_sum", "seq_mean", "token_mean", "constant")
 
@@ -178,10 +178,7 @@ class GRPO(GroupedOnPolicyAlgorithm):
     :param branch_noise: ``"independent"`` (every action drawn independently) or ``"common"`` (common random
         numbers: after their first action, the continuations of a group draw their k-th action from the same
         noise, so that their returns differ by what the first action did; needs ``branch_advantage="first"``, a
-        diagonal Gaussian without gSDE or a categorical action distribution) or ``"antithetic"`` (common random
-        numbers, and the first actions of continuations 2j and 2j + 1 mirrored about the mean, mean +- std z: the
-        pair's return difference is a central finite difference along z, and the std gets no gradient from the
-        advantages; needs an even ``group_size`` and a diagonal Gaussian without gSDE)
+        diagonal Gaussian without gSDE or a categorical action distribution)
     :param gamma: Discount of the continuations' returns (``group_start="branch"`` only: reset groups' returns are
         undiscounted episode sums, so it must be 1 there)
     :param loss_aggregation: ``"seq_sum"`` (1/(BG) sum_e sum_t), ``"seq_mean"`` (each episode divided by its
@@ -304,16 +301,11 @@ class GRPO(GroupedOnPolicyAlgorithm):
                 "group-relative return: it needs `group_start='branch'` and `advantage='outcome'` (got "
                 f"{group_start!r}, {advantage!r})"
             )
-        if branch_noise != "independent" and branch_advantage != "first":
+        if branch_noise == "common" and branch_advantage != "first":
             raise ValueError(
-                f"`branch_noise={branch_noise!r}` shares the noise of a group's continuations after their first action, "
-                "so a later action is correlated with the group's baseline: only the first actions can be trained, "
+                "`branch_noise='common'` shares the noise of a group's continuations after their first action, so a "
+                "later action is correlated with the group's baseline: only the first actions can be trained, "
                 f"set `branch_advantage='first'` (got {branch_advantage!r})"
-            )
-        if branch_noise == "antithetic" and group_size % 2:
-            raise ValueError(
-                "`branch_noise='antithetic'` mirrors the first actions of continuations 2j and 2j + 1 of a group: "
-                f"group_size must be even, got {group_size}"
             )
         check_float("gamma", gamma, 0.0, 1.0, low_inclusive=False)
         if branch_advantage == "vine":
@@ -440,10 +432,8 @@ class GRPO(GroupedOnPolicyAlgorithm):
             self.clip_range_high = FloatSchedule(self.clip_range_high)
         if self._group_seed_rng is None:
             self._group_seed_rng = np.random.default_rng(self.seed)
-        if self.branch_noise != "independent":
-            check_common_noise_distribution(
-                self.policy.action_dist, self.__class__.__name__, antithetic=self.branch_noise == "antithetic"
-            )
+        if self.branch_noise == "common":
+            check_common_noise_distribution(self.policy.action_dist, self.__class__.__name__)
         self.ref_policy = None
         if self.beta > 0:
             # pi_ref: a frozen copy of the initial policy, or of the weights of the policy the user passed. Built
