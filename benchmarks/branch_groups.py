@@ -108,14 +108,21 @@ SETTINGS: dict[str, dict[str, Any]] = {
     # 50 epochs with shorter continuations (H = 8 and 12): more updates in the budget, returns cut earlier
     "first_common_e50_h8": dict(FIRST, branch_noise="common", n_epochs=50, branch_horizon=8),
     "first_common_e50_h12": dict(FIRST, branch_noise="common", n_epochs=50, branch_horizon=12),
-    # a std that is not learned (log std frozen at 0.5: FROZEN_LOG_STD), against the std's collapse with many epochs
+    # a std that is not learned (log std frozen at 0.5 or 0.3: FROZEN_LOG_STD), against the std's collapse with many epochs
     "first_common_e50_std05_fixed": dict(FIRST, branch_noise="common", n_epochs=50, policy_kwargs=dict(log_std_init=-0.693)),
     "first_common_e100_std05_fixed": dict(FIRST, branch_noise="common", n_epochs=100, policy_kwargs=dict(log_std_init=-0.693)),
+    "first_common_e100_std03_fixed": dict(FIRST, branch_noise="common", n_epochs=100, policy_kwargs=dict(log_std_init=-1.204)),
+    "first_common_e200_std05_fixed": dict(FIRST, branch_noise="common", n_epochs=200, policy_kwargs=dict(log_std_init=-0.693)),
     # the initial policy (no training), evaluated the same way: what "learned nothing" scores on each seed
     "untrained": dict(COMMON),
 }
 #: Settings whose policy's log std is not trained (``requires_grad`` off after construction: the optimiser skips it)
-FROZEN_LOG_STD = {"first_common_e50_std05_fixed", "first_common_e100_std05_fixed"}
+FROZEN_LOG_STD = {
+    "first_common_e50_std05_fixed",
+    "first_common_e100_std05_fixed",
+    "first_common_e100_std03_fixed",
+    "first_common_e200_std05_fixed",
+}
 
 
 def write_atomically(path: Path, record: dict[str, Any]) -> None:
