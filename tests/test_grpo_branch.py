@@ -721,3 +721,15 @@ def test_common_noise_keeps_the_first_action_gradient_and_cuts_its_variance():
     (trace_i, se_i), (trace_c, se_c) = trace_statistics(independent), trace_statistics(common)
     print(f"tr(S): independent {trace_i:.4g} +- {se_i:.2g}, common {trace_c:.4g} +- {se_c:.2g}; {stats}")
     assert trace_c + 3 * math.hypot(se_i, se_c) < trace_i
+
+
+def test_every_setting_of_the_branch_groups_benchmark_builds():
+    """benchmarks/branch_groups.py's settings are constructor keywords: each builds a GRPO on Pendulum-v1 (an option
+    removed from GRPO would fail here, not hours into a campaign), and each frozen-std setting is one of them."""
+    from benchmarks.branch_groups import ENV_ID, FROZEN_LOG_STD, SETTINGS
+
+    assert set(SETTINGS) >= FROZEN_LOG_STD
+    env = make_vec_env(ENV_ID, n_envs=1)
+    for name, kwargs in SETTINGS.items():
+        model = GRPO("MlpPolicy", env, device="cpu", **kwargs)
+        assert model.policy.log_std.requires_grad, name
