@@ -113,13 +113,6 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "first_common_e100_std05_fixed": dict(FIRST, branch_noise="common", n_epochs=100, policy_kwargs=dict(log_std_init=-0.693)),
     "first_common_e100_std03_fixed": dict(FIRST, branch_noise="common", n_epochs=100, policy_kwargs=dict(log_std_init=-1.204)),
     "first_common_e200_std05_fixed": dict(FIRST, branch_noise="common", n_epochs=200, policy_kwargs=dict(log_std_init=-0.693)),
-    # the trunk as every group's first continuation (branch_noise="trunk": the other continuation shares the trunk's
-    # noise after its first action), so a group of 2 costs one continuation: B = 32 (about 1.7 times the updates of
-    # first_common_e50_lin2) and B = 64 (twice its trained actions per update, the same env steps per update)
-    "first_trunk_e50_lin2": dict(FIRST, branch_noise="trunk", n_epochs=50, learning_rate=LinearSchedule(2e-3, 0.0, 1.0)),
-    "first_trunk_b64_e50_lin2": dict(
-        FIRST, branch_noise="trunk", n_groups=64, n_epochs=50, learning_rate=LinearSchedule(2e-3, 0.0, 1.0)
-    ),
     # the initial policy (no training), evaluated the same way: what "learned nothing" scores on each seed
     "untrained": dict(COMMON),
 }

@@ -219,10 +219,8 @@ def test_branch_states_are_drawn_uniformly_from_the_trunk_steps():
     [(PENDULUM, 1, False), (PENDULUM, 2, False), ("CartPole-v1", 3, False), ("LunarLander-v3", 2, True)],
     ids=["pendulum-1", "pendulum-2", "cartpole-3", "lunarlander-replay-2"],
 )
-@pytest.mark.parametrize("noise", ["independent", "trunk"])
-def test_budget_counts_trunk_branch_and_replay_steps_exactly(env_id: str, n_envs: int, snapshot_wrapper: bool, noise: str):
-    first = dict(branch_advantage="first", branch_noise=noise) if noise != "independent" else {}
-    model = make_branch(env_id, n_envs=n_envs, snapshot_wrapper=snapshot_wrapper, group_size=2, n_groups=3, **first)
+def test_budget_counts_trunk_branch_and_replay_steps_exactly(env_id: str, n_envs: int, snapshot_wrapper: bool):
+    model = make_branch(env_id, n_envs=n_envs, snapshot_wrapper=snapshot_wrapper, group_size=2, n_groups=3)
     writer = recorded(model)
     counted = {"steps": 0}
     step = model.env.step
@@ -394,36 +392,9 @@ def continuation_noise(model: GRPO) -> list[list[np.ndarray]]:
     return [episodes[g : g + model.group_size] for g in range(0, len(episodes), model.group_size)]
 
 
-def trunk_stretches(model: GRPO, n_groups: int) -> tuple[list[list[float]], list[list[float]], list[bool]]:
-    """
-    One rollout of ``model`` (``branch_noise="trunk"``, one env) with the trunk's rewards recorded: per group, the
-    rewards of the trunk from its branch state (at most H steps, to the trunk's end), those of the group's member 0,
-    and whether the stretch reaches the trunk's end.
-    """
-    trunk_rewards: list[float] = []
-    play_trunk = model._play_trunk
-
-    def recording_trunk(env, callback, branch, buffer=None, noise=None):
-        played = play_trunk(env, callback, branch, buffer, noise)
-        trunk_rewards.extend(buffer.get().rewards.tolist())
-        recording_trunk.origins = list(branch.origins)  # type: ignore[attr-defined]
-        return played
-
-    model._play_trunk = recording_trunk  # type: ignore[method-assign]
-    collect(model)
-    batch = model.rollout_buffer.get()
-    episodes = np.split(batch.rewards.numpy(), np.flatnonzero(batch.episode_starts.numpy())[1:])
-    horizon = model.branch_horizon
-    origins = recording_trunk.origins[:n_groups]  # type: ignore[attr-defined]
-    expected = [trunk_rewards[step : step + horizon] for _, step in origins]
-    reaches_end = [step + horizon >= len(trunk_rewards) for _, step in origins]
-    return expected, [episodes[g * model.group_size].tolist() for g in range(n_groups)], reaches_end
-
-
 @pytest.mark.parametrize("n_envs", [1, 2])
-@pytest.mark.parametrize("noise", ["common", "trunk"])
-def test_common_noise_is_shared_by_a_groups_continuations_after_their_first_action(n_envs: int, noise: str):
-    shared = make_branch(n_envs=n_envs, branch_advantage="first", branch_noise=noise, n_groups=6)
+def test_common_noise_is_shared_by_a_groups_continuations_after_their_first_action(n_envs: int):
+    shared = make_branch(n_envs=n_envs, branch_advantage="first", branch_noise="common", n_groups=6)
     independent = make_branch(n_envs=n_envs, branch_advantage="first", n_groups=6)
     for model in (shared, independent):
         collect(model)
@@ -440,43 +411,6 @@ def test_common_noise_is_shared_by_a_groups_continuations_after_their_first_acti
     assert n_compared >= 6 * 3, "too few shared steps were compared"
 
 
-def test_trunk_noise_makes_the_trunk_every_groups_first_continuation():
-    """Pendulum's trunk is 200 steps, G = 3, H = 5, B = 60 branch states: some lie within H steps of the trunk's end."""
-    model = make_branch(branch_advantage="first", branch_noise="trunk", n_groups=60)
-    writer = recorded(model)
-    expected, member_0, _ = trunk_stretches(model, 60)
-    for trunk, stretch in zip(expected, member_0, strict=True):
-        np.testing.assert_allclose(stretch, trunk, rtol=1e-6)
-    assert min(len(stretch) for stretch in member_0) < 5, "no branch state near the trunk's end was drawn"
-    # the trunk's stretches cost nothing: the continuations played are members 1 and 2 of each group
-    batch = model.rollout_buffer.get()
-    lengths = batch.episode_lengths.view(60, 3)
-    th.testing.assert_close(lengths[:, 1:], lengths[:, :1].expand(60, 2))
-    model.logger.dump(model.num_timesteps)
-    row = writer.rows[-1]
-    assert (row["rollout/trunk_steps"], row["rollout/branch_steps"]) == (200, int(lengths[:, 1:].sum()))
-    # cut by H, or ended with the trunk by Pendulum's time limit: truncated, as the continuations from the same state
-    truncated = batch.episode_truncated.view(60, 3)
-    assert th.all(truncated[:, 0]) and th.equal(truncated[:, 0], truncated[:, 1])
-    # CartPole's trunk terminates (an untrained policy falls within a few dozen steps): a stretch that ends with it
-    # is closed as terminated, one cut by H as truncated
-    cartpole = make_branch("CartPole-v1", branch_advantage="first", branch_noise="trunk", n_groups=30)
-    expected, member_0, reaches_end = trunk_stretches(cartpole, 30)
-    assert [len(stretch) for stretch in member_0] == [len(trunk) for trunk in expected]
-    assert any(reaches_end) and not all(reaches_end)
-    truncated = cartpole.rollout_buffer.get().episode_truncated.view(30, 3)[:, 0]
-    assert truncated.tolist() == [not end for end in reaches_end]
-
-
-def test_trunk_noise_finishes_the_started_groups_when_the_budget_ends():
-    """Two envs, G = 3: each group's continuations are members 1 and 2 (one wave); the budget ends after a wave."""
-    model = make_branch(n_envs=2, branch_advantage="first", branch_noise="trunk", n_groups=50)
-    model.learn(400 + 2 * 5 * 4)  # the trunk waves (200 steps x 2 envs), then 4 waves of 5 steps x 2 envs
-    batch = model.rollout_buffer.get()
-    assert batch.n_episodes % 3 == 0 and batch.n_episodes // 3 == 4
-    assert model.num_timesteps == 400 + 2 * 5 * 4
-
-
 def test_first_trains_each_continuations_first_action_with_its_group_relative_return():
     model = make_branch(branch_advantage="first", branch_noise="common", scale_rewards="none")
     collect(model)
@@ -490,15 +424,14 @@ def test_first_trains_each_continuations_first_action_with_its_group_relative_re
     np.testing.assert_allclose(data.advantages[starts].numpy(), by_hand, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("noise", ["common", "trunk"])
-def test_common_noise_is_seeded_and_survives_save_load(tmp_path, noise: str):
-    settings = dict(seed=3, branch_advantage="first", branch_noise=noise, learning_rate=3e-3)
+def test_common_noise_is_seeded_and_survives_save_load(tmp_path):
+    settings = dict(seed=3, branch_advantage="first", branch_noise="common", learning_rate=3e-3)
     first, second = make_branch(**settings).learn(700), make_branch(**settings).learn(700)
     np.testing.assert_array_equal(flat_parameters(first), flat_parameters(second))
     first.save(tmp_path / "model.zip")
     loaded = GRPO.load(tmp_path / "model.zip", env=first.get_env(), device="cpu")
-    assert (loaded.branch_advantage, loaded.branch_noise) == ("first", noise)
-    cartpole = make_branch("CartPole-v1", branch_advantage="first", branch_noise=noise).learn(700)
+    assert (loaded.branch_advantage, loaded.branch_noise) == ("first", "common")
+    cartpole = make_branch("CartPole-v1", branch_advantage="first", branch_noise="common").learn(700)
     assert cartpole._n_updates >= 1 and np.all(np.isfinite(flat_parameters(cartpole)))
 
 
@@ -552,7 +485,7 @@ def test_the_sampler_tunes_the_group_start_and_the_branch_options():
         GRPO("MlpPolicy", env, device="cpu", **kwargs)
         study.tell(trial, 0.0)
     assert starts == {"reset", "branch"} and kinds == {"group", "vine", "first"}
-    assert noises == {None, "independent", "common", "trunk"}
+    assert noises == {None, "independent", "common"}
 
 
 def test_vec_normalize():
@@ -632,13 +565,8 @@ def test_snapshots_of_a_rollout_are_picklable():
         (dict(group_start="branch", branch_advantage="vine", beta=0.1, kl_in_reward=True), ("kl_in_reward=False",)),
         (dict(branch_advantage="first"), ("branch_advantage='first'", "group_start='branch'", "'reset'")),
         (dict(group_start="branch", branch_advantage="first", advantage="process"), ("advantage='outcome'", "'process'")),
-        (dict(group_start="branch", branch_noise="shared"), ("branch_noise", "'independent'", "'common'", "'trunk'")),
+        (dict(group_start="branch", branch_noise="shared"), ("branch_noise", "'independent'", "'common'")),
         (dict(group_start="branch", branch_noise="common"), ("branch_advantage='first'", "'group'")),
-        (dict(group_start="branch", branch_noise="trunk"), ("branch_noise='trunk'", "branch_advantage='first'")),
-        (
-            dict(group_start="branch", branch_advantage="first", branch_noise="trunk", use_sde=True),
-            ("branch_noise='common' or 'trunk'", "StateDependentNoiseDistribution"),
-        ),
         (
             dict(group_start="branch", branch_advantage="first", branch_noise="common", use_sde=True),
             ("branch_noise='common'", "StateDependentNoiseDistribution", "DiagGaussianDistribution"),

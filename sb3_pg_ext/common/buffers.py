@@ -136,46 +136,6 @@ class EpisodeRolloutBuffer:
         self._values.append(np.asarray(values, dtype=np.float32).reshape(self.n_envs).copy())
         self._slots.append(np.array(slots, dtype=np.int64, copy=True))
 
-    def add_episode(
-        self,
-        slot: int,
-        env_index: int,
-        observations: np.ndarray | dict[str, np.ndarray],
-        actions: np.ndarray,
-        rewards: np.ndarray,
-        log_probs: np.ndarray,
-        truncated: bool,
-    ) -> None:
-        """
-        Store a whole kept episode at once, one step per row (e.g. a stretch of an episode kept in another buffer):
-        :meth:`add` for each of its steps, with only env ``env_index`` kept (the other envs' entries are zeros and
-        not kept), then :meth:`end_episode`.
-
-        :param slot: the episode's index in start order
-        :param env_index: the env that played it
-        :param observations: its observations, ``(T, *obs_shape)`` (or a dict of those)
-        :param actions: its actions, ``(T, *action_shape)``
-        :param rewards: its rewards, ``(T,)``
-        :param log_probs: log-probabilities of its actions under the acting policy, ``(T,)``
-        :param truncated: whether a time limit (or a horizon) ended it
-        """
-
-        def padded(step: np.ndarray) -> np.ndarray:
-            row = np.zeros((self.n_envs, *step.shape), dtype=step.dtype)
-            row[env_index] = step
-            return row
-
-        slots = np.full(self.n_envs, -1, dtype=np.int64)
-        slots[env_index] = slot
-        rewards, log_probs = np.asarray(rewards), np.asarray(log_probs)
-        for t in range(len(rewards)):
-            if isinstance(observations, dict):
-                obs: np.ndarray | dict[str, np.ndarray] = {key: padded(value[t]) for key, value in observations.items()}
-            else:
-                obs = padded(observations[t])
-            self.add(obs, padded(actions[t]), padded(rewards[t]), padded(log_probs[t]), None, slots)
-        self.end_episode(slot, env_index, truncated)
-
     def end_episode(self, slot: int, env_index: int, truncated: bool, bootstrap_value: float = 0.0) -> None:
         """
         Close a kept episode.

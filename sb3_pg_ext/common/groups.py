@@ -32,11 +32,7 @@ rollout's, trained on with those values; the continuations are counted (``rollou
 
 Common random numbers (``branch_noise="common"``, TRPO's vine): while the continuations are played, :meth:`_act`
 draws every action from uniform noise (:mod:`sb3_pg_ext.common.noise`), shared by the continuations of a group
-after their first step; the trunk's actions are drawn as usual. With ``branch_noise="trunk"`` the trunk draws its
-actions from seeded noise too, each group's continuations share the noise of the trunk's steps after their branch
-state, and the trunk's stretch of at most ``branch_horizon`` steps from the branch state is added to the rollout as
-the group's member 0 (:meth:`GroupedOnPolicyAlgorithm._add_trunk_continuations`): only members 1 to G - 1 are
-played.
+after their first step; the trunk's actions are drawn as usual.
 """
 
 from __future__ import annotations
@@ -53,7 +49,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs
 
 from sb3_pg_ext.common.buffers import EpisodeRolloutBuffer
 from sb3_pg_ext.common.episodic import EpisodicOnPolicyAlgorithm
-from sb3_pg_ext.common.noise import CommonNoise, TrunkNoise, actions_from_uniforms, noise_size
+from sb3_pg_ext.common.noise import CommonNoise, actions_from_uniforms, noise_size
 from sb3_pg_ext.common.snapshots import EnvSnapshot, SnapshotError, restore, snapshot
 from sb3_pg_ext.estimators import episode_discounted_returns
 
@@ -388,19 +384,13 @@ class GroupedOnPolicyAlgorithm(EpisodicOnPolicyAlgorithm):
         return EpisodeRolloutBuffer(self.observation_space, self.action_space, device="cpu", n_envs=n_envs)
 
     def _play_trunk(
-        self,
-        env: VecEnv,
-        callback: BaseCallback,
-        branch: BranchGroupStart,
-        buffer: EpisodeRolloutBuffer | None = None,
-        noise: TrunkNoise | None = None,
+        self, env: VecEnv, callback: BaseCallback, branch: BranchGroupStart, buffer: EpisodeRolloutBuffer | None = None
     ) -> bool:
         """
         Play one trunk episode per env with the current policy (reset with seeds from ``_group_seed_rng``), offering
         every state it visits to ``branch``'s draw.
 
         :param buffer: where the trunk's steps go (episode k: env k); None: a scratch buffer (not trained on)
-        :param noise: the trunk's noise (``branch_noise="trunk"``, set as ``_common_noise`` by the caller), or None
         :return: False if a callback stopped training
         """
         assert self._group_seed_rng is not None
@@ -422,11 +412,7 @@ class GroupedOnPolicyAlgorithm(EpisodicOnPolicyAlgorithm):
                 steps[env_idx] += 1
                 branch.offer(env, env_idx, int(steps[env_idx]))
 
-        after_step: AfterStep = offer_states
-        if noise is not None:
-            noise.start_wave(slots)
-            after_step = noise.counting(offer_states)
-        if not self._play_kept_episodes(env, callback, trunk, slots, after_step):
+        if not self._play_kept_episodes(env, callback, trunk, slots, offer_states):
             return False
         branch.finish_trunk()
         return True
@@ -465,49 +451,32 @@ class GroupedOnPolicyAlgorithm(EpisodicOnPolicyAlgorithm):
 
         branch = group_start if isinstance(group_start, BranchGroupStart) else None
         vine = branch is not None and self.branch_advantage == "vine"
-        # branch_noise="trunk": the trunk's stretch from each branch state is its group's first continuation
-        trunk_noise: TrunkNoise | None = None
-        trunk_buffer: EpisodeRolloutBuffer | None = None
-        if branch is not None and self.branch_noise == "trunk":
-            assert self._group_seed_rng is not None
-            seed = int(self._group_seed_rng.integers(0, GROUP_SEED_LIMIT))
-            trunk_noise = TrunkNoise(seed, self.group_size, noise_size(self.policy.action_dist))
-            trunk_buffer = self._scratch_buffer(n_envs)
         # Where the groups' episodes go: the rollout, or (vine) a scratch buffer whose returns estimate V
         groups_buffer = rollout_buffer
         horizon_cut = None
+        if branch is not None:
+            if not self._play_trunk(env, callback, branch, rollout_buffer if vine else None):
+                return False
+            trunk_steps = self.num_timesteps - start_timesteps
+            if vine:
+                groups_buffer = self._scratch_buffer(n_envs)
+                n_episodes = branch.n_groups * self.group_size
+            horizon_cut = self._horizon_cut(groups_buffer)
+        n_planned = n_episodes
+        self._record_episodes = branch is None
+        if branch is not None and self.branch_noise == "common":
+            assert self._group_seed_rng is not None
+            seed = int(self._group_seed_rng.integers(0, GROUP_SEED_LIMIT))
+            self._common_noise = CommonNoise(seed, self.group_size, noise_size(self.policy.action_dist))
         try:
-            if branch is not None:
-                self._common_noise = trunk_noise
-                if not self._play_trunk(env, callback, branch, rollout_buffer if vine else trunk_buffer, trunk_noise):
-                    return False
-                trunk_steps = self.num_timesteps - start_timesteps
-                if vine:
-                    groups_buffer = self._scratch_buffer(n_envs)
-                    n_episodes = branch.n_groups * self.group_size
-                horizon_cut = self._horizon_cut(groups_buffer)
-                if trunk_noise is not None:
-                    trunk_noise.branch_from(branch.origins)
-                elif self.branch_noise == "common":
-                    assert self._group_seed_rng is not None
-                    seed = int(self._group_seed_rng.integers(0, GROUP_SEED_LIMIT))
-                    self._common_noise = CommonNoise(seed, self.group_size, noise_size(self.policy.action_dist))
-            # The trunk's episodes are logged (rollout/ep_rew_mean), the continuations' are not.
-            self._record_episodes = branch is None
-            # The episodes to play, in order (group-major); with the trunk as every group's member 0, the others.
-            planned = np.arange(n_episodes)
-            if trunk_noise is not None:
-                planned = planned[planned % self.group_size != 0]
-            for wave_start in range(0, len(planned), n_envs):
+            for wave_start in range(0, n_planned, n_envs):
                 if self._budget_reached() and (branch is None or wave_start > 0):
                     # Budget reached: finish the groups already started, start no new one.
-                    n_started = 0 if wave_start == 0 else int(planned[wave_start - 1]) // self.group_size + 1
-                    n_episodes = min(n_episodes, n_started * self.group_size)
-                slots = np.full(n_envs, -1, dtype=np.int64)
-                wave = planned[wave_start : wave_start + n_envs]
-                slots[: len(wave)] = np.where(wave < n_episodes, wave, -1)
-                if not np.any(slots >= 0):
+                    n_episodes = min(n_episodes, -(-wave_start // self.group_size) * self.group_size)
+                if wave_start >= n_episodes:
                     break
+                slots = np.arange(wave_start, wave_start + n_envs)
+                slots[slots >= n_episodes] = -1
                 if branch is not None:
                     branch.last_obs = self._last_obs
                     replayed = branch.replay_steps
@@ -532,11 +501,6 @@ class GroupedOnPolicyAlgorithm(EpisodicOnPolicyAlgorithm):
         finally:
             self._record_episodes = True
             self._common_noise = None
-        # Steps that envs without a kept episode played while a wave finished (0 with n_envs = 1), and the trunk's.
-        kept_step_fraction = rollout_buffer.n_stored_steps / max(self.num_timesteps - start_timesteps, 1)
-        if trunk_buffer is not None:
-            assert branch is not None
-            self._add_trunk_continuations(trunk_buffer, rollout_buffer, branch.origins[: n_episodes // self.group_size])
         if vine:
             assert branch is not None
             self._vine_values = self._trunk_values(branch, groups_buffer, n_episodes // self.group_size, n_envs)
@@ -547,46 +511,13 @@ class GroupedOnPolicyAlgorithm(EpisodicOnPolicyAlgorithm):
             self.logger.record(
                 "rollout/branch_steps", self.num_timesteps - start_timesteps - trunk_steps - branch.replay_steps
             )
-        self.logger.record("rollout/kept_step_fraction", kept_step_fraction)
+        # Steps that envs without a kept episode played while a wave finished (0 with n_envs = 1), and the trunk's.
+        self.logger.record(
+            "rollout/kept_step_fraction", rollout_buffer.n_stored_steps / max(self.num_timesteps - start_timesteps, 1)
+        )
         callback.update_locals(locals())
         callback.on_rollout_end()
         return True
-
-    def _add_trunk_continuations(
-        self, trunk: EpisodeRolloutBuffer, rollout_buffer: EpisodeRolloutBuffer, origins: list[tuple[int, int]]
-    ) -> None:
-        """
-        ``branch_noise="trunk"``: add to ``rollout_buffer``, as member 0 of group i, the trunk's stretch from branch
-        state i = (env, step) ``origins[i]``: at most ``branch_horizon`` steps, fewer where the trunk episode ended,
-        closed as truncated when the horizon cut it (else as the trunk episode ended).
-        """
-        batch = trunk.get()
-        starts = (th.cumsum(batch.episode_lengths, 0) - batch.episode_lengths).tolist()
-        lengths = batch.episode_lengths.tolist()
-        episode_of_env = {int(env_idx): k for k, env_idx in enumerate(batch.episode_env_indices.tolist())}
-        observations = batch.observations
-        for group, (env_idx, step) in enumerate(origins):
-            episode = episode_of_env[env_idx]
-            n_steps = lengths[episode] - step
-            cut = self.branch_horizon is not None and self.branch_horizon < n_steps
-            if self.branch_horizon is not None:
-                n_steps = min(n_steps, self.branch_horizon)
-            stretch = slice(starts[episode] + step, starts[episode] + step + n_steps)
-            if isinstance(observations, dict):
-                obs: np.ndarray | dict[str, np.ndarray] = {k: v[stretch].cpu().numpy() for k, v in observations.items()}
-            else:
-                obs = observations[stretch].cpu().numpy()
-            slot = group * self.group_size
-            rollout_buffer.add_episode(
-                slot,
-                env_idx,
-                obs,
-                batch.actions[stretch].cpu().numpy(),
-                batch.rewards[stretch].cpu().numpy(),
-                batch.behaviour_log_probs[stretch].cpu().numpy(),
-                truncated=cut or bool(batch.episode_truncated[episode]),
-            )
-            self._on_kept_episode_end(slot, {})
 
     def _trunk_values(
         self, branch: BranchGroupStart, continuations: EpisodeRolloutBuffer, n_estimated: int, n_envs: int

@@ -14,7 +14,7 @@ An action is a function of the policy's distribution and uniform noise u in [0, 
 (:func:`actions_from_uniforms`): a diagonal Gaussian gives ``mean + std * Phi^-1(u)``, a categorical gives
 ``argmax(logits - log(-log u))`` (the Gumbel-max trick). The noise of (i, k) comes from a generator seeded with
 (the rollout's seed, i, k), so continuations of one group played in different waves (fewer envs than
-``group_size``) share it too. :class:`TrunkNoise` (``branch_noise="trunk"``) shares it with the trunk instead.
+``group_size``) share it too.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def check_common_noise_distribution(distribution: Distribution, algorithm: str) 
     if type(distribution) not in COMMON_NOISE_DISTRIBUTIONS:
         supported = ", ".join(cls.__name__ for cls in COMMON_NOISE_DISTRIBUTIONS)
         raise ValueError(
-            f"{algorithm}(branch_noise='common' or 'trunk') draws actions from shared noise, which supports {supported} "
+            f"{algorithm}(branch_noise='common') draws actions from shared noise, which supports {supported} "
             f"(Box actions without gSDE, Discrete actions); the policy's action distribution is "
             f"{type(distribution).__name__}"
         )
@@ -110,62 +110,22 @@ class CommonNoise:
         """The uniforms of step ``depth`` of every continuation of group ``group``."""
         return np.random.default_rng([self.seed, group, depth]).random(self.size)
 
-    def key(self, slot: int, depth: int) -> tuple[int, int] | None:
-        """
-        The ``(key, index)`` of the shared noise of step ``depth`` of episode ``slot``, or None for independent
-        noise: here, group ``slot // group_size``'s noise past the first step.
-        """
-        return None if depth < 1 else (slot // self.group_size, depth)
-
     def uniforms(self) -> th.Tensor:
         """
-        The uniforms of every env's next step: the shared ones (:meth:`key`) where there are, independent ones
-        (torch's generator) otherwise.
+        The uniforms of every env's next step: the shared ones of its group for a continuation past its first step,
+        independent ones (torch's generator) otherwise.
         """
         assert self.slots is not None and self.depths is not None, "start a wave first"
         uniforms = th.rand(len(self.slots), self.size, dtype=th.float64)
-        for env_idx in np.flatnonzero(self.slots >= 0).tolist():
-            key = self.key(int(self.slots[env_idx]), int(self.depths[env_idx]))
-            if key is not None:
-                uniforms[env_idx] = th.from_numpy(self.shared(*key))
+        for env_idx in np.flatnonzero((self.slots >= 0) & (self.depths >= 1)).tolist():
+            group = int(self.slots[env_idx]) // self.group_size
+            uniforms[env_idx] = th.from_numpy(self.shared(group, int(self.depths[env_idx])))
         return uniforms
-
-
-class TrunkNoise(CommonNoise):
-    """
-    Common random numbers shared with the *trunk* (``branch_noise="trunk"``): the trunk episode of env e draws its
-    action at step t from the noise of (e, t), and a continuation of a group whose branch state is step t of env e's
-    trunk draws its first action independently and its k-th action (k >= 1) from the noise of (e, t + k), the noise
-    of the trunk's own action k steps later. The trunk's next H steps from the branch state are then a continuation
-    of the group like the others (its first action independent of theirs, the later noise the same), which costs no
-    env step: a group of G needs G - 1 continuations.
-
-    While the trunk is played (before :meth:`branch_from`) the slots are the env indices and every step, the first
-    included, draws the trunk's noise.
-    """
-
-    def __init__(self, seed: int, group_size: int, size: int):
-        super().__init__(seed, group_size, size)
-        #: per group: (env index, trunk step) of its branch state; None while the trunk is played
-        self.origins: list[tuple[int, int]] | None = None
-
-    def branch_from(self, origins: list[tuple[int, int]]) -> None:
-        """The trunk is played: the groups' branch states are (env index, trunk step) ``origins``."""
-        self.origins = list(origins)
-
-    def key(self, slot: int, depth: int) -> tuple[int, int] | None:
-        if self.origins is None:
-            return (slot, depth)  # the trunk of env ``slot``
-        if depth < 1:
-            return None
-        env_idx, step = self.origins[slot // self.group_size]
-        return (env_idx, step + depth)
 
 
 __all__ = [
     "COMMON_NOISE_DISTRIBUTIONS",
     "CommonNoise",
-    "TrunkNoise",
     "actions_from_uniforms",
     "check_common_noise_distribution",
     "noise_size",

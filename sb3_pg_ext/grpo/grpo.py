@@ -53,7 +53,7 @@ SelfGRPO = TypeVar("SelfGRPO", bound="GRPO")
 SCALE_REWARDS = ("group", "batch", "none")
 GROUP_STARTS = ("reset", "branch")
 BRANCH_ADVANTAGES = ("group", "vine", "first")
-BRANCH_NOISES = ("independent", "common", "trunk")
+BRANCH_NOISES = ("independent", "common")
 ADVANTAGES = ("outcome", "process")
 LOSS_AGGREGATIONS = ("seq_sum", "seq_mean", "token_mean", "constant")
 
@@ -175,13 +175,10 @@ class GRPO(GroupedOnPolicyAlgorithm):
         divides by the rollout's std) or ``"first"`` (TRPO's vine: only each continuation's first action is
         trained, with the group-relative ``"outcome"`` advantage of the continuation's return; the loss is their
         mean). ``group_start="branch"`` only
-    :param branch_noise: ``"independent"`` (every action drawn independently), ``"common"`` (common random
+    :param branch_noise: ``"independent"`` (every action drawn independently) or ``"common"`` (common random
         numbers: after their first action, the continuations of a group draw their k-th action from the same
-        noise, so that their returns differ by what the first action did) or ``"trunk"`` (the same, with the trunk
-        as every group's first continuation: the trunk draws its actions from seeded noise, and the other
-        continuations of a branch state share the noise of the trunk's next steps, so a group of G costs G - 1
-        continuations); ``"common"`` and ``"trunk"`` need ``branch_advantage="first"``, a diagonal Gaussian
-        without gSDE or a categorical action distribution
+        noise, so that their returns differ by what the first action did; needs ``branch_advantage="first"``, a
+        diagonal Gaussian without gSDE or a categorical action distribution)
     :param gamma: Discount of the continuations' returns (``group_start="branch"`` only: reset groups' returns are
         undiscounted episode sums, so it must be 1 there)
     :param loss_aggregation: ``"seq_sum"`` (1/(BG) sum_e sum_t), ``"seq_mean"`` (each episode divided by its
@@ -304,11 +301,11 @@ class GRPO(GroupedOnPolicyAlgorithm):
                 "group-relative return: it needs `group_start='branch'` and `advantage='outcome'` (got "
                 f"{group_start!r}, {advantage!r})"
             )
-        if branch_noise != "independent" and branch_advantage != "first":
+        if branch_noise == "common" and branch_advantage != "first":
             raise ValueError(
-                f"`branch_noise={branch_noise!r}` shares the noise of a group's continuations after their first "
-                "action, so a later action is correlated with the group's baseline: only the first actions can be "
-                f"trained, set `branch_advantage='first'` (got {branch_advantage!r})"
+                "`branch_noise='common'` shares the noise of a group's continuations after their first action, so a "
+                "later action is correlated with the group's baseline: only the first actions can be trained, "
+                f"set `branch_advantage='first'` (got {branch_advantage!r})"
             )
         check_float("gamma", gamma, 0.0, 1.0, low_inclusive=False)
         if branch_advantage == "vine":
@@ -435,7 +432,7 @@ class GRPO(GroupedOnPolicyAlgorithm):
             self.clip_range_high = FloatSchedule(self.clip_range_high)
         if self._group_seed_rng is None:
             self._group_seed_rng = np.random.default_rng(self.seed)
-        if self.branch_noise != "independent":
+        if self.branch_noise == "common":
             check_common_noise_distribution(self.policy.action_dist, self.__class__.__name__)
         self.ref_policy = None
         if self.beta > 0:

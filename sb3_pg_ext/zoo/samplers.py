@@ -209,7 +209,7 @@ def sample_grpo_params(trial: optuna.Trial, n_actions: int, n_envs: int, additio
     ``branch_horizon`` H in {8, 16, 32, 64} and ``branch_gamma`` in {0.9, 0.95, 0.98, 0.99} (the continuations'
     discount; H = 16 with gamma = 0.9 was the best of a first exploration on Pendulum-v1) and ``branch_advantage``
     group/vine (vine: continuations from every trunk state, so a rollout costs about G x H env steps per trunk
-    step; first: only the continuations' first actions are trained, then ``branch_noise`` independent/common/trunk).
+    step; first: only the continuations' first actions are trained, then ``branch_noise`` independent/common).
     Branch groups need env
     snapshots: on an env without them a branch trial raises a ``ValueError`` at its first rollout, which rl-zoo3
     prunes.
@@ -234,7 +234,7 @@ def sample_grpo_params(trial: optuna.Trial, n_actions: int, n_envs: int, additio
         params["branch_gamma"] = trial.suggest_categorical("branch_gamma", [0.9, 0.95, 0.98, 0.99])
         params["branch_advantage"] = trial.suggest_categorical("branch_advantage", ["group", "vine", "first"])
         if params["branch_advantage"] == "first":
-            params["branch_noise"] = trial.suggest_categorical("branch_noise", ["independent", "common", "trunk"])
+            params["branch_noise"] = trial.suggest_categorical("branch_noise", ["independent", "common"])
     return _as_model_kwargs(convert_grpo_params(params))
 
 
