@@ -1161,3 +1161,34 @@ def test_the_report_reads_the_store_once_and_its_readers_take_records_too(
     markdown = write_report(store, tmp_path / "report", reps=50).markdown
     assert reads == [1], "every section of the report read the store again"
     assert "| ppo | 2 |" in markdown
+
+
+def test_the_report_puts_another_stores_cells_beside_the_stores_under_their_own_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main, branch = ResultStore(tmp_path / "protocol"), ResultStore(tmp_path / "branch")
+    for cell in grid_cells(["ppo", "grpo"], ["CartPole-v1"], [0, 1, 2], {"CartPole-v1": 100_000}):
+        main.write(fake_record(cell, final_mean=100.0 + cell.seed if cell.algo == "grpo" else 400.0))
+    for cell in grid_cells(["grpo", "ppo"], ["CartPole-v1"], [0, 1, 2], {"CartPole-v1": 100_000}):
+        branch.write(fake_record(cell, final_mean=450.0 + cell.seed if cell.algo == "grpo" else 1.0))
+    extra = report.ExtraCells.parse(f"{branch.root}:grpo=grpo_branch")
+    markdown = write_report(main, tmp_path / "report", reps=50, extra=[extra]).markdown
+    # the branch store's grpo cells, renamed; its ppo cells are not taken
+    assert "| grpo | 3 | 101.0 [100.0, 102.0] |" in markdown
+    assert "| grpo_branch | 3 | 451.0 [450.0, 452.0] |" in markdown
+    assert "| ppo | 3 | 400.0 [400.0, 400.0] |" in markdown and "1.0 [1.0, 1.0]" not in markdown
+    # in the probability of improvement over PPO, beside grpo (always below PPO) as its own column (always above)
+    assert "| env | reinforce | ispg | ppo_kl | grpo | grpo_branch |" in markdown
+    assert "| CartPole-v1 | - | - | - | 0.00 [0.00, 0.00] | 1.00 [1.00, 1.00] |" in markdown
+    with pytest.raises(ValueError, match=r"'grpo'.*cannot be reported as 'ppo'.*taken"):
+        write_report(main, tmp_path / "report", reps=50, extra=[report.ExtraCells.parse(f"{branch.root}:grpo=ppo")])
+    assert cli.main(["report", "--store", str(main.root), "--with", f"{branch.root}:grpo=grpo_branch"]) == 0
+    assert "| grpo_branch | 3 |" in capsys.readouterr().out
+    for spec, message in (
+        (f"{branch.root}:grpo", r"is not DIR:ALGO=NAME"),
+        ("grpo=grpo_branch", r"is not DIR:ALGO=NAME"),
+        (f"{tmp_path / 'nowhere'}:grpo=grpo_branch", r"no results store at .*nowhere"),
+        (f"{branch.root}:grpo=ppo", r"cannot be reported as 'ppo'"),
+    ):
+        assert cli.main(["report", "--store", str(main.root), "--with", spec]) == 2
+        assert re.search(message, capsys.readouterr().err), spec

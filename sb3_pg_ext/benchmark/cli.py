@@ -10,7 +10,7 @@
     python -m sb3_pg_ext.benchmark run --algos grpo --envs CartPole-v1 --seeds 300 301 \\
         --conf-file grpo=candidate.yml --store DIR                 # grpo's cells read candidate.yml (rl-zoo3's format)
     python -m sb3_pg_ext.benchmark status --preset readme --store benchmarks/results/grid
-    python -m sb3_pg_ext.benchmark report --store DIR [--out DIR]
+    python -m sb3_pg_ext.benchmark report --store DIR [--out DIR] [--with DIR:ALGO=NAME ...]
     python -m sb3_pg_ext.benchmark presets [NAME --chunks]        # the named grids (sb3_pg_ext.benchmark.presets)
 
 The launcher runs the same commands: ``sb3-pg-zoo benchmark run|status|report ...``.
@@ -226,6 +226,15 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     )
     report.add_argument("--store", required=True, help="results directory")
     report.add_argument("--out", default=None, help="where report.md and the PNGs go (default: STORE/report)")
+    report.add_argument(
+        "--with",
+        dest="extra",
+        action="append",
+        default=[],
+        metavar="DIR:ALGO=NAME",
+        help="also report the cells of ALGO from the store DIR, as NAME (repeatable), e.g. "
+        "benchmarks/results/protocol_grpo_branch:grpo=grpo_branch",
+    )
     presets = commands.add_parser("presets", help="the named grids (--preset) and their chunks")
     presets.add_argument("name", nargs="?", choices=sorted(PRESETS), help="only this preset")
     presets.add_argument("--chunks", action="store_true", help="print the preset's chunks only, one per line")
@@ -339,13 +348,22 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG, *, train: CellTrai
         print(f"{prog} report: error: no results store at {args.store!r}", file=sys.stderr)
         return 2
     if args.command == "report":
-        from sb3_pg_ext.benchmark.report import write_report
+        from sb3_pg_ext.benchmark.report import ExtraCells, write_report
 
         store = ResultStore(args.store)
         try:
-            written = write_report(store, args.out)
-        except DamagedRecordError:
-            return _report_damaged(prog, "report", store)
+            extra = [ExtraCells.parse(spec) for spec in args.extra]
+        except ValueError as error:
+            print(f"{prog} report: error: --with {error}", file=sys.stderr)
+            return 2
+        try:
+            written = write_report(store, args.out, extra=extra)
+        except DamagedRecordError as error:
+            damaged = next((cells.store for cells in extra if error.path.parent == cells.store.root), store)
+            return _report_damaged(prog, "report", damaged)
+        except ValueError as error:  # an extra's name is taken
+            print(f"{prog} report: error: --with {error}", file=sys.stderr)
+            return 2
         print(written.markdown)
         print(f"written: {', '.join(str(path) for path in written.paths)}")
         return 0

@@ -575,23 +575,23 @@ def _aggregate_section(aggregate: Aggregate) -> list[str]:
     return lines
 
 
-def _improvement_section(scores: Scores) -> list[str]:
+def _improvement_section(scores: Scores, challengers: Sequence[str] = CHALLENGERS) -> list[str]:
     lines = [
         f"## Probability of improvement over {BASELINE}",
         "",
         f"P(X > {BASELINE}) on the final returns, 95% CI (each algorithm's seeds resampled independently).",
         "",
-        "| env | " + " | ".join(CHALLENGERS) + " |",
-        "|---|" + "---|" * len(CHALLENGERS),
+        "| env | " + " | ".join(challengers) + " |",
+        "|---|" + "---|" * len(challengers),
     ]
     for env, algos in sorted(scores.items()):
         if BASELINE not in algos:
-            cells = [f"no {BASELINE} cells"] + [""] * (len(CHALLENGERS) - 1)
+            cells = [f"no {BASELINE} cells"] + [""] * (len(challengers) - 1)
         else:
             per_algo = {algo: [seeds[s] for s in sorted(seeds)] for algo, seeds in algos.items()}
-            result = probability_of_improvement(per_algo, env=env)
+            result = probability_of_improvement(per_algo, algos=challengers, env=env)
             cells = [
-                f"{r['p']:.2f} [{r['low']:.2f}, {r['high']:.2f}]" if (r := result.get(algo)) else "-" for algo in CHALLENGERS
+                f"{r['p']:.2f} [{r['low']:.2f}, {r['high']:.2f}]" if (r := result.get(algo)) else "-" for algo in challengers
             ]
         lines.append(f"| {env} | " + " | ".join(cells) + " |")
     return [*lines, ""]
@@ -692,17 +692,68 @@ class WrittenReport:
     paths: list[Path]
 
 
-def write_report(store: ResultStore, out: str | Path | None = None, reps: int = REPS) -> WrittenReport:
+@dataclass(frozen=True)
+class ExtraCells:
+    """
+    The cells of one algorithm from another store, reported beside the main store's under a name of their own
+    (e.g. GRPO with branch groups, ``protocol_grpo_branch``'s ``grpo`` cells, as ``grpo_branch``).
+
+    :param store: the other results store
+    :param algo: the algorithm whose cells are taken
+    :param name: the name they are reported under
+    """
+
+    store: ResultStore
+    algo: str
+    name: str
+
+    @classmethod
+    def parse(cls, spec: str) -> ExtraCells:
+        """
+        ``DIR:ALGO=NAME`` -> the cells of ``ALGO`` in the store ``DIR``, reported as ``NAME``.
+
+        :raises ValueError: naming the spec and the expected form, or the missing store
+        """
+        store, _, renaming = spec.rpartition(":")
+        algo, _, name = renaming.partition("=")
+        if not (store and algo and name) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise ValueError(
+                f"{spec!r} is not DIR:ALGO=NAME (e.g. benchmarks/results/protocol_grpo_branch:grpo=grpo_branch; NAME "
+                "of letters, digits, '_', '.' and '-')"
+            )
+        if not Path(store).is_dir():
+            raise ValueError(f"{spec!r}: no results store at {store!r}")
+        return cls(ResultStore(store), algo, name)
+
+    def records(self) -> list[dict[str, Any]]:
+        """The other store's records of :attr:`algo`, renamed :attr:`name` (raises at a damaged file of the store)."""
+        return [dict(record, algo=self.name) for record in self.store.records() if record["algo"] == self.algo]
+
+
+def write_report(
+    store: ResultStore, out: str | Path | None = None, reps: int = REPS, extra: Sequence[ExtraCells] = ()
+) -> WrittenReport:
     """
     Write the report of ``store``: ``report.md`` and the PNGs it shows, regenerated from the stored records alone.
 
     :param store: the results store
     :param out: the output directory (created; default: ``<store>/report``)
     :param reps: bootstrap resamples of every interval
+    :param extra: cells of other stores to report beside the store's, each under its own name
     :return: the markdown text and the files written
     :raises DamagedRecordError: naming the first damaged file of the store (nothing is written then)
+    :raises ValueError: when an extra name is an algorithm of the store, or two extras share a name
     """
     records = list(store.records())  # raises at a damaged file, before anything is written
+    taken = {record["algo"] for record in records}
+    for cells in extra:
+        if cells.name in taken:
+            raise ValueError(
+                f"cells of {cells.algo!r} from {cells.store.root} cannot be reported as {cells.name!r}: the name is "
+                f"taken (by an algorithm of {store.root} or another extra); choose another"
+            )
+        taken.add(cells.name)
+        records += cells.records()
     out_dir = Path(out) if out is not None else store.root / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
     n_failed = sum(record["status"] == FAILED for record in records)
@@ -710,7 +761,9 @@ def write_report(store: ResultStore, out: str | Path | None = None, reps: int = 
     lines = [
         "# Benchmark report",
         "",
-        f"From {len(records) - n_failed} finished cells ({n_failed} failed, not counted) in `{store.root}`. A cell's "
+        f"From {len(records) - n_failed} finished cells ({n_failed} failed, not counted) in `{store.root}`"
+        + "".join(f", and `{cells.algo}` from `{cells.store.root}` as {cells.name}" for cells in extra)
+        + ". A cell's "
         "score is its final return: the mean over its final deterministic evaluation episodes, one score per seed. "
         f"Intervals: 95% stratified bootstrap (rliable, percentile, {reps} resamples, seeded).",
         "",
@@ -722,7 +775,7 @@ def write_report(store: ResultStore, out: str | Path | None = None, reps: int = 
     lines += ["## Final return per env", "", markdown_table(records, scores)]
     aggregate = normalised_aggregate(scores, reps=reps)
     lines += _aggregate_section(aggregate)
-    lines += _improvement_section(scores)
+    lines += _improvement_section(scores, (*CHALLENGERS, *(cells.name for cells in extra)))
     lines += _budget_section(records)
     lines += _throughput_section(records)
 
@@ -762,6 +815,7 @@ __all__ = [
     "CONFIDENCE",
     "REPS",
     "Aggregate",
+    "ExtraCells",
     "WrittenReport",
     "budget_rows",
     "curve_intervals",
