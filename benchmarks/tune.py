@@ -52,7 +52,7 @@ import yaml
 from optuna.trial import TrialState
 
 from sb3_pg_ext import HYPERPARAMS_DIR
-from sb3_pg_ext.benchmark.cells import Cell
+from sb3_pg_ext.benchmark.cells import Cell, stale_reasons
 from sb3_pg_ext.benchmark.grid import run_grid
 from sb3_pg_ext.benchmark.presets import GRID_BUDGETS, PRESETS
 from sb3_pg_ext.benchmark.store import FINISHED, ResultStore
@@ -663,14 +663,24 @@ def protocol_table(entry_store: Path | None = None, defaults_store: Path | None 
     return "\n".join(lines)
 
 
-def adopt_defaults(algo: str, env: str, rows: list[dict[str, Any]] | None = None) -> str:
+def adopt_defaults(
+    algo: str,
+    env: str,
+    rows: list[dict[str, Any]] | None = None,
+    entry_store: Path | None = None,
+    defaults_store: Path | None = None,
+) -> str:
     """
     Replace ``algo``'s entry for ``env`` by the constructor defaults (the ``protocol-defaults`` preset's file:
     ``policy`` and ``n_envs``, with the protocol's budget), where :func:`protocol_rows` says the defaults replace it;
     the comment above the new entry gives both IQMs and keeps the replaced entry's settings. Its ``protocol`` cells
-    turn stale (rerun them with ``RERUN_STALE=1 bash benchmarks/grid_campaign.sh protocol``).
+    turn stale; :func:`reuse_defaults_cells` then puts the defaults' own runs in their place, and the cells it cannot
+    (rerun them with ``RERUN_STALE=1 bash benchmarks/grid_campaign.sh protocol``) are named.
 
-    :return: the new entry's text
+    :param rows: :func:`protocol_rows` (default: computed from the stores)
+    :param entry_store: the entries' results store (default: the ``protocol`` preset's)
+    :param defaults_store: the defaults' results store (default: the ``protocol-defaults`` preset's)
+    :return: the new entry's text, then what was copied and what is left to rerun
     """
     from sb3_pg_ext.benchmark.presets import PROTOCOL_BUDGETS, get_preset
 
@@ -692,7 +702,48 @@ def adopt_defaults(algo: str, env: str, rows: list[dict[str, Any]] | None = None
         f"so the defaults replace it. The entry it replaced: {json.dumps(replaced, sort_keys=False)}"
     )
     set_entry(path, env, entry, _wrap_comment(comment))
-    return path.read_text()
+    copied, left = reuse_defaults_cells(algo, env, entry_store, defaults_store)
+    return (
+        f"{path.read_text()}\n{algo} on {env}: the protocol cells of seeds {copied or 'none'} are the defaults' runs "
+        f"(copied); seeds {left or 'none'} are left to rerun"
+    )
+
+
+def reuse_defaults_cells(
+    algo: str, env: str, entry_store: Path | None = None, defaults_store: Path | None = None
+) -> tuple[list[int], list[int]]:
+    """
+    Once an entry is the constructor defaults, the ``protocol-defaults`` cells of ``(algo, env)`` are runs of the
+    ``protocol`` cells themselves: the same effective hyperparameters, seeds, budget and launcher, only the path of
+    the hyperparameter file differs, which :func:`~sb3_pg_ext.benchmark.cells.stale_reasons` does not count. Each
+    finished defaults record that is not stale for its protocol cell is copied into the protocol store, with the
+    protocol's cell in its config and ``copied_from`` naming its file, instead of being trained again (an hour per
+    cell on the long envs). A protocol record that is already up to date is kept.
+
+    :param entry_store: the entries' results store (default: the ``protocol`` preset's)
+    :param defaults_store: the defaults' results store (default: the ``protocol-defaults`` preset's)
+    :return: the seeds copied, and the seeds whose protocol cell is still stale or missing
+    """
+    from sb3_pg_ext.benchmark.presets import get_preset
+
+    entries = ResultStore(entry_store or ROOT / get_preset("protocol").store)
+    defaults = ResultStore(defaults_store or ROOT / get_preset("protocol-defaults").store)
+    copied, left = [], []
+    for cell in get_preset("protocol").cells():
+        if (cell.algo, cell.env) != (algo, env):
+            continue
+        current = entries.read(*cell.key)
+        if current is not None and current["status"] == FINISHED and not stale_reasons(current, cell):
+            continue
+        record = defaults.read(*cell.key)
+        if record is None or record["status"] != FINISHED or stale_reasons(record, cell):
+            left.append(cell.seed)
+            continue
+        config = dict(record["config"], cell=json.loads(json.dumps(asdict(cell))))
+        source = defaults.path(*cell.key)
+        entries.write(dict(record, config=config, copied_from=f"{source.parent.name}/{source.name}"))
+        copied.append(cell.seed)
+    return copied, left
 
 
 #: Candidate entries (``benchmarks/candidate_campaign.sh``): ``CANDIDATES/<algo>-<env>/<name>.yml``, each trained

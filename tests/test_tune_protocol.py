@@ -86,7 +86,10 @@ def test_adopt_defaults_writes_the_defaults_entry_only_where_the_protocol_says_s
     write_finals(entries, "reinforce", "Pendulum-v1", [-900] * 5)
     write_finals(defaults, "reinforce", "Pendulum-v1", [-1000] * 5)
     rows = tune.protocol_rows(entries, defaults)
-    text = tune.adopt_defaults("reinforce", "CartPole-v1", rows)
+    text = tune.adopt_defaults("reinforce", "CartPole-v1", rows, entries, defaults)
+    # these records hold no config: none can stand for a protocol cell, all five are left to rerun
+    assert text.endswith("seeds none are the defaults' runs (copied); seeds [200, 201, 202, 203, 204] are left to rerun")
+    text = text.rsplit("\n", 1)[0]
     after = yaml.safe_load(text)
     assert after["CartPole-v1"] == {"n_envs": 1, "n_timesteps": 100000, "policy": "MlpPolicy"}
     assert {k: v for k, v in after.items() if k != "CartPole-v1"} == {k: v for k, v in before.items() if k != "CartPole-v1"}
@@ -97,7 +100,50 @@ def test_adopt_defaults_writes_the_defaults_entry_only_where_the_protocol_says_s
     assert '"baseline": "optimal", "learning_rate": 0.00188508}' in comment, "the comment keeps the replaced entry"
     assert "# tuned" not in text and "# hand-set: the constructor defaults" in text, "the old comment block is replaced"
     with pytest.raises(SystemExit, match="Pendulum-v1: the protocol's verdict is 'entry ships'"):
-        tune.adopt_defaults("reinforce", "Pendulum-v1", rows)
+        tune.adopt_defaults("reinforce", "Pendulum-v1", rows, entries, defaults)
+
+
+def test_the_defaults_runs_stand_for_the_protocol_cells_of_an_adopted_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dataclasses import asdict
+
+    from benchmarks import tune
+    from sb3_pg_ext.benchmark.presets import get_preset
+
+    entries, defaults = ResultStore(tmp_path / "entries"), ResultStore(tmp_path / "defaults")
+    defaults_cells = {c.seed: c for c in get_preset("protocol-defaults").cells() if c.key[:2] == ("grpo", "LunarLander-v3")}
+    assert sorted(defaults_cells) == [200, 201, 202, 203, 204] and all(c.config for c in defaults_cells.values())
+    for seed, cell in defaults_cells.items():
+        if seed != 203:  # seed 203 of the defaults is still running
+            config = {"cell": asdict(cell), "hyperparams": {"n_envs": 8, "policy": "MlpPolicy"}}
+            defaults.write({**cell_record(cell, 20.0 + seed), "config": config})
+        entries.write(cell_record(cell, -100.0 - seed))  # the replaced entry's runs
+    # what stale_reasons says once the entry is the defaults: the old entry's runs are stale (other hyperparameters),
+    # the defaults' are up to date, but seed 202's, made before the final evaluation was reseeded
+    current = {"n_envs": 8, "policy": "MlpPolicy"}
+
+    def stale(record: dict, cell) -> list[str]:
+        assert cell.config is None, "judged against the protocol's cell"
+        if record["seed"] == 202 and "config" in record:
+            return ["protocol final_eval_seed: None -> 1000202"]
+        return [] if record.get("config", {}).get("hyperparams") == current else ["hyperparams learning_rate"]
+
+    monkeypatch.setattr(tune, "stale_reasons", stale)
+    copied, left = tune.reuse_defaults_cells("grpo", "LunarLander-v3", entries.root, defaults.root)
+    assert (copied, left) == ([200, 201, 204], [202, 203])
+    for seed in (200, 201, 204):
+        record = entries.read("grpo", "LunarLander-v3", seed)
+        assert record["final"]["mean"] == 20.0 + seed
+        assert record["copied_from"] == f"defaults/{defaults.path('grpo', 'LunarLander-v3', seed).name}"
+        assert record["config"]["cell"]["config"] is None and record["config"]["hyperparams"] == current
+    assert entries.read("grpo", "LunarLander-v3", 202)["final"]["mean"] == -302.0, "a stale defaults run is not copied"
+    # run again: the copies are up to date and stay; nothing else changes
+    assert tune.reuse_defaults_cells("grpo", "LunarLander-v3", entries.root, defaults.root) == ([], [202, 203])
+
+
+def cell_record(cell, final: float) -> dict:
+    return {"algo": cell.algo, "env": cell.env, "seed": cell.seed, "status": FINISHED, "final": {"mean": final}}
 
 
 def test_a_study_judged_by_another_aggregate_has_a_name_of_its_own() -> None:
