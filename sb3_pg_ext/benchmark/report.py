@@ -742,15 +742,16 @@ def write_report(
     :param extra: cells of other stores to report beside the store's, each under its own name
     :return: the markdown text and the files written
     :raises DamagedRecordError: naming the first damaged file of the store (nothing is written then)
-    :raises ValueError: when an extra name is an algorithm of the store, or two extras share a name
+    :raises ValueError: when an extra's name is an algorithm of the store, the baseline or a challenger, or two
+        extras share a name
     """
     records = list(store.records())  # raises at a damaged file, before anything is written
-    taken = {record["algo"] for record in records}
+    taken = {record["algo"] for record in records} | {BASELINE, *CHALLENGERS}
     for cells in extra:
         if cells.name in taken:
             raise ValueError(
                 f"cells of {cells.algo!r} from {cells.store.root} cannot be reported as {cells.name!r}: the name is "
-                f"taken (by an algorithm of {store.root} or another extra); choose another"
+                f"taken (by an algorithm of {store.root}, one the report compares, or another extra); choose another"
             )
         taken.add(cells.name)
         records += cells.records()
