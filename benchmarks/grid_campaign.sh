@@ -27,11 +27,26 @@ else
     CHUNKS=$(python -m sb3_pg_ext.benchmark presets "$PRESET" --chunks) || exit 2
 fi
 
+# While a chunk runs (a long one takes hours), its finished cells are committed every COMMIT_EVERY seconds (default
+# 600), so that a session stopped mid-chunk loses at most the cells in flight.
+committer=""
+stop_committer() {
+    if [ -n "$committer" ]; then
+        kill "$committer" 2>/dev/null
+        wait "$committer" 2>/dev/null
+        committer=""
+    fi
+}
+trap stop_committer EXIT
+
 for chunk in $CHUNKS; do
     echo "[$(date -u +%FT%TZ)] start $PRESET $chunk"
+    (while sleep "${COMMIT_EVERY:-600}"; do commit_results "Benchmark $PRESET: finished cells of $chunk" "$STORE"; done) &
+    committer=$!
     python -m sb3_pg_ext.benchmark run --preset "$PRESET" --chunk "$chunk" --store "$STORE" --workers 1 --no-progress \
         ${RERUN_STALE:+--rerun-stale}
     status=$?
+    stop_committer
     echo "[$(date -u +%FT%TZ)] end $PRESET $chunk (exit status $status)"
     if [ "$status" -eq 130 ]; then
         exit 130
