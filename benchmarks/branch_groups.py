@@ -116,13 +116,9 @@ SETTINGS: dict[str, dict[str, Any]] = {
     # the initial policy (no training), evaluated the same way: what "learned nothing" scores on each seed
     "untrained": dict(COMMON),
 }
-#: Settings whose policy's log std is not trained (``requires_grad`` off after construction: the optimiser skips it)
-FROZEN_LOG_STD = {
-    "first_common_e50_std05_fixed",
-    "first_common_e100_std05_fixed",
-    "first_common_e100_std03_fixed",
-    "first_common_e200_std05_fixed",
-}
+#: Settings whose policy's log std is not trained (``requires_grad`` off after construction: the optimiser skips it):
+#: those named ``*_fixed``
+FROZEN_LOG_STD = {name for name in SETTINGS if name.endswith("_fixed")}
 
 
 def write_atomically(path: Path, record: dict[str, Any]) -> None:

@@ -596,6 +596,21 @@ CARTPOLE_BAR = 475.0
 DEFAULTS_REPLACE = "defaults replace the entry"
 
 
+def protocol_stores(entry_store: Path | None = None, defaults_store: Path | None = None) -> dict[str, ResultStore]:
+    """
+    The results stores of the protocol's entries (``"entry"``) and constructor defaults (``"defaults"``).
+
+    :param entry_store: the entries' results store (default: the ``protocol`` preset's)
+    :param defaults_store: the defaults' results store (default: the ``protocol-defaults`` preset's)
+    """
+    from sb3_pg_ext.benchmark.presets import get_preset
+
+    return {
+        "entry": ResultStore(entry_store or ROOT / get_preset("protocol").store),
+        "defaults": ResultStore(defaults_store or ROOT / get_preset("protocol-defaults").store),
+    }
+
+
 def protocol_rows(entry_store: Path | None = None, defaults_store: Path | None = None) -> list[dict[str, Any]]:
     """
     The benchmark protocol's judgement of every shipped entry of the four algorithms: its final returns on the
@@ -615,9 +630,9 @@ def protocol_rows(entry_store: Path | None = None, defaults_store: Path | None =
 
     entries, defaults = (get_preset(name) for name in ("protocol", "protocol-defaults"))
     finals: dict[str, dict[tuple[str, str], dict[int, float]]] = {}
-    roots = {"entry": entry_store or ROOT / entries.store, "defaults": defaults_store or ROOT / defaults.store}
+    stores = protocol_stores(entry_store, defaults_store)
     for name, preset in (("entry", entries), ("defaults", defaults)):
-        store = ResultStore(str(roots[name]))
+        store = stores[name]
         finals[name] = {}
         for cell in preset.cells():
             record = store.read(*cell.key)
@@ -726,8 +741,8 @@ def reuse_defaults_cells(
     """
     from sb3_pg_ext.benchmark.presets import get_preset
 
-    entries = ResultStore(entry_store or ROOT / get_preset("protocol").store)
-    defaults = ResultStore(defaults_store or ROOT / get_preset("protocol-defaults").store)
+    stores = protocol_stores(entry_store, defaults_store)
+    entries, defaults = stores["entry"], stores["defaults"]
     copied, left = [], []
     for cell in get_preset("protocol").cells():
         if (cell.algo, cell.env) != (algo, env):
