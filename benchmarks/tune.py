@@ -52,7 +52,7 @@ import yaml
 from optuna.trial import TrialState
 
 from sb3_pg_ext import HYPERPARAMS_DIR
-from sb3_pg_ext.benchmark.cells import Cell, stale_reasons
+from sb3_pg_ext.benchmark.cells import Cell, reuse_records
 from sb3_pg_ext.benchmark.grid import run_grid
 from sb3_pg_ext.benchmark.presets import GRID_BUDGETS, PRESETS
 from sb3_pg_ext.benchmark.store import FINISHED, ResultStore
@@ -730,10 +730,9 @@ def reuse_defaults_cells(
     """
     Once an entry is the constructor defaults, the ``protocol-defaults`` cells of ``(algo, env)`` are runs of the
     ``protocol`` cells themselves: the same effective hyperparameters, seeds, budget and launcher, only the path of
-    the hyperparameter file differs, which :func:`~sb3_pg_ext.benchmark.cells.stale_reasons` does not count. Each
-    finished defaults record that is not stale for its protocol cell is copied into the protocol store, with the
-    protocol's cell in its config and ``copied_from`` naming its file, instead of being trained again (an hour per
-    cell on the long envs). A protocol record that is already up to date is kept.
+    the hyperparameter file differs. Their finished records are copied into the protocol store
+    (:func:`~sb3_pg_ext.benchmark.cells.reuse_records`) instead of being trained again (up to an hour per cell on
+    the long envs).
 
     :param entry_store: the entries' results store (default: the ``protocol`` preset's)
     :param defaults_store: the defaults' results store (default: the ``protocol-defaults`` preset's)
@@ -742,23 +741,9 @@ def reuse_defaults_cells(
     from sb3_pg_ext.benchmark.presets import get_preset
 
     stores = protocol_stores(entry_store, defaults_store)
-    entries, defaults = stores["entry"], stores["defaults"]
-    copied, left = [], []
-    for cell in get_preset("protocol").cells():
-        if (cell.algo, cell.env) != (algo, env):
-            continue
-        current = entries.read(*cell.key)
-        if current is not None and current["status"] == FINISHED and not stale_reasons(current, cell):
-            continue
-        record = defaults.read(*cell.key)
-        if record is None or record["status"] != FINISHED or stale_reasons(record, cell):
-            left.append(cell.seed)
-            continue
-        config = dict(record["config"], cell=json.loads(json.dumps(asdict(cell))))
-        source = defaults.path(*cell.key)
-        entries.write(dict(record, config=config, copied_from=f"{source.parent.name}/{source.name}"))
-        copied.append(cell.seed)
-    return copied, left
+    cells = [cell for cell in get_preset("protocol").cells() if (cell.algo, cell.env) == (algo, env)]
+    copied, left = reuse_records(cells, stores["defaults"], stores["entry"])
+    return [cell.seed for cell in copied], [cell.seed for cell in left]
 
 
 #: Candidate entries (``benchmarks/candidate_campaign.sh``): ``CANDIDATES/<algo>-<env>/<name>.yml``, each trained

@@ -289,6 +289,41 @@ def test_stale_reasons_name_each_changed_field(tmp_path: Path) -> None:
     assert stale_reasons({"config": {}}, cell) == ["the record holds no config of its cell and hyperparameters"]
 
 
+def test_reuse_copies_only_the_runs_of_the_grids_cells_as_they_are_now(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source, target = ResultStore(tmp_path / "grid"), ResultStore(tmp_path / "protocol")
+    cells = {c.seed: c for c in grid_cells(["reinforce"], ["CartPole-v1"], [0, 1, 2, 3], {"CartPole-v1": 500})}
+    source.write(fake_record(cells[0], 10.0))  # a run of the cell as it is: copied
+    source.write(fake_record(Cell("reinforce", "CartPole-v1", 1, 1000), 11.0))  # another budget: not copied
+    source.write({**fake_record(cells[2], 12.0), "status": FAILED})  # failed: not copied
+    target.write(fake_record(cells[3], 33.0))  # already up to date: kept
+    source.write(fake_record(cells[3], 13.0))
+    argv = ["--algos", "reinforce", "--envs", "CartPole-v1", "--seeds", "0", "1", "2", "3", "--budget", "CartPole-v1=500"]
+    assert cli.main(["reuse", *argv, "--store", str(target.root), "--from", str(source.root)]) == 0
+    out = capsys.readouterr().out
+    assert "copied: reinforce CartPole-v1 seed 0\n" in out and "copied 1 from" in out and "2 cells have no up-to-date" in out
+    copy = target.read("reinforce", "CartPole-v1", 0)
+    assert (
+        copy is not None and copy["final"]["mean"] == 10.0 and copy["copied_from"] == "grid/reinforce__CartPole-v1__seed0.json"
+    )
+    assert not stale_reasons(copy, cells[0])
+    assert target.read("reinforce", "CartPole-v1", 1) is None and target.read("reinforce", "CartPole-v1", 2) is None
+    assert target.read("reinforce", "CartPole-v1", 3)["final"]["mean"] == 33.0
+    # a second call copies nothing more; bad sources are errors (status 2) that create no store
+    assert cli.main(["reuse", *argv, "--store", str(target.root), "--from", str(source.root)]) == 0
+    assert "copied 0 from" in capsys.readouterr().out
+    for bad, message in [(tmp_path / "nowhere", "no results store there"), (target.root, "is the store itself")]:
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(
+                ["reuse", *argv, "--store", str(tmp_path / "new"), "--from", str(bad)]
+                if bad != target.root
+                else ["reuse", *argv, "--store", str(target.root), "--from", str(bad)]
+            )
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
 def test_a_cell_that_raises_is_recorded_as_failed_and_retried(tmp_path: Path) -> None:
     failing = ("reinforce", "CartPole-v1", 1)
     trainer = CountingTrainer(failing={failing})

@@ -109,6 +109,7 @@ def test_the_defaults_runs_stand_for_the_protocol_cells_of_an_adopted_entry(
     from dataclasses import asdict
 
     from benchmarks import tune
+    from sb3_pg_ext.benchmark import cells as cells_module
     from sb3_pg_ext.benchmark.presets import get_preset
 
     entries, defaults = ResultStore(tmp_path / "entries"), ResultStore(tmp_path / "defaults")
@@ -129,7 +130,7 @@ def test_the_defaults_runs_stand_for_the_protocol_cells_of_an_adopted_entry(
             return ["protocol final_eval_seed: None -> 1000202"]
         return [] if record.get("config", {}).get("hyperparams") == current else ["hyperparams learning_rate"]
 
-    monkeypatch.setattr(tune, "stale_reasons", stale)
+    monkeypatch.setattr(cells_module, "stale_reasons", stale)
     copied, left = tune.reuse_defaults_cells("grpo", "LunarLander-v3", entries.root, defaults.root)
     assert (copied, left) == ([200, 201, 204], [202, 203])
     for seed in (200, 201, 204):

@@ -50,7 +50,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecEnv, sync_envs_normalization
 
 from sb3_pg_ext import HYPERPARAMS_DIR
-from sb3_pg_ext.benchmark.store import FAILED, FINISHED, CellKey
+from sb3_pg_ext.benchmark.store import FAILED, FINISHED, CellKey, ResultStore
 from sb3_pg_ext.zoo.exp_manager import PGExperimentManager
 from sb3_pg_ext.zoo.registry import ZOO_ALGOS, register
 
@@ -245,6 +245,36 @@ def is_stale(record: dict[str, Any], cell: Cell) -> bool:
     hyperparameters). A table then never mixes old settings with new ones.
     """
     return bool(stale_reasons(record, cell))
+
+
+def reuse_records(cells: Iterable[Cell], source: ResultStore, target: ResultStore) -> tuple[list[Cell], list[Cell]]:
+    """
+    Copy into ``target`` the finished records of ``source`` that are runs of ``cells`` as they are now (not stale for
+    them, :func:`stale_reasons`: the same effective hyperparameters, budget, seeds and evaluation protocol; only the
+    paths of the hyperparameter file and study may differ), instead of training those cells again. Each copy holds
+    the target's cell in its config and ``copied_from`` naming the source file. A cell whose ``target`` record is
+    already finished and up to date is left alone.
+
+    :param cells: the cells to fill
+    :param source: the store that may hold runs of them (another grid's, e.g. a preset sharing some cells)
+    :param target: the store to fill
+    :return: the cells copied, and the cells still missing or stale in ``target`` (no usable source record)
+    """
+    copied: list[Cell] = []
+    left: list[Cell] = []
+    for cell in cells:
+        current = target.read(*cell.key)
+        if current is not None and current["status"] == FINISHED and not stale_reasons(current, cell):
+            continue
+        record = source.read(*cell.key)
+        if record is None or record["status"] != FINISHED or stale_reasons(record, cell):
+            left.append(cell)
+            continue
+        config = dict(record["config"], cell=json.loads(json.dumps(asdict(cell))))
+        origin = source.path(*cell.key)
+        target.write(dict(record, config=config, copied_from=f"{origin.parent.name}/{origin.name}"))
+        copied.append(cell)
+    return copied, left
 
 
 def split_untuned(cells: Iterable[Cell]) -> tuple[list[Cell], list[Cell]]:

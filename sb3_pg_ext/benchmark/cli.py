@@ -1,5 +1,5 @@
 """
-``python -m sb3_pg_ext.benchmark <run|status|report|presets> ...``
+``python -m sb3_pg_ext.benchmark <run|status|reuse|report|presets> ...``
 
     python -m sb3_pg_ext.benchmark run --preset readme --store benchmarks/results/grid --workers 2
     python -m sb3_pg_ext.benchmark run --preset readme --chunk lunar-200 --store benchmarks/results/grid
@@ -10,10 +10,12 @@
     python -m sb3_pg_ext.benchmark run --algos grpo --envs CartPole-v1 --seeds 300 301 \\
         --conf-file grpo=candidate.yml --store DIR                 # grpo's cells read candidate.yml (rl-zoo3's format)
     python -m sb3_pg_ext.benchmark status --preset readme --store benchmarks/results/grid
+    python -m sb3_pg_ext.benchmark reuse --preset protocol --store benchmarks/results/protocol \\
+        --from benchmarks/results/grid  # copy the grid's runs of cells the protocol shares (same settings)
     python -m sb3_pg_ext.benchmark report --store DIR [--out DIR] [--with DIR:ALGO=NAME ...]
     python -m sb3_pg_ext.benchmark presets [NAME --chunks]        # the named grids (sb3_pg_ext.benchmark.presets)
 
-The launcher runs the same commands: ``sb3-pg-zoo benchmark run|status|report ...``.
+The launcher runs the same commands: ``sb3-pg-zoo benchmark run|status|reuse|report ...``.
 
 Exit status: 0; 1 when cells failed or were interrupted (a worker died); 2 for bad input (an unknown algorithm, env
 or ``--budget`` key, named with the valid ones), a missing Ray, or a store that ``report`` cannot use (missing, or
@@ -37,7 +39,16 @@ from types import FrameType
 
 import yaml
 
-from sb3_pg_ext.benchmark.cells import Cell, CellTrainer, grid_cells, split_untuned, stale_reasons, train_cell, tuned_envs
+from sb3_pg_ext.benchmark.cells import (
+    Cell,
+    CellTrainer,
+    grid_cells,
+    reuse_records,
+    split_untuned,
+    stale_reasons,
+    train_cell,
+    tuned_envs,
+)
 from sb3_pg_ext.benchmark.grid import run_grid
 from sb3_pg_ext.benchmark.presets import PRESETS
 from sb3_pg_ext.benchmark.store import DAMAGED, FAILED, FINISHED, DamagedRecordError, ResultStore
@@ -216,6 +227,14 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         help="also run the finished cells whose settings changed since they ran (overwriting their records); "
         "without it they are listed and skipped",
     )
+    reuse = commands.add_parser(
+        "reuse",
+        help="copy into the store the finished records of another store that are runs of the grid's cells as they are "
+        "now (same hyperparameters, budget, seeds and evaluation), instead of training them again",
+    )
+    reuse.set_defaults(subparser=reuse)
+    _grid_arguments(reuse)
+    reuse.add_argument("--from", dest="source", required=True, metavar="DIR", help="the results store to copy from")
     status = commands.add_parser("status", help="finished, failed, missing and stale cells of the grid")
     status.set_defaults(subparser=status)
     _grid_arguments(status)
@@ -367,6 +386,8 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG, *, train: CellTrai
         print(written.markdown)
         print(f"written: {', '.join(str(path) for path in written.paths)}")
         return 0
+    if args.command == "reuse" and not Path(args.source).is_dir():
+        args.subparser.error(f"--from {args.source}: no results store there")
     cells, untuned = split_untuned(_cells(args.subparser, args))
     store = ResultStore(args.store)
     if untuned:
@@ -376,6 +397,8 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG, *, train: CellTrai
         args.subparser.error("no cell left to run: no algorithm of the grid has an entry for any of its envs")
     if args.command == "status":
         return _status(store, cells)
+    if args.command == "reuse":
+        return _reuse(args, store, cells)
     try:
         with _interruptible():
             result = run_grid(
@@ -412,6 +435,17 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG, *, train: CellTrai
         for key in result.interrupted:
             print(f"interrupted: {key[0]} {key[1]} seed {key[2]}")
     return 1 if result.failed or result.interrupted else 0
+
+
+def _reuse(args: argparse.Namespace, store: ResultStore, cells: list[Cell]) -> int:
+    """Copy the up-to-date runs of ``cells`` from ``--from`` into ``store`` and print what was copied; returns 0."""
+    if Path(args.source).resolve() == store.root.resolve():
+        args.subparser.error(f"--from {args.source} is the store itself")
+    copied, left = reuse_records(cells, ResultStore(args.source), store)
+    for cell in copied:
+        print(f"copied: {cell.algo} {cell.env} seed {cell.seed}")
+    print(f"copied {len(copied)} from {args.source}; {len(left)} cells have no up-to-date run there")
+    return 0
 
 
 def _status(store: ResultStore, cells: list[Cell]) -> int:
