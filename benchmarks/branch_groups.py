@@ -150,6 +150,7 @@ def run(setting: str, seed: int, budget: int, n_eval_episodes: int) -> dict[str,
     returns, _ = evaluate_policy(
         model, eval_env, n_eval_episodes=n_eval_episodes, deterministic=True, return_episode_rewards=True
     )
+    assert isinstance(returns, list)  # return_episode_rewards=True: one return per episode
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False).stdout.strip()
     return {
         "env_id": ENV_ID,

@@ -55,7 +55,7 @@ class PromptRecorder(BaseCallback):
         return True
 
     def _on_rollout_end(self) -> None:
-        batch = self.model.rollout_buffer.get()
+        batch = self.model.rollout_buffer.get()  # type: ignore[attr-defined]  # the callback trains a GRPO
         starts = batch.observations[batch.episode_starts][:, : self.prompt_length].cpu().numpy()
         self.prompts.update(map(tuple, starts.tolist()))
 

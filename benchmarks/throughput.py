@@ -83,14 +83,16 @@ from sb3_pg_ext import GRPO, ISPG, PPOKL, REINFORCE
 
 def reinforce_throughput(steps: int, repetitions: int) -> dict[str, Any]:
     """REINFORCE() vs PPO() with their defaults on CartPole-v1, at n_envs=1 then n_envs=8."""
+
+    def reinforce(n_envs: int) -> Callable[[], BaseAlgorithm]:
+        return lambda: REINFORCE("MlpPolicy", make_vec_env("CartPole-v1", n_envs=n_envs, seed=0), seed=0)
+
+    def ppo(n_envs: int) -> Callable[[], BaseAlgorithm]:
+        return lambda: PPO("MlpPolicy", make_vec_env("CartPole-v1", n_envs=n_envs, seed=0), seed=0)
+
     throughput = {}
     for n_envs in (1, 8):
-        contenders: dict[str, Callable[[], BaseAlgorithm]] = {
-            f"REINFORCE (n_envs={n_envs})": lambda n=n_envs: REINFORCE(
-                "MlpPolicy", make_vec_env("CartPole-v1", n_envs=n, seed=0), seed=0
-            ),
-            f"PPO (n_envs={n_envs})": lambda n=n_envs: PPO("MlpPolicy", make_vec_env("CartPole-v1", n_envs=n, seed=0), seed=0),
-        }
+        contenders = {f"REINFORCE (n_envs={n_envs})": reinforce(n_envs), f"PPO (n_envs={n_envs})": ppo(n_envs)}
         results = measure_throughput(contenders, steps, repetitions=repetitions)
         throughput[n_envs] = [r.summary() for r in results]
         print(markdown_throughput_table(results), flush=True)

@@ -377,8 +377,10 @@ def baseline(algo: str, env: str, n_timesteps: int, seeds: list[int]) -> float:
     config = folder / f"{name}.yml"
     config.write_text(f"# the hand-set entry of hyperparams/{algo}.yml ({where})\n" + "\n".join(block) + "\n")
     store = ResultStore(str(folder / name))
-    protocol = {"n_evaluations": N_EVALUATIONS, "n_eval_episodes": EVAL_EPISODES, "config": str(config)}
-    cells = [Cell(algo, env, s, n_timesteps, **protocol) for s in seeds]
+    cells = [
+        Cell(algo, env, s, n_timesteps, n_evaluations=N_EVALUATIONS, n_eval_episodes=EVAL_EPISODES, config=str(config))
+        for s in seeds
+    ]
     run_grid(cells, store, workers=1, progress=False)
     records = [store.read(*c.key) for c in cells]
     last = [r["curve"]["returns"][-1] for r in records if r is not None and r["status"] == FINISHED]
@@ -467,7 +469,11 @@ def trial_hours(name: str) -> float:
     whatever session ran it; the CPU seconds of a summary miss the sessions that were stopped before its end).
     """
     study = optuna.load_study(study_name=name, storage=journal(name))
-    spans = [(t.datetime_complete - t.datetime_start).total_seconds() for t in _finished(study) if t.datetime_start]
+    spans = [
+        (t.datetime_complete - t.datetime_start).total_seconds()
+        for t in _finished(study)
+        if t.datetime_start is not None and t.datetime_complete is not None
+    ]
     return sum(spans) / 3600
 
 
