@@ -603,21 +603,22 @@ def group_reward_to_go_advantages(
     min_std: float = 0.0,
 ) -> th.Tensor:
     """
-    Process advantage of every step of groups of continuations from a shared state (GRPO's branch groups,
-    ``advantage="process"``): the discounted reward-to-go from offset k, normalised across the continuations of the
-    group still running at offset k,
+    Reward-to-go advantage of every step of groups of episodes that share their start (GRPO's
+    ``advantage="reward_to_go"``: reset groups from one reset seed, or branch groups' continuations from one
+    restored state, where ``advantage="process"`` means the same): the discounted reward-to-go from offset k,
+    normalised across the episodes of the group still running at offset k,
 
         G_{i,g,k} = sum_{j >= k} gamma^{j-k} r_{i,g,j}
         A_{i,g,k} = (G_{i,g,k} - mean_{g' in S_{i,k}} G_{i,g',k}) / (max(sigma, min_std) + eps)
 
-    with S_{i,k} the continuations of group i that have a step at offset k, and sigma the population std of
+    with S_{i,k} the episodes of group i that have a step at offset k, and sigma the population std of
     ``{G_{i,g',k}: g' in S_{i,k}}`` (``scale_rewards="group"``), of every step's reward-to-go of the batch
     (``"batch"``), or no division (``"none"``); as in :func:`group_advantages`, equal values (in particular a
-    single continuation still running at k) get A = 0.
+    single episode still running at k) get A = 0.
 
-    :param rewards: ``(T,)`` rewards of the concatenated continuations
-    :param episode_starts: ``(T,)`` bool, True at the first step of each continuation
-    :param group_ids: ``(N,)`` long, the group of each continuation
+    :param rewards: ``(T,)`` rewards of the concatenated episodes
+    :param episode_starts: ``(T,)`` bool, True at the first step of each episode
+    :param group_ids: ``(N,)`` long, the group of each episode
     :param gamma: discount factor
     :param scale_rewards: ``"group"``, ``"batch"`` or ``"none"``
     :param eps: added to the std

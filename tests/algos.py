@@ -160,7 +160,7 @@ ALGO_CASES: list[AlgoCase] = [
             ("kl_ratio_correction", "yes", ("kl_ratio_correction", "True or False")),
             ("kl_in_reward", 1, ("kl_in_reward", "True or False")),
             ("scale_rewards", "std", ("scale_rewards", "'group'", "'batch'", "'none'")),
-            ("advantage", "value", ("advantage", "'outcome'", "'process'")),
+            ("advantage", "value", ("advantage", "'outcome'", "'process'", "'reward_to_go'")),
             ("loss_aggregation", "sum", ("loss_aggregation", "'seq_sum'", "'seq_mean'", "'token_mean'", "'constant'")),
             ("loss_aggregation", "constant", ("max_length",)),
             ("max_length", 0, ("max_length", ">= 1")),

@@ -246,6 +246,7 @@ def surrogate_loss(model: GRPO, data: UpdateData) -> float:
 # all exactly 0, so that case runs on Pendulum-v1.
 OPTIONS = [
     ("Pendulum-v1", dict(advantage="process", group_size=2, n_groups=2)),
+    ("Pendulum-v1", dict(advantage="reward_to_go", gamma=0.95, group_size=2, n_groups=2)),
     (CARTPOLE, dict(scale_rewards="batch", loss_aggregation="token_mean")),
     (CARTPOLE, dict(scale_rewards="none", loss_aggregation="seq_mean", clip_range_high=0.28)),
     (CARTPOLE, dict(beta=0.1, kl_in_reward=True, drop_zero_std_groups=True, mask_truncated=True)),
@@ -253,6 +254,27 @@ OPTIONS = [
     (CARTPOLE, dict(beta=0.1, kl_estimator="k2", kl_ratio_correction=True)),
     (CARTPOLE, dict(beta=0.1, kl_estimator="k1", kl_ratio_correction=True, loss_aggregation="constant")),
 ]
+
+
+def test_reward_to_go_advantages_of_reset_groups_use_a_per_step_group_baseline():
+    """advantage="reward_to_go": each step gets its discounted reward-to-go against the group's episodes at the same
+    step, A_{i,g,t} = (G_{i,g,t} - mean_g G_{i,g,t}) / (std_g + eps); checked by hand on the collected rollout."""
+    gamma, eps = 0.9, 1e-4
+    model = make_grpo("Pendulum-v1", advantage="reward_to_go", gamma=gamma, group_size=3, n_groups=2, advantage_eps=eps)
+    collect(model)
+    batch = model.rollout_buffer.get()
+    advantages = model._prepare_update(batch).advantages.double()
+    rewards = batch.rewards.double().reshape(2, 3, 200)  # Pendulum-v1: every episode 200 steps, in group order
+    to_go = th.zeros_like(rewards)
+    running = th.zeros_like(rewards[..., 0])
+    for t in reversed(range(200)):
+        running = rewards[..., t] + gamma * running
+        to_go[..., t] = running
+    mean, std = to_go.mean(dim=1, keepdim=True), to_go.std(dim=1, unbiased=False, keepdim=True)
+    expected = ((to_go - mean) / (std + eps)).reshape(-1)
+    th.testing.assert_close(advantages, expected.to(advantages.dtype))
+    # per-step credit: within one episode the advantage changes from step to step (an outcome advantage does not)
+    assert advantages.reshape(6, 200).std(dim=1).min() > 0.1
 
 
 @pytest.mark.parametrize(("env_id", "options"), OPTIONS, ids=[f"{env}-{opts}" for env, opts in OPTIONS])

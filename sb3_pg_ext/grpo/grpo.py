@@ -54,7 +54,7 @@ SCALE_REWARDS = ("group", "batch", "none")
 GROUP_STARTS = ("reset", "branch")
 BRANCH_ADVANTAGES = ("group", "vine", "first")
 BRANCH_NOISES = ("independent", "common")
-ADVANTAGES = ("outcome", "process")
+ADVANTAGES = ("outcome", "process", "reward_to_go")
 LOSS_AGGREGATIONS = ("seq_sum", "seq_mean", "token_mean", "constant")
 
 
@@ -102,6 +102,11 @@ class GRPO(GroupedOnPolicyAlgorithm):
     with r_t = pi_theta(a_t|s_t) / pi_old(a_t|s_t), A_t the group-relative advantage
     ``(R_{i,g} - mean_i) / (std_i + eps)`` of the step's episode, D_t an estimate of KL(pi_theta || pi_ref) and
     w_{e,t} the loss aggregation's weight (``seq_sum``: w = 1/(B G), the DeepSeekMath formula).
+    ``advantage="reward_to_go"`` gives each step credit for what follows it only: A_{i,g,t} = (G_{i,g,t} - mean) /
+    (std + eps) with G_{i,g,t} = sum_{j >= t} gamma^{j-t} r_{i,g,j}, mean and std over the episodes of group i that
+    have a step t. They share the initial state, so the mean is a per-step baseline estimated without a critic
+    (the idea of the group policy gradient of Chen et al. 2025); it suits long episodes with dense rewards, where
+    one return for every step of an episode credits each action with everything that happened before it.
 
     The rollout (:class:`~sb3_pg_ext.common.groups.GroupedOnPolicyAlgorithm`): groups collected in *waves* of one
     episode per env, with any number of envs, each episode reset with its group's seed; each wave checks that the
@@ -116,10 +121,11 @@ class GRPO(GroupedOnPolicyAlgorithm):
     (:mod:`sb3_pg_ext.common.snapshots`) and plays ``group_size`` continuations of at most ``branch_horizon``
     steps (fewer on termination or the env's own truncation). Continuation g of group i has the truncated
     discounted return R_{i,g} = sum_k gamma^k r_{g,k}; ``"outcome"`` advantages normalise it within the group as
-    above; ``"process"`` ones give the action at offset k its discounted reward-to-go from k, normalised across the
-    continuations of its group still running at k. Only the continuations are trained on. Every env step counts in
-    ``num_timesteps`` (trunk, continuations, replay), logged as ``rollout/trunk_steps``, ``rollout/branch_steps``
-    and ``rollout/replay_steps``; ``rollout/ep_rew_mean`` describes the trunk episodes.
+    above; ``"process"`` and ``"reward_to_go"`` ones give the action at offset k its discounted reward-to-go from
+    k, normalised across the continuations of its group still running at k. Only the continuations are trained
+    on. Every env step counts in ``num_timesteps`` (trunk, continuations, replay), logged as
+    ``rollout/trunk_steps``, ``rollout/branch_steps`` and ``rollout/replay_steps``; ``rollout/ep_rew_mean``
+    describes the trunk episodes.
 
     No value network is built or trained: the policies are actor-only (:mod:`sb3_pg_ext.common.policies`). The
     optimiser is AdamW with ``weight_decay=0`` unless ``policy_kwargs=dict(optimizer_kwargs=dict(weight_decay=...))``
@@ -159,10 +165,11 @@ class GRPO(GroupedOnPolicyAlgorithm):
         reward before the advantages (``kl_estimator`` is then unused)
     :param scale_rewards: Std that divides the centred returns: ``"group"`` (population std of the group),
         ``"batch"`` (of the whole rollout) or ``"none"``
-    :param advantage: ``"outcome"`` (the episode's normalised return at every step) or ``"process"``
+    :param advantage: ``"outcome"`` (the episode's normalised return at every step), ``"process"``
         (DeepSeekMath process supervision: step rewards normalised across the group, summed from t to the end;
-        with branch groups: the discounted reward-to-go from offset k, normalised across the group's continuations
-        still running at k)
+        with branch groups: as ``"reward_to_go"``) or ``"reward_to_go"`` (the step's discounted reward-to-go
+        G_t = sum_{j >= t} gamma^{j-t} r_j, normalised across the group's episodes, or continuations, that have a
+        step t: a per-step baseline from the group, with per-step credit)
     :param group_start: How a group starts: ``"reset"`` (every episode of the group reset with the group's seed)
         or ``"branch"`` (continuations from a state of a trunk episode, restored by env snapshots; the env must
         support them: :mod:`sb3_pg_ext.common.snapshots`, and ``SubprocVecEnv`` needs ``SnapshotWrapper``)
@@ -179,8 +186,9 @@ class GRPO(GroupedOnPolicyAlgorithm):
         numbers: after their first action, the continuations of a group draw their k-th action from the same
         noise, so that their returns differ by what the first action did; needs ``branch_advantage="first"``, a
         diagonal Gaussian without gSDE or a categorical action distribution)
-    :param gamma: Discount of the continuations' returns (``group_start="branch"`` only: reset groups' returns are
-        undiscounted episode sums, so it must be 1 there)
+    :param gamma: Discount of the continuations' returns (``group_start="branch"``) and of the reward-to-go of
+        ``advantage="reward_to_go"``; the other advantages of reset groups use undiscounted episode sums, so it
+        must be 1 there
     :param loss_aggregation: ``"seq_sum"`` (1/(BG) sum_e sum_t), ``"seq_mean"`` (each episode divided by its
         length), ``"token_mean"`` (mean over all steps) or ``"constant"`` (divided by ``max_length``)
     :param max_length: L of ``"constant"`` aggregation; None: the env's ``spec.max_episode_steps``
@@ -325,10 +333,11 @@ class GRPO(GroupedOnPolicyAlgorithm):
                     f"`branch_horizon={branch_horizon}` is only used with `group_start='branch'` (reset groups play "
                     "whole episodes): set `group_start='branch'` or leave `branch_horizon=None`"
                 )
-            if gamma != 1.0:
+            if gamma != 1.0 and advantage != "reward_to_go":
                 raise ValueError(
-                    f"`gamma={gamma}` discounts the continuations of `group_start='branch'`; with `group_start='reset'` "
-                    "the returns are undiscounted episode sums: leave `gamma=1.0`"
+                    f"`gamma={gamma}` discounts the continuations of `group_start='branch'` and the reward-to-go of "
+                    f"`advantage='reward_to_go'`; with `group_start='reset'` and `advantage={advantage!r}` the returns "
+                    "are undiscounted episode sums: leave `gamma=1.0` or set `advantage='reward_to_go'`"
                 )
         elif mask_truncated:
             raise ValueError(
@@ -362,7 +371,7 @@ class GRPO(GroupedOnPolicyAlgorithm):
             env,
             learning_rate=learning_rate,
             n_steps=0,  # SB3 steps per env: unused, a rollout is n_groups groups of group_size episodes
-            gamma=gamma,  # reset groups: undiscounted episode sums (gamma = 1); branch groups: the continuations'
+            gamma=gamma,  # branch groups: the continuations' returns; reward_to_go: its discount; else 1
             gae_lambda=1.0,
             ent_coef=ent_coef,
             vf_coef=0.0,
@@ -519,8 +528,8 @@ class GRPO(GroupedOnPolicyAlgorithm):
         if self.advantage == "outcome":
             episode_advantages = group_advantages(returns, group_ids, self.scale_rewards, self.advantage_eps, self.min_std)
             advantages = episode_advantages[episode_ids_from_starts(batch.episode_starts)]
-        elif self.group_start == "branch":
-            # G_k = sum_{j >= k} gamma^{j-k} r_j, normalised across the group's continuations still running at k
+        elif self.advantage == "reward_to_go" or self.group_start == "branch":
+            # G_k = sum_{j >= k} gamma^{j-k} r_j, normalised across the group's episodes (continuations) running at k
             advantages = group_reward_to_go_advantages(
                 rewards, batch.episode_starts, group_ids, self.gamma, self.scale_rewards, self.advantage_eps, self.min_std
             )
