@@ -469,7 +469,7 @@ def test_the_sampler_tunes_the_group_start_and_the_branch_options():
 
     env = make_vec_env(PENDULUM, n_envs=1)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0), direction="maximize")
-    starts, kinds, noises = set(), set(), set()
+    starts, kinds, noises, advantages = set(), set(), set(), set()
     for _ in range(40):
         trial = study.ask()
         kwargs = sample_grpo_params(trial, 0, 1, {})
@@ -480,12 +480,16 @@ def test_the_sampler_tunes_the_group_start_and_the_branch_options():
             noises.add(kwargs.get("branch_noise"))
             assert ("branch_noise" in kwargs) == (kwargs["branch_advantage"] == "first")
         else:
-            assert "branch_horizon" not in kwargs and "gamma" not in kwargs and "branch_advantage" not in kwargs
+            assert "branch_horizon" not in kwargs and "branch_advantage" not in kwargs
+            advantages.add(kwargs["advantage"])
+            # reset groups discount only the reward-to-go advantages
+            assert ("gamma" in kwargs) == (kwargs["advantage"] == "reward_to_go")
+            assert kwargs.get("gamma", 1.0) in (0.95, 0.98, 0.99, 1.0)
         assert convert_grpo_params(trial.params).get("gamma") == kwargs.get("gamma")
         GRPO("MlpPolicy", env, device="cpu", **kwargs)
         study.tell(trial, 0.0)
     assert starts == {"reset", "branch"} and kinds == {"group", "vine", "first"}
-    assert noises == {None, "independent", "common"}
+    assert noises == {None, "independent", "common"} and advantages == {"outcome", "process", "reward_to_go"}
 
 
 def test_vec_normalize():

@@ -306,6 +306,9 @@ def test_grpo_lab_offers_trpo_vine_options_that_build_the_estimator_they_name(tm
         "branch_noise": "common",
     }
     assert options["G4-group-first-branch"]["branch_noise"] == "independent"
+    # reward-to-go advantages on reset groups; on branch groups "process" is that estimator already
+    assert options["G4-group-reward_to_go"] == {"group_size": 4, "scale_rewards": "group", "advantage": "reward_to_go"}
+    assert "G4-group-reward_to_go-branch" not in options and "G4-group-process-branch" in options
     checkpoint = GRPO("MlpPolicy", make_vec_env("Pendulum-v1", n_envs=1, seed=0), seed=0, device="cpu")
     lab = LabRun(
         "grpo", "Pendulum-v1", checkpoint, tmp_path, batch_sizes=[4], options=["G2-none-first-common-branch"], n_batches=3

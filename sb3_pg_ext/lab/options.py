@@ -239,7 +239,8 @@ def ispg_target_state(checkpoint: ISPG, env: Any, behind: int, seed: int) -> dic
 
 class GRPOAdapter(Adapter):
     """
-    GRPO: group size x ``scale_rewards`` x ``advantage`` (x ``group_start`` when the installed GRPO has it), and
+    GRPO: group size x ``scale_rewards`` x ``advantage`` (x ``group_start`` when the installed GRPO has it;
+    ``reward_to_go`` on reset groups only, undiscounted, where it estimates the same gradient), and
     TRPO's vine (``-first[-common]-branch``: ``branch_advantage="first"`` with independent or common noise). A batch
     is ``batch_size`` episodes: ``batch_size / group_size`` groups (group sizes that do not divide it are skipped).
     One epoch on the whole rollout with pi = pi_old, so the clipped ratio is 1 and the gradient is
@@ -262,8 +263,10 @@ class GRPOAdapter(Adapter):
             starts.append("branch")
         grid: dict[str, dict[str, Any]] = {}
         for size, scale, advantage, group_start in itertools.product(
-            self.group_sizes, ("group", "batch", "none"), ("outcome", "process"), starts
+            self.group_sizes, ("group", "batch", "none"), ("outcome", "process", "reward_to_go"), starts
         ):
+            if advantage == "reward_to_go" and group_start == "branch":
+                continue  # branch groups' "process" advantage is this one
             name = f"G{size}-{scale}-{advantage}" + ("" if group_start == "reset" else f"-{group_start}")
             option: dict[str, Any] = {"group_size": size, "scale_rewards": scale, "advantage": advantage}
             if group_start != "reset":

@@ -190,8 +190,9 @@ def convert_grpo_params(params: dict[str, Any]) -> dict[str, Any]:
     hyperparams = dict(params)
     if not hyperparams.pop("use_kl", False):
         hyperparams["beta"] = 0.0
-    if "branch_gamma" in hyperparams:
-        hyperparams["gamma"] = hyperparams.pop("branch_gamma")
+    for name in ("branch_gamma", "reward_to_go_gamma"):
+        if name in hyperparams:
+            hyperparams["gamma"] = hyperparams.pop(name)
     return _convert_common(hyperparams, actor_critic=False)
 
 
@@ -203,16 +204,17 @@ def sample_grpo_params(trial: optuna.Trial, n_actions: int, n_envs: int, additio
     in {0.1, 0.2, 0.3}, ``clip_range_high`` in {None, 0.28} (DAPO's asymmetric clip), a KL penalty (``use_kl``;
     then ``beta`` log-uniform in [1e-4, 0.3] and every ``kl_estimator``), every ``scale_rewards``,
     ``loss_aggregation`` among seq_sum/seq_mean/token_mean (``"constant"`` needs a length bound that not every env
-    has), ``drop_zero_std_groups`` on/off. No gamma for reset groups, whose returns are undiscounted.
+    has), ``drop_zero_std_groups`` on/off.
 
     Drawn last (so that the draws above keep their order): ``group_start`` reset/branch; with branch groups,
     ``branch_horizon`` H in {8, 16, 32, 64} and ``branch_gamma`` in {0.9, 0.95, 0.98, 0.99} (the continuations'
     discount; H = 16 with gamma = 0.9 was the best of a first exploration on Pendulum-v1) and ``branch_advantage``
     group/vine (vine: continuations from every trunk state, so a rollout costs about G x H env steps per trunk
     step; first: only the continuations' first actions are trained, then ``branch_noise`` independent/common).
-    Branch groups need env
-    snapshots: on an env without them a branch trial raises a ``ValueError`` at its first rollout, which rl-zoo3
-    prunes.
+    With reset groups: ``advantage`` outcome/process/reward_to_go, and with reward_to_go ``reward_to_go_gamma``
+    in {0.95, 0.98, 0.99, 1.0} (its discount; the other advantages of reset groups are undiscounted). Branch
+    groups need env snapshots: on an env without them a branch trial raises a ``ValueError`` at its first
+    rollout, which rl-zoo3 prunes.
     """
     params = _sample_common(trial, gamma=False)
     params["group_size"] = trial.suggest_categorical("group_size", [2, 4, 8, 16, 32])
@@ -235,6 +237,10 @@ def sample_grpo_params(trial: optuna.Trial, n_actions: int, n_envs: int, additio
         params["branch_advantage"] = trial.suggest_categorical("branch_advantage", ["group", "vine", "first"])
         if params["branch_advantage"] == "first":
             params["branch_noise"] = trial.suggest_categorical("branch_noise", ["independent", "common"])
+    else:
+        params["advantage"] = trial.suggest_categorical("advantage", ["outcome", "process", "reward_to_go"])
+        if params["advantage"] == "reward_to_go":
+            params["reward_to_go_gamma"] = trial.suggest_categorical("reward_to_go_gamma", [0.95, 0.98, 0.99, 1.0])
     return _as_model_kwargs(convert_grpo_params(params))
 
 
