@@ -262,12 +262,15 @@ def reuse_records(cells: Iterable[Cell], source: ResultStore, target: ResultStor
     """
     copied: list[Cell] = []
     left: list[Cell] = []
+
+    def up_to_date(record: dict[str, Any] | None, cell: Cell) -> bool:
+        return record is not None and record["status"] == FINISHED and not stale_reasons(record, cell)
+
     for cell in cells:
-        current = target.read(*cell.key)
-        if current is not None and current["status"] == FINISHED and not stale_reasons(current, cell):
+        if up_to_date(target.read(*cell.key), cell):
             continue
         record = source.read(*cell.key)
-        if record is None or record["status"] != FINISHED or stale_reasons(record, cell):
+        if record is None or not up_to_date(record, cell):
             left.append(cell)
             continue
         config = dict(record["config"], cell=json.loads(json.dumps(asdict(cell))))
