@@ -1,25 +1,31 @@
 """
 The estimator lab (sb3_pg_ext.lab): the gradient it reads is the one the algorithm's update applies; on the bandit
 its variance and bias agree with the exact values within their standard errors; an interrupted run resumes without
-recomputing what is stored; the report rebuilds from the stored files alone; bad command lines exit with status 2.
+recomputing what is stored; a folder is tied to the checkpoint it was measured at (a run at another one is refused and
+writes nothing); --conf-file supplies the --train-fraction entry; the report rebuilds from the stored files alone; bad
+command lines exit with status 2.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch as th
+from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from sb3_pg_ext import GRPO, ISPG, REINFORCE
 from sb3_pg_ext.lab import LabRun, read_gradient
+from sb3_pg_ext.lab.checkpoints import load_model, policy_digest
 from sb3_pg_ext.lab.cli import main
 from sb3_pg_ext.lab.options import GRPOAdapter, ReinforceAdapter
 from sb3_pg_ext.lab.report import build_report
+from sb3_pg_ext.lab.run import CheckpointMismatchError
 from sb3_pg_ext.lab.stats import bias_statistics
 from tests.pg_envs import GaussianBandit, IndependentStepsEnv
 
@@ -327,8 +333,16 @@ def test_grpo_lab_offers_trpo_vine_options_that_build_the_estimator_they_name(tm
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _small_run(out: Path) -> LabRun:
+def _shift_parameter(model: BaseAlgorithm, shift: float) -> None:
+    """Move the first output bias of the policy by ``shift``: another checkpoint of the same architecture."""
+    with th.no_grad():
+        dict(model.policy.named_parameters())["action_net.bias"][0] += shift
+
+
+def _small_run(out: Path, shift: float = 0.0) -> LabRun:
+    """A small run; ``shift`` moves one parameter of the checkpoint (another checkpoint, same architecture)."""
     checkpoint = REINFORCE("MlpPolicy", IndependentStepsEnv(), seed=0, device="cpu")
+    _shift_parameter(checkpoint, shift)
     return LabRun(
         "reinforce",
         IndependentStepsEnv,
@@ -381,6 +395,156 @@ def test_resumed_run_recomputes_nothing_stored(tmp_path: Path, count_batches) ->
     assert stored[0].read_text() == first
 
 
+def _folder_files(folder: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def test_context_records_the_checkpoint_digest(tmp_path: Path) -> None:
+    lab = _small_run(tmp_path)
+    lab.run()
+    context = json.loads((tmp_path / "context.json").read_text())
+    assert context["checkpoint_digest"] == policy_digest(lab.checkpoint)
+    assert len(context["checkpoint_digest"]) == 16
+    assert policy_digest(_small_run(tmp_path, shift=1e-3).checkpoint) != context["checkpoint_digest"]
+
+
+def test_run_at_another_checkpoint_is_refused_and_writes_nothing(tmp_path: Path, count_batches) -> None:
+    """
+    A folder measured at one checkpoint refuses a run at another (one parameter moved by 1e-3), before it draws a
+    batch or writes a file, naming the folder, both digests and the way out; the same checkpoint resumes.
+    """
+    lab = _small_run(tmp_path)
+    lab.run()
+    (tmp_path / "options" / "rtg-loo-return__n4.json").unlink()  # a file left to compute
+    before = _folder_files(tmp_path)
+    stored = json.loads((tmp_path / "context.json").read_text())["checkpoint_digest"]
+    other = _small_run(tmp_path, shift=1e-3)
+    count_batches["calls"] = 0
+    with pytest.raises(CheckpointMismatchError) as error:
+        other.run()
+    message = str(error.value)
+    assert str(tmp_path) in message and stored in message and policy_digest(other.checkpoint) in message
+    assert "--label" in message and "--out" in message and "--conf-file" in message
+    assert count_batches["calls"] == 0
+    assert _folder_files(tmp_path) == before
+    _small_run(tmp_path).run()  # the folder's own checkpoint: resumes, computing only the missing file
+    assert count_batches["calls"] == 3
+    assert sorted(_folder_files(tmp_path)) == sorted([*before, "options/rtg-loo-return__n4.json"])
+
+
+def test_folder_without_a_checkpoint_record_is_refused(tmp_path: Path, count_batches) -> None:
+    """A context.json written before the lab recorded checkpoints: nothing says which checkpoint, so no run proceeds."""
+    _small_run(tmp_path).run()
+    context = json.loads((tmp_path / "context.json").read_text())
+    del context["checkpoint_digest"]
+    (tmp_path / "context.json").write_text(json.dumps(context))
+    (tmp_path / "options" / "whole-none__n4.json").unlink()
+    before = _folder_files(tmp_path)
+    lab = _small_run(tmp_path)
+    count_batches["calls"] = 0
+    with pytest.raises(CheckpointMismatchError, match="predates checkpoint records") as error:
+        lab.run()
+    assert policy_digest(lab.checkpoint) in str(error.value) and "--label" in str(error.value)
+    assert count_batches["calls"] == 0 and _folder_files(tmp_path) == before
+
+
+def _conf_file(path: Path, learning_rate: float = 1e-3) -> Path:
+    """A one-entry rl-zoo3 file for CartPole-v1: small, and unlike the package's entry (net_arch [7])."""
+    path.write_text(
+        "CartPole-v1:\n  n_timesteps: 120\n  policy: 'MlpPolicy'\n  n_episodes: 2\n"
+        f'  learning_rate: {learning_rate}\n  policy_kwargs: "dict(net_arch=[7])"\n'
+    )
+    return path
+
+
+def _train_fraction_args(out: Path, conf_file: Path | None) -> list[str]:
+    args = ["run", "--algo", "reinforce", "--env", "CartPole-v1", "--train-fraction", "1", "--batch-sizes", "2"]
+    args += ["--batches", "3", "--reference-factor", "3", "--options", "whole-none", "--out", str(out)]
+    return args + (["--conf-file", str(conf_file)] if conf_file is not None else [])
+
+
+def test_train_fraction_reads_the_entry_from_the_conf_file(tmp_path: Path, capsys, monkeypatch) -> None:
+    """
+    --conf-file: the checkpoint is trained from that file's entry, which context.json records with the file; a run
+    into that folder from another entry is refused before it trains, and so is a saved checkpoint of another entry.
+    """
+    conf = _conf_file(tmp_path / "entry.yml")
+    out = tmp_path / "lab"
+    assert main(_train_fraction_args(out, conf)) == 0
+    env_dir = out / "reinforce" / "CartPole-v1"
+    model = load_model("reinforce", env_dir / "checkpoints" / "train1-seed0.zip")
+    assert isinstance(model, REINFORCE) and model.policy_kwargs["net_arch"] == [7] and model.n_episodes == 2
+    context = json.loads((env_dir / "train1-seed0" / "context.json").read_text())
+    assert context["checkpoint_digest"] == policy_digest(model)
+    assert context["checkpoint_source"] == {
+        "train_fraction": 1.0,
+        "seed": 0,
+        "entry_file": str(conf),
+        "entry_key": "CartPole-v1",
+        "entry": {
+            "n_timesteps": 120,
+            "policy": "MlpPolicy",
+            "n_episodes": 2,
+            "learning_rate": 1e-3,
+            "policy_kwargs": "dict(net_arch=[7])",
+        },
+    }
+    capsys.readouterr()
+
+    # the same folder from another entry: refused before any training, naming both entries
+    import sb3_pg_ext.lab.cli as cli
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained a checkpoint the folder refuses")
+
+    monkeypatch.setattr(cli, "train_fraction", no_training)
+    other = _conf_file(tmp_path / "other.yml", learning_rate=5e-3)
+    with pytest.raises(SystemExit) as exit_info:
+        main(_train_fraction_args(out, other))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"run folder {env_dir / 'train1-seed0'} was measured at" in err and str(conf) in err and str(other) in err
+    assert "--conf-file" in err and "Traceback" not in err
+    monkeypatch.undo()
+
+    # a saved checkpoint of another entry is not reused for a new folder
+    shutil.copytree(env_dir / "checkpoints", tmp_path / "elsewhere" / "reinforce" / "CartPole-v1" / "checkpoints")
+    with pytest.raises(SystemExit) as exit_info:
+        main(_train_fraction_args(tmp_path / "elsewhere", other))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "was trained from" in err and "learning_rate': 0.005" in err and "delete it" in err
+
+
+def test_conf_file_without_the_env_entry_exits_2(tmp_path: Path, capsys) -> None:
+    conf = tmp_path / "entries.yml"
+    conf.write_text("Pendulum-v1:\n  n_timesteps: 100\n  policy: 'MlpPolicy'\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(_train_fraction_args(tmp_path / "lab", conf))
+    assert exit_info.value.code == 2
+    assert f"--conf-file {conf} has no entry for CartPole-v1 (entries: Pendulum-v1)" in capsys.readouterr().err
+    assert not (tmp_path / "lab").exists()
+
+
+def test_cli_refuses_a_folder_of_another_checkpoint_with_status_2(tmp_path: Path, capsys) -> None:
+    model = REINFORCE("MlpPolicy", "CartPole-v1", policy_kwargs={"net_arch": [8]}, seed=0, device="cpu")
+    model.save(tmp_path / "early.zip")
+    out = tmp_path / "lab"
+    args = ["run", "--algo", "reinforce", "--env", "CartPole-v1", "--model", str(tmp_path / "early.zip")]
+    args += ["--batch-sizes", "2", "--batches", "3", "--reference-factor", "3", "--options", "whole-none"]
+    assert main([*args, "--out", str(out)]) == 0
+    stored = policy_digest(model)
+    _shift_parameter(model, 1e-3)
+    model.save(tmp_path / "early.zip")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--out", str(out)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"run folder {out / 'reinforce' / 'CartPole-v1' / 'early'} was measured at checkpoint {stored}" in err
+    assert f"this checkpoint's digest is {policy_digest(model)}" in err and "Traceback" not in err
+
+
 def test_report_rebuilds_from_the_stored_files_alone(tmp_path: Path) -> None:
     model = REINFORCE("MlpPolicy", "CartPole-v1", policy_kwargs={"net_arch": [8]}, seed=0, device="cpu")
     model.save(tmp_path / "early.zip")
@@ -425,6 +589,14 @@ def test_report_rebuilds_from_the_stored_files_alone(tmp_path: Path) -> None:
         ),
         (["options", "--algo", "a2c"], "unknown --algo 'a2c'"),
         (["run", "--algo", "ispg", "--env", "CartPole-v1", "--model", "missing.zip"], "no saved model at missing.zip"),
+        (
+            ["run", "--algo", "reinforce", "--env", "CartPole-v1", "--train-fraction", "0.1", "--conf-file", "/no/such.yml"],
+            "no --conf-file at /no/such.yml",
+        ),
+        (
+            ["run", "--algo", "ispg", "--env", "CartPole-v1", "--model", "m.zip", "--conf-file", "entries.yml"],
+            "--conf-file entries.yml: applies to --train-fraction only",
+        ),
         (
             ["run", "--algo", "ispg", "--env", "CartPole-v1", "--zoo-folder", "/no/such/run"],
             "no zoo run folder at /no/such/run",

@@ -1,6 +1,8 @@
 """
-Policy checkpoints for the lab: a saved model (``.zip``), an rl-zoo3 run folder, or the package's hyperparameter entry
-trained for a fraction of its budget (plainly, with the entry's keyword arguments).
+Policy checkpoints for the lab: a saved model (``.zip``), an rl-zoo3 run folder, or a hyperparameter entry (the
+package's, or one of a ``--conf-file``) trained for a fraction of its budget (plainly, with the entry's keyword
+arguments). A checkpoint is identified by the digest of its policy's parameters (:func:`policy_digest`), which a run
+folder's ``context.json`` records.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch as th
 import yaml
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -17,9 +20,13 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.utils import LinearSchedule
 
 from sb3_pg_ext.lab.options import ADAPTERS
+from sb3_pg_ext.lab.stats import array_digest
 
 #: Entry keys the plain trainer cannot honour (they change the env the policy sees or the training loop).
 UNSUPPORTED_KEYS = ("normalize", "env_wrapper", "frame_stack", "callback", "vec_env_wrapper")
+
+#: The model attribute (saved in the ``.zip``) that records where a ``--train-fraction`` checkpoint came from.
+SOURCE_ATTRIBUTE = "lab_checkpoint_source"
 
 
 class _StopAt(BaseCallback):
@@ -67,20 +74,58 @@ def zoo_model_path(folder: Path, env_id: str) -> Path:
     raise FileNotFoundError(f"no {env_id}.zip or best_model.zip in the zoo run folder {folder} (zips there: {found})")
 
 
-def hyperparams_entry(algo: str, env_id: str) -> dict[str, Any]:
+def hyperparams_entry(algo: str, env_id: str, conf_file: Path | None = None) -> dict[str, Any]:
     """
-    The package's hyperparameter entry of ``env_id`` (``sb3_pg_ext/hyperparams/<algo>.yml``), or ``default``.
+    The hyperparameter entry of ``env_id``: from ``conf_file`` when given (an rl-zoo3 yml; its ``env_id`` entry, which
+    must be there), else from the package's ``sb3_pg_ext/hyperparams/<algo>.yml`` (its ``env_id`` entry, or
+    ``default``).
 
     :param algo: the lab's algorithm name
     :param env_id: the env id
+    :param conf_file: an rl-zoo3 hyperparameter file to read the entry from instead of the package's
     """
+    return entry_source(algo, env_id, conf_file)["entry"]
+
+
+def entry_source(algo: str, env_id: str, conf_file: Path | None = None) -> dict[str, Any]:
+    """
+    The entry :func:`hyperparams_entry` reads, with where it came from: ``{"entry_file", "entry_key", "entry"}``
+    (``entry_file`` is ``sb3_pg_ext/hyperparams/<algo>.yml`` for the package's entries, else ``conf_file`` as given;
+    ``entry_key`` is ``env_id`` or ``default``).
+
+    :param algo: the lab's algorithm name
+    :param env_id: the env id
+    :param conf_file: an rl-zoo3 hyperparameter file to read the entry from instead of the package's
+    :raises FileNotFoundError: for a ``conf_file`` that does not exist
+    :raises KeyError: for a ``conf_file`` without an ``env_id`` entry, or a package file without it and ``default``
+    """
+    if conf_file is not None:
+        conf_file = Path(conf_file)
+        if not conf_file.is_file():
+            raise FileNotFoundError(f"no --conf-file at {conf_file}")
+        entries = yaml.safe_load(conf_file.read_text()) or {}
+        if not isinstance(entries, dict) or not isinstance(entries.get(env_id), dict):
+            found = ", ".join(map(str, entries)) if isinstance(entries, dict) else "none"
+            raise KeyError(f"--conf-file {conf_file} has no entry for {env_id} (entries: {found})")
+        return {"entry_file": str(conf_file), "entry_key": env_id, "entry": dict(entries[env_id])}
     text = (resources.files("sb3_pg_ext") / "hyperparams" / f"{algo}.yml").read_text()
     entries = yaml.safe_load(text)
-    if env_id in entries:
-        return dict(entries[env_id])
-    if "default" in entries:
-        return dict(entries["default"])
+    for key in (env_id, "default"):
+        if key in entries:
+            return {"entry_file": f"sb3_pg_ext/hyperparams/{algo}.yml", "entry_key": key, "entry": dict(entries[key])}
     raise KeyError(f"{algo}.yml has no entry for {env_id} and no default (entries: {', '.join(entries)})")
+
+
+def policy_digest(model: BaseAlgorithm) -> str:
+    """
+    The digest of a checkpoint: :func:`~sb3_pg_ext.lab.stats.array_digest` of its policy's ``state_dict`` (every
+    tensor as float64, flattened, in sorted key order). Two checkpoints with the same digest have the same policy.
+
+    :param model: the checkpoint
+    """
+    state = model.policy.state_dict()
+    parts = [state[key].detach().cpu().to(th.float64).reshape(-1).numpy() for key in sorted(state)]
+    return array_digest(np.concatenate(parts) if parts else np.zeros(0))
 
 
 def entry_kwargs(entry: dict[str, Any]) -> tuple[int, int, dict[str, Any]]:
@@ -109,28 +154,45 @@ def entry_kwargs(entry: dict[str, Any]) -> tuple[int, int, dict[str, Any]]:
     return n_timesteps, n_envs, kwargs
 
 
-def train_fraction(algo: str, env_id: str, fraction: float, seed: int, path: Path) -> BaseAlgorithm:
+def train_fraction(
+    algo: str, env_id: str, fraction: float, seed: int, path: Path, conf_file: Path | None = None
+) -> BaseAlgorithm:
     """
-    Train the package's entry of ``env_id`` as for its whole ``n_timesteps`` (its learning-rate schedule over the
-    whole budget) and stop after ``fraction`` of it: the policy a full run has at that point. Saved to ``path``; a
-    model already saved there is loaded instead.
+    Train the entry of ``env_id`` (the package's, or ``conf_file``'s: see :func:`hyperparams_entry`) as for its whole
+    ``n_timesteps`` (its learning-rate schedule over the whole budget) and stop after ``fraction`` of it: the policy a
+    full run has at that point. Saved to ``path``, with where it came from (the model's ``lab_checkpoint_source``:
+    fraction, seed and :func:`entry_source`'s record); a model already saved there is loaded instead, if it was
+    trained from the same entry, fraction and seed.
 
     :param algo: the lab's algorithm name
     :param env_id: the env id
     :param fraction: the fraction of the entry's budget, in (0, 1]
     :param seed: the training seed
     :param path: where the trained model is saved (``.zip``)
+    :param conf_file: an rl-zoo3 hyperparameter file to read the entry from instead of the package's
+    :raises ValueError: for a model saved at ``path`` from another entry, fraction or seed, or with no such record
     """
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"--train-fraction must be in (0, 1], got {fraction}")
     path = Path(path)
+    source = {"train_fraction": fraction, "seed": seed, **entry_source(algo, env_id, conf_file)}
     if path.is_file():
-        return load_model(algo, path)
-    n_timesteps, n_envs, kwargs = entry_kwargs(hyperparams_entry(algo, env_id))
+        model = load_model(algo, path)
+        saved = getattr(model, SOURCE_ATTRIBUTE, None)
+        wanted = {key: source[key] for key in ("train_fraction", "seed", "entry")}
+        if saved is None or {key: saved.get(key) for key in wanted} != wanted:
+            what = "records no entry (saved before the lab recorded them)" if saved is None else f"was trained from {saved}"
+            raise ValueError(
+                f"the checkpoint saved at {path} {what}, not from {source}; delete it to train this entry, "
+                "or choose another --label"
+            )
+        return model
+    n_timesteps, n_envs, kwargs = entry_kwargs(source["entry"])
     policy = kwargs.pop("policy", "MlpPolicy")
     env = make_vec_env(env_id, n_envs=n_envs, seed=seed)
     model = ADAPTERS[algo].algo_class(policy, env, seed=seed, device="cpu", **kwargs)
     model.learn(n_timesteps, callback=_StopAt(max(int(fraction * n_timesteps), 1)))
+    setattr(model, SOURCE_ATTRIBUTE, source)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.zip")
     model.save(tmp)

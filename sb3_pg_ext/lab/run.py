@@ -1,11 +1,13 @@
 """
 The lab's run: for one (algorithm, env, checkpoint), the reference gradient and, per (option, batch size), the
 statistics of R independent batch gradients, each in its own file written atomically, so that an interrupted run
-resumes where it stopped and recomputes nothing already stored.
+resumes where it stopped and recomputes nothing already stored. A folder belongs to one checkpoint: ``context.json``
+records its digest, and a run at another checkpoint is refused (:class:`CheckpointMismatchError`) before it writes
+anything.
 
 Layout of a run folder::
 
-    context.json                    algorithm, env, checkpoint, settings of the run
+    context.json                    algorithm, env, checkpoint (label, digest, source), settings of the run
     reference.json                  the reference gradient (exact, or the mean of K batch gradients)
     reference_gradients.npy         the K batch gradients (policy parameters), for the bias's standard error
     target_policy.pt                ISPG only: the target policy pi (mu = the checkpoint)
@@ -31,6 +33,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from sb3_pg_ext.ispg import ISPG
+from sb3_pg_ext.lab.checkpoints import policy_digest
 from sb3_pg_ext.lab.gradients import group_slices
 from sb3_pg_ext.lab.options import ADAPTERS, Adapter, ISPGAdapter, ispg_target_state
 from sb3_pg_ext.lab.stats import (
@@ -44,6 +47,10 @@ from sb3_pg_ext.lab.stats import (
 
 #: A function of the policy giving the exact gradient of the objective (policy parameters, flattened order).
 ExactGradient = Callable[[BaseAlgorithm], np.ndarray]
+
+
+class CheckpointMismatchError(ValueError):
+    """A run folder's ``context.json`` does not record the checkpoint the run was given (or records none)."""
 
 
 @dataclass
@@ -63,6 +70,8 @@ class LabRun:
     :param behind: ISPG only: optimiser steps between the behaviour policy (the checkpoint) and the target policy
     :param exact_gradient: the exact gradient, when known; it replaces the sampled reference
     :param checkpoint_label: how the report names the checkpoint
+    :param checkpoint_source: where the checkpoint came from (e.g. the ``--train-fraction`` entry and its file), recorded
+        in ``context.json`` as ``checkpoint_source``
     """
 
     algo: str
@@ -77,6 +86,7 @@ class LabRun:
     behind: int = 0
     exact_gradient: ExactGradient | None = None
     checkpoint_label: str = "checkpoint"
+    checkpoint_source: dict[str, Any] | None = None
     adapter: Adapter = field(init=False)
 
     def __post_init__(self) -> None:
@@ -189,21 +199,64 @@ class LabRun:
         return state
 
     def write_context(self) -> None:
-        """``context.json``: what the run measures (written once)."""
+        """
+        ``context.json``: what the run measures, with the checkpoint's digest (:func:`policy_digest`) and source.
+        Written once; a folder that has one is checked instead (:meth:`check_context`).
+        """
         path = self.out / "context.json"
+        digest = policy_digest(self.checkpoint)
         if path.exists():
+            self.check_context(json.loads(path.read_text()), digest)
             return
         context = {
             "algo": self.algo,
             "env": self.env_name,
             "checkpoint": self.checkpoint_label,
+            "checkpoint_digest": digest,
             "behind": self.behind,
             "gamma": getattr(self.checkpoint, "gamma", None),
             "plain": self.adapter.plain_option(self.options or []),
             "unbiased": self.adapter.unbiased_option(self.options or []),
             "batch_unit": self.adapter.batch_unit,
         }
+        if self.checkpoint_source is not None:
+            context["checkpoint_source"] = self.checkpoint_source
         write_json_atomically(path, context)
+
+    def check_context(self, context: dict[str, Any], digest: str) -> None:
+        """
+        Refuse a folder measured at another checkpoint: its reference and option files would be reused (or compared
+        with new ones) as if they belonged to this one.
+
+        :param context: the folder's stored ``context.json``
+        :param digest: the digest of this run's checkpoint
+        :raises CheckpointMismatchError: when the stored ``checkpoint_digest`` differs from ``digest``, or is missing
+        """
+        stored = context.get("checkpoint_digest")
+        if stored == digest:
+            return
+        if stored is None:
+            raise CheckpointMismatchError(
+                f"run folder {self.out} predates checkpoint records: its context.json has no checkpoint_digest, so "
+                f"nothing says it was measured at this checkpoint (digest {digest}). Measure this checkpoint in a new "
+                "folder (another --label or --out); or, after checking that this checkpoint reproduces one of the "
+                f'folder\'s option files exactly, record it by adding "checkpoint_digest": "{digest}" to its context.json'
+            )
+        source = context.get("checkpoint_source")
+        origin = ""
+        if source and "entry_file" in source:
+            origin = (
+                f" (the folder's checkpoint: --train-fraction {source.get('train_fraction')} --seed "
+                f"{source.get('seed')} of the {source.get('entry_key')} entry of {source['entry_file']})"
+            )
+        elif source:
+            origin = f" (the folder's checkpoint: {source})"
+        raise CheckpointMismatchError(
+            f"run folder {self.out} was measured at checkpoint {stored}{origin}, but this checkpoint's digest is "
+            f"{digest}: its stored reference and option files do not belong to this checkpoint. Measure this "
+            "checkpoint in another folder (another --label or --out), or rebuild the folder's checkpoint (with "
+            "--train-fraction, the --conf-file holding the entry that produced the folder)"
+        )
 
     def reference(self) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
         """
