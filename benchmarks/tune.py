@@ -716,7 +716,7 @@ def adopt_defaults(
     stats = row["stats"]
     comment = (
         f"hand-set: the constructor defaults ({datetime.date.today().isoformat()}); under the benchmark protocol "
-        f"(seeds 200-204, {PROTOCOL_BUDGETS[env]:g} env steps, `python -m benchmarks.tune protocol-table`) the tuned "
+        f"(seeds 200-204, {PROTOCOL_BUDGETS[env]:g} env steps, `python -m benchmarks.tune protocol-table`) the shipped "
         "entry ended with "
         f"an IQM of {stats['entry']['iqm']:.1f} ({', '.join(f'{v:.1f}' for v in row['finals']['entry'])}) against "
         f"the defaults' {stats['defaults']['iqm']:.1f} ({', '.join(f'{v:.1f}' for v in row['finals']['defaults'])}), "
