@@ -28,6 +28,9 @@ UNSUPPORTED_KEYS = ("normalize", "env_wrapper", "frame_stack", "callback", "vec_
 #: The model attribute (saved in the ``.zip``) that records where a ``--train-fraction`` checkpoint came from.
 SOURCE_ATTRIBUTE = "lab_checkpoint_source"
 
+#: What identifies a ``--train-fraction`` checkpoint's training: two sources equal on these trained the same policy.
+TRAINING_KEYS = ("train_fraction", "seed", "entry")
+
 
 class _StopAt(BaseCallback):
     """Stop ``learn`` once ``num_timesteps`` reaches ``steps``."""
@@ -116,6 +119,29 @@ def entry_source(algo: str, env_id: str, conf_file: Path | None = None) -> dict[
     raise KeyError(f"{algo}.yml has no entry for {env_id} and no default (entries: {', '.join(entries)})")
 
 
+def training_source(algo: str, env_id: str, fraction: float, seed: int, conf_file: Path | None = None) -> dict[str, Any]:
+    """
+    Where a ``--train-fraction`` checkpoint comes from: the fraction, the seed and :func:`entry_source`'s record.
+
+    :param algo: the lab's algorithm name
+    :param env_id: the env id
+    :param fraction: the fraction of the entry's budget
+    :param seed: the training seed
+    :param conf_file: an rl-zoo3 hyperparameter file to read the entry from instead of the package's
+    """
+    return {"train_fraction": fraction, "seed": seed, **entry_source(algo, env_id, conf_file)}
+
+
+def same_training(recorded: dict[str, Any] | None, source: dict[str, Any]) -> bool:
+    """
+    Whether a recorded checkpoint source names the same training as ``source`` (:data:`TRAINING_KEYS`).
+
+    :param recorded: a stored source (a zip's or a ``context.json``'s), or None when nothing was recorded
+    :param source: :func:`training_source`'s record
+    """
+    return recorded is not None and all(recorded.get(key) == source[key] for key in TRAINING_KEYS)
+
+
 def policy_digest(model: BaseAlgorithm) -> str:
     """
     The digest of a checkpoint: :func:`~sb3_pg_ext.lab.stats.array_digest` of its policy's ``state_dict`` (every
@@ -175,12 +201,11 @@ def train_fraction(
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"--train-fraction must be in (0, 1], got {fraction}")
     path = Path(path)
-    source = {"train_fraction": fraction, "seed": seed, **entry_source(algo, env_id, conf_file)}
+    source = training_source(algo, env_id, fraction, seed, conf_file)
     if path.is_file():
         model = load_model(algo, path)
         saved = getattr(model, SOURCE_ATTRIBUTE, None)
-        wanted = {key: source[key] for key in ("train_fraction", "seed", "entry")}
-        if saved is None or {key: saved.get(key) for key in wanted} != wanted:
+        if not same_training(saved, source):
             what = "records no entry (saved before the lab recorded them)" if saved is None else f"was trained from {saved}"
             raise ValueError(
                 f"the checkpoint saved at {path} {what}, not from {source}; delete it to train this entry, "

@@ -24,7 +24,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sb3_pg_ext.lab.checkpoints import SOURCE_ATTRIBUTE, entry_source, load_model, train_fraction, zoo_model_path
+from sb3_pg_ext.lab.checkpoints import (
+    SOURCE_ATTRIBUTE,
+    load_model,
+    same_training,
+    train_fraction,
+    training_source,
+    zoo_model_path,
+)
 from sb3_pg_ext.lab.options import ADAPTERS
 from sb3_pg_ext.lab.report import build_report
 from sb3_pg_ext.lab.run import CheckpointMismatchError, LabRun
@@ -82,8 +89,7 @@ def _check_stored_entry(parser: argparse.ArgumentParser, folder: Path, source: d
     """
     path = folder / "context.json"
     stored = (json.loads(path.read_text()).get("checkpoint_source") or {}) if path.exists() else {}
-    keys = ("train_fraction", "seed", "entry")
-    if "entry" not in stored or all(stored.get(key) == source[key] for key in keys):
+    if "entry" not in stored or same_training(stored, source):
         return
     parser.error(
         f"run folder {folder} was measured at --train-fraction {stored.get('train_fraction')} --seed "
@@ -127,8 +133,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             if not 0.0 < args.train_fraction <= 1.0:
                 parser.error(f"--train-fraction must be in (0, 1], got {args.train_fraction}")
             label = args.label or f"train{args.train_fraction:g}-seed{args.seed}"
-            wanted = {"train_fraction": args.train_fraction, "seed": args.seed}
-            wanted.update(entry_source(args.algo, args.env, args.conf_file))
+            wanted = training_source(args.algo, args.env, args.train_fraction, args.seed, args.conf_file)
             _check_stored_entry(parser, _folder(env_dir, label, args), wanted)  # before a training it would refuse
             path = env_dir / "checkpoints" / f"{label}.zip"
             checkpoint = train_fraction(args.algo, args.env, args.train_fraction, args.seed, path, args.conf_file)
