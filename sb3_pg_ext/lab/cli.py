@@ -49,7 +49,11 @@ def _parser(prog: str = PROG) -> argparse.ArgumentParser:
     source = run.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", type=Path, help="a saved model (.zip)")
     source.add_argument("--zoo-folder", type=Path, help="an rl-zoo3 run folder (logs/<algo>/<env>_<n>)")
-    source.add_argument("--train-fraction", type=float, help="train the package's entry for this fraction of its budget")
+    source.add_argument(
+        "--train-fraction",
+        type=float,
+        help="train the package's entry (or --conf-file's) for this fraction of its budget",
+    )
     run.add_argument(
         "--conf-file", type=Path, help="with --train-fraction: read the env's entry from this rl-zoo3 yml instead"
     )
